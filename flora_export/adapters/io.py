@@ -1,0 +1,223 @@
+"""Adapter files: `adapter_config.json` + `adapter_model.safetensors`.
+
+FFBA tensors are named `layers.{i}.{attn|mlp}.{A|B}` (A: [width, d], B: [d, width]);
+LoRA adapters use PEFT's layout, so adapters trained with PEFT load directly.
+Every adapter records the base it was trained on (layer count, hidden size and a
+fingerprint of sampled base weights) and is checked against the model it meets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+from ..errors import FloraError
+from ..model.llama import LlamaModel
+from .ffba import FFBAConfig, attach_ffba, sub_block
+from .lora import ALL_TARGETS, LoraConfig, attach_lora, lora_projections, segments
+
+log = logging.getLogger(__name__)
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+_PEFT_PREFIX = "base_model.model.model.layers"
+_PEFT_PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
+                "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+
+
+def base_fingerprint(model: LlamaModel) -> str:
+    """Hash of the architecture and sampled base weights (bf16-rounded: dtype-proof)."""
+    cfg = model.config
+    h = hashlib.sha256(json.dumps([cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size,
+                                   cfg.num_hidden_layers, cfg.q_dim, cfg.kv_dim]).encode())
+    first, last = model.layers[0], model.layers[-1]
+    samples = [model.embed_tokens.weight[:4], model.embed_tokens.weight[-4:],
+               first.self_attn.qkv_proj.weight[:4], last.mlp.down_proj.weight[:4, :4],
+               model.norm.weight]
+    for t in samples:
+        h.update(t.detach().float().to(torch.bfloat16).view(torch.int16).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _base_record(model: LlamaModel) -> dict:
+    cfg = model.config
+    return {"num_hidden_layers": cfg.num_hidden_layers, "hidden_size": cfg.hidden_size,
+            "fingerprint": base_fingerprint(model), "name": model_name(model)}
+
+
+def model_name(model: LlamaModel) -> str | None:
+    return (getattr(model, "source", None) or {}).get("name")
+
+
+# ---------------------------------------------------------------- save
+
+def save_adapter(model: LlamaModel, out_dir: str | Path) -> Path:
+    """Write the model's adapter (FFBA fused or unfused, or LoRA) to `out_dir`."""
+    cfg = getattr(model, "adapter_config", None)
+    if cfg is None:
+        raise FloraError("the model carries no adapter to save", "attach or load one first")
+    if isinstance(cfg, FFBAConfig):
+        tensors, meta = ffba_tensors(model), {**cfg.to_dict(), "base": _base_record(model)}
+    else:
+        if model.adapter_state != "unmerged":
+            raise FloraError("a merged LoRA adapter cannot be saved any more",
+                             "save the adapter before merge_lora()")
+        tensors, meta = _lora_tensors(model), _peft_config(cfg, model)
+    meta["flora_export_version"] = __version__
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{WEIGHTS_FILE}.tmp"
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"format": "pt"})
+    os.replace(tmp, out / WEIGHTS_FILE)
+    (out / f".{CONFIG_FILE}.tmp").write_text(json.dumps(meta, indent=2))
+    os.replace(out / f".{CONFIG_FILE}.tmp", out / CONFIG_FILE)
+    return out
+
+
+def ffba_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
+    """The FFBA A/B matrices, read from unfused pairs or cut back out of fused weights."""
+    cfg: FFBAConfig = model.adapter_config
+    out = {}
+    for i, layer in enumerate(model.layers):
+        for name in cfg.sub_blocks:
+            blk = sub_block(layer, name)
+            if model.adapter_state == "unfused":
+                A, B = blk.adapter.A.weight, blk.adapter.B.weight
+            else:
+                read_proj, write_proj = _fused_pair(blk)
+                rows = read_proj.out_features - blk.adapter_width
+                cols = write_proj.in_features - blk.adapter_width
+                A = read_proj.weight[rows:rows + cfg.width]
+                B = write_proj.weight[:, cols:cols + cfg.width] / cfg.scale
+            out[f"layers.{i}.{name}.A"], out[f"layers.{i}.{name}.B"] = A, B
+    return out
+
+
+def _fused_pair(blk):
+    if hasattr(blk, "qkv_proj"):
+        return blk.qkv_proj, blk.o_proj
+    return blk.gate_up_proj, blk.down_proj
+
+
+def _lora_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, path, _, _, proj in lora_projections(model):
+        for name in getattr(proj, "lora_A", {}):
+            key = f"{_PEFT_PREFIX}.{i}.{_PEFT_PARENT[name]}.{name}"
+            out[f"{key}.lora_A.weight"] = proj.lora_A[name].weight
+            out[f"{key}.lora_B.weight"] = proj.lora_B[name].weight
+    return out
+
+
+def _peft_config(cfg: LoraConfig, model: LlamaModel) -> dict:
+    return {"peft_type": "LORA", "r": cfg.rank, "lora_alpha": cfg.alpha,
+            "target_modules": list(cfg.targets), "bias": "none", "use_rslora": False,
+            "task_type": "CAUSAL_LM", "base_model_name_or_path": model_name(model),
+            "flora_base": _base_record(model)}
+
+
+# ---------------------------------------------------------------- load
+
+def read_adapter_config(adapter_dir: str | Path) -> FFBAConfig | LoraConfig:
+    path = Path(adapter_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FloraError(f"no {CONFIG_FILE} in {adapter_dir}",
+                         f"pass a directory written by save_adapter (or PEFT) holding "
+                         f"{CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FloraError(f"{path} is not valid JSON ({e})", "restore the adapter files") from None
+    return _config_from_meta(meta, path)
+
+
+def _config_from_meta(meta: dict, path: Path) -> FFBAConfig | LoraConfig:
+    if meta.get("adapter_type") == "ffba":
+        keys = ("width", "alpha", "variant", "activation")
+        return FFBAConfig(**{k: meta[k] for k in keys if k in meta})
+    if meta.get("peft_type") == "LORA":
+        if meta.get("use_rslora") or meta.get("use_dora"):
+            raise FloraError(f"{path}: rsLoRA/DoRA adapters are not supported",
+                             "train a plain LoRA adapter")
+        targets = meta.get("target_modules") or list(ALL_TARGETS)
+        return LoraConfig(rank=meta["r"], alpha=meta.get("lora_alpha", meta["r"]),
+                          targets=tuple(t for t in ALL_TARGETS if t in targets))
+    raise FloraError(f"{path} describes no FFBA or LoRA adapter",
+                     'expected "adapter_type": "ffba" or "peft_type": "LORA"')
+
+
+def load_adapter(model: LlamaModel, adapter_dir: str | Path, check_base: bool = True
+                 ) -> LlamaModel:
+    """Attach the adapter saved in `adapter_dir` (unfused / unmerged) after checking it fits."""
+    adapter_dir = Path(adapter_dir)
+    cfg = read_adapter_config(adapter_dir)
+    meta = json.loads((adapter_dir / CONFIG_FILE).read_text())
+    record = meta.get("base") or meta.get("flora_base")
+    if record:
+        _check_base(model, record, adapter_dir, check_base)
+    tensors = _read_weights(adapter_dir)
+    if isinstance(cfg, FFBAConfig):
+        attach_ffba(model, cfg)
+        expected = ffba_tensors(model)
+    else:
+        attach_lora(model, cfg)
+        expected = _lora_tensors(model)
+    _copy_checked(expected, tensors, adapter_dir)
+    log.info("loaded %s adapter from %s", meta.get("adapter_type", "lora"), adapter_dir)
+    return model
+
+
+def _check_base(model: LlamaModel, record: dict, adapter_dir: Path, strict: bool) -> None:
+    cfg = model.config
+    for key in ("num_hidden_layers", "hidden_size"):
+        if record.get(key) not in (None, getattr(cfg, key)):
+            raise FloraError(
+                f"adapter {adapter_dir} was trained for a base with {key}={record[key]}, "
+                f"this model has {getattr(cfg, key)}", "pass the base model the adapter was "
+                "trained on")
+    if strict and record.get("fingerprint") not in (None, base_fingerprint(model)):
+        raise FloraError(
+            f"adapter {adapter_dir} was trained on another base model "
+            f"({record.get('name') or 'unnamed'}, fingerprint {record['fingerprint']}, "
+            f"this base: {base_fingerprint(model)})",
+            "pass the base it was trained on, or --no-base-check to apply it anyway")
+
+
+def _read_weights(adapter_dir: Path) -> dict[str, torch.Tensor]:
+    path = adapter_dir / WEIGHTS_FILE
+    if not path.is_file():
+        raise FloraError(f"no {WEIGHTS_FILE} in {adapter_dir}",
+                         "save adapters with safetensors; pickled .bin adapters are not loaded")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise FloraError(f"{path} is not a readable safetensors file ({e})",
+                         "the file is corrupt or truncated; save the adapter again") from None
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise FloraError(f"adapter tensor {name!r} contains NaN or Inf values",
+                             "the adapter is broken (diverged training?); use a good one")
+    return tensors
+
+
+def _copy_checked(expected: dict, tensors: dict, adapter_dir: Path) -> None:
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise FloraError(f"adapter {adapter_dir} lacks {len(missing)} tensors, e.g. "
+                         f"{missing[0]!r}", "the adapter does not match this base model's layers")
+    with torch.no_grad():
+        for name, param in expected.items():
+            t = tensors[name]
+            if tuple(t.shape) != tuple(param.shape):
+                raise FloraError(
+                    f"adapter tensor {name!r} has shape {tuple(t.shape)}, expected "
+                    f"{tuple(param.shape)}", "the adapter's width/rank or the base model's "
+                    "shapes differ from adapter_config.json; use matching files")
+            param.copy_(t.to(param.dtype))

@@ -1,0 +1,131 @@
+"""The fuse stage: FFBA pairs -> widened projections; LoRA -> merged weights.
+
+FFBA (DESIGN.md §1): A becomes extra output rows of `qkv_proj` / `gate_up_proj`,
+`s * B` extra input columns of `o_proj` / `down_proj`. The width is padded with zero
+rows of A and zero columns of B up to a multiple of `pad_to` (the quantization
+group), which leaves the function unchanged and keeps every fused projection
+quantizable. A fused layer runs exactly 4 linears, like the base model.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from .adapters.ffba import FFBAConfig, FFBAPair, sub_block
+from .adapters.lora import LoraConfig, LoraProjection, lora_projections
+from .errors import FloraError
+
+log = logging.getLogger(__name__)
+
+
+def padded_width(width: int, pad_to: int) -> int:
+    return -(-width // pad_to) * pad_to if pad_to > 1 else width
+
+
+def fuse(model: nn.Module, pad_to: int = 32) -> nn.Module:
+    """Fuse the model's unfused FFBA adapter into its projections, in place."""
+    cfg = getattr(model, "adapter_config", None)
+    if not isinstance(cfg, FFBAConfig):
+        raise FloraError("fuse() needs a model with an FFBA adapter",
+                         "attach_ffba() or load_adapter() first; for LoRA use merge_lora()")
+    if model.adapter_state == "fused":
+        return model
+    width = padded_width(cfg.width, pad_to)
+    with torch.no_grad():
+        for layer in model.layers:
+            for name in cfg.sub_blocks:
+                _fuse_block(sub_block(layer, name), width)
+    model.adapter_state = "fused"
+    model.fused_width = width
+    log.info("fused FFBA (%s, width %d -> %d) into %d layers", cfg.variant, cfg.width, width,
+             len(model.layers))
+    return model
+
+
+def _fuse_block(blk: nn.Module, width: int) -> None:
+    pair: FFBAPair = blk.adapter
+    reader, writer = ("qkv_proj", "o_proj") if hasattr(blk, "qkv_proj") else (
+        "gate_up_proj", "down_proj")
+    a = pair.A.weight
+    b = pair.scale * pair.B.weight
+    pad = width - a.shape[0]
+    a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
+    b = torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1)
+    setattr(blk, reader, _widen(getattr(blk, reader), rows=a))
+    setattr(blk, writer, _widen(getattr(blk, writer), cols=b))
+    blk.adapter_width, blk.adapter_act, blk.adapter = width, pair.act, None
+
+
+def _widen(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
+           ) -> nn.Linear:
+    w = lin.weight
+    if rows is not None:
+        w = torch.cat([w, rows.to(w.dtype)])
+    if cols is not None:
+        w = torch.cat([w, cols.to(w.dtype)], dim=1)
+    out = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, device="meta")
+    out.weight = nn.Parameter(w, requires_grad=False)
+    if lin.bias is not None:
+        extra = w.shape[0] - lin.bias.shape[0]
+        out.bias = nn.Parameter(torch.cat([lin.bias, lin.bias.new_zeros(extra)]),
+                                requires_grad=False)
+    return out
+
+
+def unfuse(model: nn.Module) -> nn.Module:
+    """Undo `fuse`: restore the base projections and unfused (trainable) FFBA pairs."""
+    cfg = getattr(model, "adapter_config", None)
+    if not isinstance(cfg, FFBAConfig) or model.adapter_state != "fused":
+        raise FloraError("unfuse() needs a model with a fused FFBA adapter", "fuse() first")
+    from .adapters.io import ffba_tensors
+    tensors = ffba_tensors(model)
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            for name in cfg.sub_blocks:
+                _unfuse_block(sub_block(layer, name), cfg, tensors, f"layers.{i}.{name}")
+    model.adapter_state = "unfused"
+    return model
+
+
+def _unfuse_block(blk, cfg: FFBAConfig, tensors: dict, key: str) -> None:
+    reader, writer = ("qkv_proj", "o_proj") if hasattr(blk, "qkv_proj") else (
+        "gate_up_proj", "down_proj")
+    r, w = getattr(blk, reader), getattr(blk, writer)
+    keep_rows, keep_cols = r.out_features - blk.adapter_width, w.in_features - blk.adapter_width
+    pair = FFBAPair(w.out_features, cfg).to(r.weight.dtype)
+    pair.A.weight.copy_(tensors[f"{key}.A"])
+    pair.B.weight.copy_(tensors[f"{key}.B"])
+    setattr(blk, reader, _narrow(r, rows=keep_rows))
+    setattr(blk, writer, _narrow(w, cols=keep_cols))
+    blk.adapter_width, blk.adapter = 0, pair
+
+
+def _narrow(lin: nn.Linear, rows: int | None = None, cols: int | None = None) -> nn.Linear:
+    w = lin.weight[:rows] if rows is not None else lin.weight[:, :cols]
+    out = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, device="meta")
+    out.weight = nn.Parameter(w.clone(), requires_grad=False)
+    if lin.bias is not None:
+        out.bias = nn.Parameter(lin.bias[: w.shape[0]].clone(), requires_grad=False)
+    return out
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold an unmerged LoRA adapter into the base weights (the "LoRA merged" baseline)."""
+    if not isinstance(getattr(model, "adapter_config", None), LoraConfig):
+        raise FloraError("merge_lora() needs a model with a LoRA adapter", "attach or load one")
+    with torch.no_grad():
+        for _, _, parent, attr, proj in lora_projections(model):
+            if isinstance(proj, LoraProjection):
+                proj.base.weight.copy_(proj.merged_weight())
+                setattr(parent, attr, proj.base)
+    model.adapter_state = "merged"
+    return model
+
+
+def count_fused_linears(model: nn.Module) -> int:
+    """Projections that carry a fused FFBA half (4 per layer for the `ffba` variant)."""
+    return sum(2 for layer in model.layers for blk in (layer.self_attn, layer.mlp)
+               if blk.adapter_width)

@@ -1,0 +1,71 @@
+"""The model stage: one Llama-family decoder, its checkpoints, presets and tokenizers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+
+from ..errors import FloraError
+from .checkpoint import load_hf_checkpoint, save_hf_checkpoint
+from .config import LlamaConfig
+from .llama import LlamaModel
+from .presets import PRESETS, preset_config, random_model, special_base
+from .tokenizer import byte_level_tokenizer, check_tokenizer
+
+__all__ = ["LlamaConfig", "LlamaModel", "PRESETS", "load_model", "save_hf_checkpoint",
+           "random_model", "file_sha256"]
+
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_model(source: str | Path, dtype: torch.dtype = torch.float32, seed: int = 0
+               ) -> LlamaModel:
+    """Load an HF Llama directory, or build a named preset with random weights.
+
+    The returned model carries `tokenizer_json` (the tokenizer file's text) and
+    `source` (name, kind and sha256 of every input file) for the manifest.
+    """
+    path = Path(source)
+    if path.is_dir():
+        return _load_dir(path, dtype)
+    if str(source) in PRESETS:
+        return _load_preset(str(source), dtype, seed)
+    if path.exists() or any(c in str(source) for c in "/\\"):
+        raise FloraError(f"model path {source} is not a directory",
+                         "pass a Hugging Face model directory or a preset name "
+                         f"({', '.join(sorted(PRESETS))})")
+    raise FloraError(f"{source!r} is neither a model directory nor a preset",
+                     f"pass an existing directory or one of: {', '.join(sorted(PRESETS))}")
+
+
+def _load_dir(path: Path, dtype: torch.dtype) -> LlamaModel:
+    cfg = LlamaConfig.from_file(path / "config.json")
+    check_tokenizer(path / "tokenizer.json", cfg.vocab_size)
+    model = load_hf_checkpoint(path, dtype)
+    model.tokenizer_json = (path / "tokenizer.json").read_text()
+    files = [p for p in sorted(path.iterdir())
+             if p.name in ("config.json", "tokenizer.json") or p.suffix == ".safetensors"]
+    model.source = {"name": path.name, "kind": "directory", "path": str(path.resolve()),
+                    "files": {p.name: file_sha256(p) for p in files}}
+    log.info("loaded %s (%d layers, d=%d)", path, cfg.num_hidden_layers, cfg.hidden_size)
+    return model
+
+
+def _load_preset(name: str, dtype: torch.dtype, seed: int) -> LlamaModel:
+    cfg = preset_config(name)
+    model = random_model(cfg, seed=seed).to(dtype)
+    model.tokenizer_json = byte_level_tokenizer(cfg.vocab_size, special_base(cfg)).to_str()
+    model.source = {"name": name, "kind": "preset", "seed": seed, "files": {}}
+    log.info("built preset %s with random weights (seed %d)", name, seed)
+    return model

@@ -1,0 +1,202 @@
+"""One export-friendly Llama-family decoder.
+
+Fused `qkv_proj` and `gate_up_proj` (loaded from separate HF q/k/v and gate/up),
+GQA, RoPE with Llama-3 scaling, RMSNorm, tied or untied embeddings, a static KV
+cache. `forward(tokens)` serves training (full causal sequence, no cache);
+`forward(tokens, input_pos)` serves inference: a prefill of any length, then
+single-token decode steps through the cache.
+
+FFBA hooks (see DESIGN.md §1): every sub-block carries an optional *unfused*
+adapter pair (`.adapter`, extra matmuls) and a *fused* side channel of width
+`adapter_width`: the extra output rows of `qkv_proj` / `gate_up_proj` that feed,
+through `adapter_act`, the extra input columns of `o_proj` / `down_proj`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LlamaConfig
+from .rope import apply_rope, rope_tables
+
+ATTENTION_IMPLS = ("sdpa", "executorch")
+ACTIVATIONS = {"identity": lambda x: x, "relu": F.relu, "silu": F.silu}
+
+
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    return ACTIVATIONS[name](x)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = (
+            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+        self.q_dim, self.kv_dim = cfg.q_dim, cfg.kv_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_dim + 2 * self.kv_dim,
+                                  bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.q_dim, cfg.hidden_size, bias=cfg.attention_bias)
+        self.adapter_width = 0           # fused FFBA side channel (0: none)
+        self.adapter_act = "identity"
+        self.adapter: nn.Module | None = None   # unfused FFBA pair
+        self.impl = "sdpa"
+        self.register_buffer("k_cache", None, persistent=False)
+        self.register_buffer("v_cache", None, persistent=False)
+
+    def forward(self, x, cos, sin, start=None):
+        bsz, seq, _ = x.shape
+        parts = self.qkv_proj(x).split(
+            [self.q_dim, self.kv_dim, self.kv_dim] + ([self.adapter_width] if self.adapter_width
+                                                      else []), dim=-1)
+        q = apply_rope(parts[0].view(bsz, seq, self.n_heads, self.head_dim), cos, sin)
+        k = apply_rope(parts[1].view(bsz, seq, self.n_kv, self.head_dim), cos, sin)
+        v = parts[2].view(bsz, seq, self.n_kv, self.head_dim)
+        y = self._attend(q, k, v, start).reshape(bsz, seq, self.q_dim)
+        if self.adapter_width:
+            y = torch.cat([y, activation(self.adapter_act, parts[3])], dim=-1)
+        out = self.o_proj(y)
+        if self.adapter is not None:
+            out = out + self.adapter(x)
+        return out
+
+    def _attend(self, q, k, v, start):
+        """q: [B,S,H,D], k/v: [B,S,Hkv,D] -> [B,S,H,D]."""
+        if start is None:
+            y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                               v.transpose(1, 2), is_causal=True, enable_gqa=True)
+            return y.transpose(1, 2)
+        if self.impl == "executorch":
+            torch.ops.llama.update_cache(k, self.k_cache, start)
+            torch.ops.llama.update_cache(v, self.v_cache, start)
+            return torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, None, 0.0, True)
+        seq = q.shape[1]
+        self.k_cache[:, start:start + seq] = k
+        self.v_cache[:, start:start + seq] = v
+        keys, values = self.k_cache[:, :start + seq], self.v_cache[:, :start + seq]
+        pos = torch.arange(start, start + seq)[:, None]
+        mask = torch.arange(start + seq)[None, :] <= pos
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2),
+                                           values.transpose(1, 2), attn_mask=mask, enable_gqa=True)
+        return y.transpose(1, 2)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.ffn_dim = cfg.intermediate_size
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * self.ffn_dim, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(self.ffn_dim, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.adapter_width = 0
+        self.adapter_act = "identity"
+        self.adapter: nn.Module | None = None
+
+    def forward(self, x):
+        parts = self.gate_up_proj(x).split(
+            [self.ffn_dim, self.ffn_dim] + ([self.adapter_width] if self.adapter_width else []),
+            dim=-1)
+        y = F.silu(parts[0]) * parts[1]
+        if self.adapter_width:
+            y = torch.cat([y, activation(self.adapter_act, parts[2])], dim=-1)
+        out = self.down_proj(y)
+        if self.adapter is not None:
+            out = out + self.adapter(x)
+        return out
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, start=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """Decoder with `embed_tokens`, `layers`, `norm`, `lm_head` (HF names, fused projections)."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.max_seq = 0
+        self.register_buffer("rope_cos", None, persistent=False)
+        self.register_buffer("rope_sin", None, persistent=False)
+
+    def setup_cache(self, max_seq: int, batch_size: int = 1) -> "LlamaModel":
+        """(Re)allocate RoPE tables and zeroed KV caches for `max_seq` positions."""
+        self.max_seq = max_seq
+        self.rope_cos, self.rope_sin = rope_tables(self.config, max_seq)
+        dtype = self.embed_tokens.weight.dtype
+        shape = (batch_size, max_seq, self.config.num_key_value_heads, self.config.head_dim)
+        for layer in self.layers:
+            layer.self_attn.k_cache = torch.zeros(shape, dtype=dtype)
+            layer.self_attn.v_cache = torch.zeros(shape, dtype=dtype)
+        return self
+
+    def reset_cache(self) -> None:
+        for layer in self.layers:
+            layer.self_attn.k_cache.zero_()
+            layer.self_attn.v_cache.zero_()
+
+    def set_attention_impl(self, impl: str) -> "LlamaModel":
+        """"sdpa" (plain PyTorch) or "executorch" (ExecuTorch's custom SDPA + cache ops)."""
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention impl {impl!r} not in {ATTENTION_IMPLS}")
+        if impl == "executorch":
+            import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  registers ops
+        for layer in self.layers:
+            layer.self_attn.impl = impl
+        return self
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """tokens [B, S] -> logits [B, S, V] ([B, 1, V] with `last_only`).
+
+        Without `input_pos`: a training pass over the whole sequence, no cache.
+        With `input_pos` ([1], the position of tokens[:, 0]): a step through the cache.
+        """
+        seq = tokens.shape[1]
+        start = None
+        if input_pos is None:
+            cos, sin = rope_tables(self.config, seq)
+        else:
+            if self.rope_cos is None:
+                raise RuntimeError("call setup_cache(max_seq) before cached inference")
+            start = input_pos[0].item()
+            torch._check_is_size(start)
+            torch._check(start + seq <= self.max_seq)
+            cos = torch.narrow(self.rope_cos, 0, start, seq)
+            sin = torch.narrow(self.rope_sin, 0, start, seq)
+        cos, sin = cos.unsqueeze(1).to(self.norm.weight.dtype), sin.unsqueeze(1).to(
+            self.norm.weight.dtype)
+        h = self.embed_tokens(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin, start)
+        if last_only:
+            h = h[:, -1:, :]
+        return self.lm_head(self.norm(h))
