@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..errors import FloraError
+from ..model import file_sha256
 from ..model.llama import LlamaModel
 from .ffba import FFBAConfig, attach_ffba, sub_block
 from .lora import ALL_TARGETS, LoraConfig, attach_lora, lora_projections, segments
@@ -75,6 +76,7 @@ def save_adapter(model: LlamaModel, out_dir: str | Path) -> Path:
     tmp = out / f".{WEIGHTS_FILE}.tmp"
     save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
               metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out / WEIGHTS_FILE)
     (out / f".{CONFIG_FILE}.tmp").write_text(json.dumps(meta, indent=2))
     os.replace(out / f".{CONFIG_FILE}.tmp", out / CONFIG_FILE)
@@ -170,6 +172,8 @@ def load_adapter(model: LlamaModel, adapter_dir: str | Path, check_base: bool = 
         attach_lora(model, cfg)
         expected = _lora_tensors(model)
     _copy_checked(expected, tensors, adapter_dir)
+    model.adapter_source = {"path": str(adapter_dir.resolve()), "files": {
+        f.name: file_sha256(f) for f in (adapter_dir / CONFIG_FILE, adapter_dir / WEIGHTS_FILE)}}
     log.info("loaded %s adapter from %s", meta.get("adapter_type", "lora"), adapter_dir)
     return model
 

@@ -134,6 +134,7 @@ def save_hf_checkpoint(model: LlamaModel, out_dir: Path, tokenizer_json: Path | 
     write_atomic(out_dir / "config.json", json.dumps(cfg, indent=2).encode())
     tmp = out_dir / ".model.safetensors.tmp"
     save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, out_dir / "model.safetensors")
     if tokenizer_json is not None:
         write_atomic(out_dir / "tokenizer.json", Path(tokenizer_json).read_bytes())

@@ -1,0 +1,201 @@
+"""`flora-export`: load -> adapter -> fuse -> quantize -> export -> verify, in one command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import FloraError
+
+EPILOG = """\
+examples:
+  flora-export --target android
+      export the embedded default (a tiny Llama + FFBA adapter) to ./flora-out/android
+  flora-export --target android --model ./Llama-3.2-1B-hf --adapter ./my-ffba --out ./phone
+      export your fine-tuned model: FFBA fused, 8da4w, verified against eager PyTorch
+  flora-export --target android --model llama3.2-1b --adapter none --quant 8da4w
+      the Llama-3.2-1B architecture with random weights (benchmarks; nothing downloaded)
+
+The output directory holds model.pte, tokenizer.json and manifest.json (what was
+built, from which inputs, op counts, parity figures, sizes, sha256, timings). It is
+written only if the exported program, run through the ExecuTorch runtime, matches
+the eager model; otherwise nothing is written and the exit code is non-zero.
+Run it with ExecuTorch's LLM runner:
+  TextLLMRunner("OUT/model.pte", "OUT/tokenizer.json")  (executorch.extension.llm.runner)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .export.targets import TARGETS
+    from .model.presets import PRESETS
+    from .quantize import QUANT_MODES
+
+    p = argparse.ArgumentParser(
+        prog="flora-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Export an FFBA (fused forward-backward adapter) fine-tuned Llama model "
+                    "for phones: the adapter is fused into the base projections, each fused "
+                    "projection becomes one quantized linear op, and the result is verified "
+                    "in the target runtime before it is written.")
+    p.add_argument("--target", required=True, metavar="TARGET",
+                   help="what to build: " + "; ".join(f"{k}: {v.description}"
+                                                      for k, v in TARGETS.items()))
+    p.add_argument("--model", default=None, metavar="DIR|PRESET",
+                   help="Hugging Face Llama directory (config.json, *.safetensors, "
+                        "tokenizer.json) or a preset with random weights: "
+                        f"{', '.join(PRESETS)}. Default: the embedded tiny demo model")
+    p.add_argument("--adapter", default=None, metavar="DIR|none",
+                   help="adapter directory (adapter_config.json + adapter_model.safetensors; "
+                        "FFBA or PEFT LoRA). Default: the embedded demo adapter when --model is "
+                        "not given, else none. 'none' exports the base alone")
+    p.add_argument("--quant", default="8da4w", metavar="MODE",
+                   help=f"quantization: {', '.join(QUANT_MODES)} (default 8da4w: int8 dynamic "
+                        "activations, int4 weights in groups of 32)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default ./flora-out/TARGET); replaced atomically")
+    p.add_argument("--max-seq", type=int, default=512, metavar="N",
+                   help="KV-cache length = max prompt + generated tokens (default 512)")
+    p.add_argument("--lora", choices=["merged", "unmerged"], default="merged",
+                   help="for a LoRA adapter: merge it into the weights (default) or keep it "
+                        "as separate matmuls")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="keep an FFBA adapter unfused (extra matmuls; a benchmark baseline)")
+    p.add_argument("--no-base-check", action="store_true",
+                   help="apply an adapter even if it was trained on a different base")
+    p.add_argument("--seed", type=int, default=0, help="seed for preset random weights")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing non-empty --out that is not a flora-export output")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show library and runtime logs (otherwise kept in a log file)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with _native_logs(args.verbose) as log_path:
+        try:
+            manifest, seconds = _run(args)
+        except FloraError as e:
+            print(f"flora-export: error: {e}", file=_ERR[0])
+            return 2
+        except KeyboardInterrupt:
+            print("flora-export: interrupted; nothing was written", file=_ERR[0])
+            return 130
+        except Exception as e:  # an internal failure, not bad input
+            logging.getLogger("flora_export").exception("export failed")
+            print(f"flora-export: internal error: {type(e).__name__}: {str(e)[:300]} "
+                  f"(details: {log_path or 'see the traceback above'})", file=_ERR[0])
+            return 1
+    _print_summary(manifest, seconds, Path(args.out or f"flora-out/{args.target}"))
+    return 0
+
+
+_ERR = [sys.stderr]
+
+
+def console_err():
+    return _ERR[0]
+
+
+@contextmanager
+def _native_logs(verbose: bool):
+    """Send native (C++) and library logs to a file, keeping the console for progress."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        yield None
+        return
+    fd, path = tempfile.mkstemp(prefix="flora-export-", suffix=".log")
+    saved = os.dup(1), os.dup(2)
+    out = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    err = os.fdopen(os.dup(saved[1]), "w", buffering=1)
+    sys.stdout.flush(), sys.stderr.flush()
+    os.dup2(fd, 1), os.dup2(fd, 2)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    global _CONSOLE
+    _CONSOLE, _ERR[0] = out, err
+    try:
+        yield path
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
+        _CONSOLE, _ERR[0] = sys.stdout, sys.stderr
+        out.close(), err.close()
+
+
+_CONSOLE = sys.stdout
+
+
+def _progress(name: str, idx: int, total: int, seconds: float | None) -> None:
+    if seconds is None:
+        print(f"[{idx}/{total}] {name} ...", file=_CONSOLE, flush=True)
+    else:
+        print(f"[{idx}/{total}] {name} done in {seconds:.1f} s", file=_CONSOLE, flush=True)
+
+
+def _run(args) -> tuple[dict, float]:
+    from .adapters import LoraConfig, load_adapter
+    from .default import DEFAULT_ADAPTER, DEFAULT_BASE
+    from .export import ExportConfig, export
+    from .export.targets import target_row
+    from .fuse import merge_lora
+    from .model import load_model
+    from .quantize import quant_config
+
+    target_row(args.target), quant_config(args.quant)  # fail fast on unknown names
+    t0 = time.perf_counter()
+    model_src = args.model or str(DEFAULT_BASE)
+    adapter = args.adapter if args.adapter is not None else (
+        None if args.model else str(DEFAULT_ADAPTER))
+    print(f"loading model {args.model or 'embedded default'} ...", file=_CONSOLE, flush=True)
+    model = load_model(model_src, seed=args.seed)
+    if adapter and adapter.lower() != "none":
+        print(f"loading adapter {args.adapter or 'embedded default'} ...", file=_CONSOLE,
+              flush=True)
+        load_adapter(model, adapter, check_base=not args.no_base_check)
+        if isinstance(model.adapter_config, LoraConfig) and args.lora == "merged":
+            merge_lora(model)
+    out = Path(args.out or f"flora-out/{args.target}")
+    cfg = ExportConfig(quant=args.quant, max_seq=args.max_seq, fuse_adapters=not args.no_fuse,
+                       force=args.force)
+    manifest = export(model, args.target, out, cfg, progress=_progress)
+    return manifest, time.perf_counter() - t0
+
+
+def _print_summary(m: dict, seconds: float, out: Path) -> None:
+    console = sys.stdout
+    c, p = m["counts"], m["parity"]
+    rows = [("output", str(out))]
+    rows += [(name, f"{rec['bytes'] / 1e6:.2f} MB  sha256 {rec['sha256'][:12]}")
+             for name, rec in m["files"].items()]
+    adapter = m["adapter"]
+    rows += [
+        ("target / backends", f"{m['target']} / {', '.join(m['backends'])}"),
+        ("model", f"{m['model']['name']} ({m['model']['parameters'] / 1e6:.1f} M params)"),
+        ("adapter", "none" if not adapter else
+         f"{adapter['adapter_type']} {adapter['state']}" +
+         (f" (width {adapter['width']} -> {adapter['fused_width']})"
+          if adapter.get("fused_width") else "")),
+        ("quantization", m["quantization"]["name"]),
+        ("fused linears", str(c["fused_linears"])),
+        ("quantized linear ops", f"{c['quantized_linear_ops']} of {c['delegated_linear_ops']} "
+                                 f"linears, {c['delegates']} XNNPACK delegates"),
+        ("parity vs eager", f"max|diff| {p['max_abs_diff']:.2g}, SQNR {p['sqnr_db']:.1f} dB, "
+                            f"tokens {p['token_agreement']:.0%} over {p['steps']} steps"),
+        ("time / peak RSS", f"{seconds:.1f} s / {m['peak_rss_mb']:.0f} MB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("", file=console)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}", file=console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

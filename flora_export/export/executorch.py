@@ -1,0 +1,136 @@
+"""ExecuTorch backend: XNNPACK lowering of the captured program into `model.pte`.
+
+Attention runs on ExecuTorch's LLM custom ops (`llama.update_cache`,
+`llama.custom_sdpa`) as in ExecuTorch's own Llama export, every quantized linear
+becomes one XNNPACK fully-connected op, and the runner metadata is stored as
+constant methods, so `TextLLMRunner(model.pte, tokenizer.json)` runs it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PTE_NAME = "model.pte"
+_LINEAR_OPS = ("aten.linear.default", "aten.mm.default", "aten.addmm.default")
+_DEQUANT_PREFIXES = ("torchao.dequantize_affine", "quantized_decomposed.dequantize")
+
+
+def load_runtime_ops() -> None:
+    """Register ExecuTorch's LLM custom ops and quantized kernels in this process."""
+    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+    import executorch.kernels.quantized  # noqa: F401
+
+
+def runner_metadata(model, max_seq: int, bos: int, eos: list[int]) -> dict:
+    cfg = model.config
+    return {"get_max_seq_len": max_seq, "get_max_context_len": max_seq,
+            "get_n_layers": cfg.num_hidden_layers, "get_vocab_size": cfg.vocab_size,
+            "use_kv_cache": True, "use_sdpa_with_kv_cache": True, "enable_dynamic_shape": True,
+            "get_bos_id": bos, "get_eos_ids": list(eos)}
+
+
+def lower(ep: torch.export.ExportedProgram, metadata: dict):
+    """Edge dialect + XNNPACK partitioning; returns the EdgeProgramManager."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackDynamicallyQuantizedPartitioner, XnnpackPartitioner)
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    load_runtime_ops()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return to_edge_transform_and_lower(
+            ep, partitioner=[XnnpackDynamicallyQuantizedPartitioner(), XnnpackPartitioner()],
+            compile_config=EdgeCompileConfig(_check_ir_validity=False, _skip_dim_order=True),
+            constant_methods=metadata)
+
+
+def to_pte(edge, path: Path) -> int:
+    """Serialize the lowered program to `path`; returns its size in bytes."""
+    from executorch.exir import ExecutorchBackendConfig
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = edge.to_executorch(ExecutorchBackendConfig(
+            extract_delegate_segments=True, do_quant_fusion_and_const_prop=True,
+            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
+    with open(path, "wb") as f:
+        program.write_to_file(f)
+    return path.stat().st_size
+
+
+def lowered_op_counts(edge) -> dict:
+    """Linear ops inside XNNPACK delegates, and how many take a quantized weight."""
+    gm = edge.exported_program().graph_module
+    delegates = [m for n, m in gm.named_children() if n.startswith("lowered_module")]
+    linear = quantized = 0
+    bits = Counter()
+    for lowered in delegates:
+        for node in lowered.original_module.graph.nodes:
+            if node.op != "call_function" or _op_name(node) not in _LINEAR_OPS:
+                continue
+            linear += 1
+            weight = node.args[1] if _op_name(node) != "aten.addmm.default" else node.args[2]
+            b = _dequant_bits(weight)
+            if b:
+                quantized += 1
+                bits[f"int{b}"] += 1
+    portable = sum(1 for n in gm.graph.nodes
+                   if n.op == "call_function" and _op_name(n) in _LINEAR_OPS)
+    return {"delegates": len(delegates), "delegated_linear_ops": linear,
+            "quantized_linear_ops": quantized, "quantized_weight_bits": dict(bits),
+            "non_delegated_linear_ops": portable}
+
+
+def _op_name(node) -> str:
+    target = node.target
+    name = getattr(target, "_name", None) or getattr(target, "__name__", str(target))
+    name = name.replace("::", ".")
+    return name if name.count(".") >= 2 else f"{name}.default"
+
+
+def _dequant_bits(node) -> int | None:
+    """Bit width if `node` (a linear's weight, possibly behind a permute) is dequantized."""
+    for _ in range(3):
+        if not hasattr(node, "op") or node.op != "call_function":
+            return None
+        name = _op_name(node)
+        if name.startswith(_DEQUANT_PREFIXES):
+            qmin, qmax = _qrange(node)
+            return int(round(torch.log2(torch.tensor(float(qmax - qmin + 1))).item()))
+        node = node.args[0]
+    return None
+
+
+def _qrange(node) -> tuple[int, int]:
+    kw = dict(node.kwargs)
+    args = list(node.args)
+    qmin = kw.get("quant_min", args[5] if len(args) > 5 else -128)
+    qmax = kw.get("quant_max", args[6] if len(args) > 6 else 127)
+    return int(qmin), int(qmax)
+
+
+def runtime_step(pte_path: Path):
+    """A verify Step running the `.pte` through the ExecuTorch runtime (fresh state)."""
+    from executorch.runtime import Runtime
+
+    load_runtime_ops()
+    method = Runtime.get().load_program(Path(pte_path)).load_method("forward")
+
+    def step(tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return method.execute([tokens, pos])[0].reshape(-1).float()
+    return step
+
+
+def versions() -> dict:
+    import executorch.version as v
+    return {"executorch": v.__version__}

@@ -1,0 +1,104 @@
+"""Output directories written atomically, the manifest, and per-stage timing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+from ..errors import FloraError
+from ..model import file_sha256
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+def check_out_dir(out: Path, force: bool = False) -> None:
+    """Fail early (before any work) if `out` cannot be written or would clobber other files."""
+    out = Path(out)
+    parent = out.parent
+    for p in [out, *out.parents]:
+        if p.exists() and not p.is_dir():
+            raise FloraError(f"output path {out} is not writable: {p} is a file",
+                             "pass --out pointing to a directory path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".flora-probe-")
+        probe.close()
+    except OSError as e:
+        raise FloraError(f"output directory {parent} is not writable ({e.strerror})",
+                         "pass --out in a directory you can write to") from None
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists() and not force:
+        raise FloraError(f"output directory {out} exists, is not empty and holds no flora-export "
+                         "output", "choose another --out, or pass --force to replace it")
+
+
+@contextmanager
+def staging_dir(out: Path):
+    """Yield a temporary sibling of `out`; it replaces `out` only if the block succeeds."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def file_record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+class Stages:
+    """Times pipeline stages and reports each start/end to a progress callback."""
+
+    def __init__(self, names: list[str], report: Callable[[str, int, int, float | None], None]
+                 | None = None):
+        self.names = names
+        self.report = report or (lambda *a: None)
+        self.seconds: dict[str, float] = {}
+        self.rss_mb: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        idx = self.names.index(name) + 1 if name in self.names else 0
+        self.report(name, idx, len(self.names), None)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t0, 3)
+        self.rss_mb[name] = peak_rss_mb()
+        self.report(name, idx, len(self.names), self.seconds[name])
+        log.info("stage %s: %.2f s, peak RSS %.0f MB", name, self.seconds[name], self.rss_mb[name])
+
+
+def versions() -> dict:
+    import torch
+    import torchao
+
+    from .. import __version__
+    return {"flora_export": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "torchao": torchao.__version__}

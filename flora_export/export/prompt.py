@@ -1,0 +1,53 @@
+"""Special tokens, the chat format recorded for apps, and the verification prompt."""
+
+from __future__ import annotations
+
+import json
+
+from tokenizers import Tokenizer
+
+from ..errors import FloraError
+
+VERIFY_TEXT = "The quick brown fox jumps over the lazy dog. 12 + 30 = 42."
+_BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>")
+_EOS_NAMES = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "</s>", "<eos>")
+_LLAMA3_CHAT = ("<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def _added_tokens(model) -> dict[str, int]:
+    added = json.loads(model.tokenizer_json).get("added_tokens", [])
+    return {t["content"]: t["id"] for t in added}
+
+
+def special_ids(model) -> tuple[int, list[int]]:
+    """(bos id, eos ids) from config.json, else from the tokenizer's special tokens."""
+    cfg = model.config
+    added = _added_tokens(model)
+    bos = cfg.bos_token_id
+    if bos is None:
+        bos = next((added[n] for n in _BOS_NAMES if n in added), None)
+    eos = list(cfg.eos_token_ids) or [added[n] for n in _EOS_NAMES if n in added]
+    if bos is None or not eos:
+        raise FloraError("cannot tell the model's bos/eos token ids",
+                         "set bos_token_id and eos_token_id in config.json")
+    for i in [bos, *eos]:
+        if not 0 <= i < cfg.vocab_size:
+            raise FloraError(f"special token id {i} is outside the vocabulary "
+                             f"(size {cfg.vocab_size})", "fix bos/eos_token_id in config.json")
+    return bos, eos
+
+
+def chat_format(model) -> dict | None:
+    """The prompt template apps should use, when the tokenizer has Llama-3 chat tokens."""
+    added = _added_tokens(model)
+    if not {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"} <= set(added):
+        return None
+    return {"template": _LLAMA3_CHAT, "stop": ["<|eot_id|>", "<|end_of_text|>"]}
+
+
+def verify_prompt(model, bos: int) -> list[int]:
+    """bos + a fixed English sentence, as the model's own tokenizer encodes it."""
+    tok = Tokenizer.from_str(model.tokenizer_json)
+    ids = tok.encode(VERIFY_TEXT, add_special_tokens=False).ids[:32]
+    return [bos] + [i for i in ids if i < model.config.vocab_size]

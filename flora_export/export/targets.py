@@ -1,0 +1,40 @@
+"""The target table: what a user asks for (`--target`) -> the backends that build it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import FloraError, unknown_name
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backends: tuple[str, ...]
+    description: str
+
+
+TARGETS: dict[str, Target] = {
+    "android": Target("android", ("executorch-xnnpack",),
+                      "ExecuTorch .pte on XNNPACK (CPU), for ExecuTorch's Android LLM runner"),
+    "ios": Target("ios", ("coreml", "executorch-xnnpack"),
+                  "Core ML .mlpackage plus the ExecuTorch .pte for iOS"),
+    "coreml": Target("coreml", ("coreml",), "Core ML .mlpackage alone"),
+    "onnx": Target("onnx", ("onnx",), "ONNX with int4 MatMulNBits, for ONNX Runtime (GenAI)"),
+}
+
+# Backends this version can build; the others are listed so their targets fail clearly.
+AVAILABLE_BACKENDS = ("executorch-xnnpack",)
+
+
+def target_row(name: str) -> Target:
+    if name not in TARGETS:
+        raise unknown_name("target", name, TARGETS)
+    row = TARGETS[name]
+    missing = [b for b in row.backends if b not in AVAILABLE_BACKENDS]
+    if missing:
+        raise FloraError(f"target {name!r} needs the {', '.join(missing)} backend, which this "
+                         f"version of flora-export does not provide yet",
+                         f"use a target whose backends are available: "
+                         f"{', '.join(t for t, r in TARGETS.items() if set(r.backends) <= set(AVAILABLE_BACKENDS))}")
+    return row

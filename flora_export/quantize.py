@@ -1,0 +1,111 @@
+"""The quantize stage: typed configs applied with torchao's `quantize_`.
+
+Every base/fused projection and the output head must end up quantized: a linear
+whose input width is not a multiple of the group size is an error, never a
+silent fall-back to float (fuse() pads FFBA widths to the group for this reason).
+Unmerged LoRA A/B matrices stay in float, as in ExecuTorch's own LoRA export.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import FloraError, unknown_name
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How linears and the embedding table are quantized.
+
+    weight_bits: 4 or 8 (None: keep fp32). group_size: input columns per scale for
+    4-bit (0 = one scale per output row). dynamic_activations: int8 per-token
+    activations computed at run time (what XNNPACK runs as a quantized GEMM).
+    embedding_bits: 8 (per-row) or None.
+    """
+
+    name: str
+    weight_bits: int | None = 4
+    group_size: int = 32
+    dynamic_activations: bool = True
+    embedding_bits: int | None = 8
+
+    @property
+    def quantizes(self) -> bool:
+        return self.weight_bits is not None
+
+
+QUANT_MODES: dict[str, QuantConfig] = {
+    # int8 dynamic activations, int4 group-wise weights: ExecuTorch's LLM default.
+    "8da4w": QuantConfig("8da4w", weight_bits=4, group_size=32),
+    # int8 per-channel weights. XNNPACK folds weight-only int8 back to fp32 at lowering,
+    # so activations are quantized dynamically too, which keeps the weights int8 on device.
+    "int8": QuantConfig("int8", weight_bits=8, group_size=0),
+    "fp32": QuantConfig("fp32", weight_bits=None, embedding_bits=None),
+}
+
+
+def quant_config(name: str) -> QuantConfig:
+    if name not in QUANT_MODES:
+        raise unknown_name("quantization", name, QUANT_MODES)
+    return QUANT_MODES[name]
+
+
+def _is_lora_half(fqn: str) -> bool:
+    return ".lora_A." in f".{fqn}." or ".lora_B." in f".{fqn}."
+
+
+def quantizable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    return [(fqn, m) for fqn, m in model.named_modules()
+            if isinstance(m, nn.Linear) and not _is_lora_half(fqn)]
+
+
+def check_quantizable(model: nn.Module, cfg: QuantConfig) -> None:
+    """Fail, naming the linear and the fix, if any projection cannot be group-quantized."""
+    if not cfg.quantizes or cfg.group_size == 0:
+        return
+    for fqn, lin in quantizable_linears(model):
+        if lin.in_features % cfg.group_size:
+            raise FloraError(
+                f"linear {fqn} has {lin.in_features} inputs, not a multiple of the "
+                f"quantization group {cfg.group_size}; it would stay in float",
+                "fuse with pad_to equal to the group size (the default), or use --quant fp32")
+
+
+def quantize(model: nn.Module, cfg: QuantConfig) -> nn.Module:
+    """Quantize linears and the embedding in place (torchao); returns the model."""
+    if not cfg.quantizes:
+        return model
+    from torchao.quantization import (Int8DynamicActivationIntxWeightConfig,
+                                      IntxWeightOnlyConfig, quantize_)
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    check_quantizable(model, cfg)
+    if model.config.tie_word_embeddings:  # embedding and head get their own quantized copies
+        model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone(),
+                                            requires_grad=False)
+    if cfg.embedding_bits:
+        quantize_(model, IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{cfg.embedding_bits}"),
+                                              granularity=PerAxis(0)),
+                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+    granularity = PerGroup(cfg.group_size) if cfg.group_size else PerAxis(0)
+    wdtype = getattr(torch, f"int{cfg.weight_bits}")
+    lin_cfg = (Int8DynamicActivationIntxWeightConfig(weight_dtype=wdtype,
+                                                     weight_granularity=granularity)
+               if cfg.dynamic_activations else
+               IntxWeightOnlyConfig(weight_dtype=wdtype, granularity=granularity))
+    quantize_(model, lin_cfg,
+              filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and not _is_lora_half(fqn))
+    log.info("quantized %d linears (%s)", count_quantized_linears(model), cfg.name)
+    return model
+
+
+def count_quantized_linears(model: nn.Module) -> int:
+    """Linears whose weight is a torchao quantized tensor (eager view)."""
+    return sum(1 for _, m in quantizable_linears(model)
+               if type(m.weight).__name__ != "Parameter" and type(m.weight) is not torch.Tensor)
