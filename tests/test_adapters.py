@@ -1,0 +1,159 @@
+"""FFBA and LoRA adapters: definition, fusion, state changes and files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from flora_export.adapters import (FFBAConfig, LoraConfig, attach_ffba, attach_lora,
+                                   load_adapter, save_adapter)
+from flora_export.fuse import count_fused_linears, fuse, merge_lora, unfuse
+from flora_export.model import PRESETS, load_model, random_model
+from flora_export.model.llama import activation
+
+from conftest import randomize_adapter
+
+TOKENS = torch.randint(0, 512, (2, 11), generator=torch.Generator().manual_seed(0))
+
+
+def logits(model, tokens=TOKENS):
+    with torch.no_grad():
+        return model(tokens)
+
+
+def ffba_model(cfg: FFBAConfig, seed: int = 1):
+    model = random_model(PRESETS["tiny"], seed=seed)
+    attach_ffba(model, cfg)
+    randomize_adapter(model, seed)
+    return model
+
+
+def test_fresh_adapter_changes_nothing_and_only_it_trains():
+    base = random_model(PRESETS["tiny"], seed=1)
+    ref = logits(base)
+    attach_ffba(base, FFBAConfig(width=16))
+    assert torch.equal(logits(base), ref)
+    trainable = {n for n, p in base.named_parameters() if p.requires_grad}
+    assert trainable and all(".adapter." in n for n in trainable)
+    assert len(trainable) == 2 * 2 * PRESETS["tiny"].num_hidden_layers
+
+
+def test_ffba_matches_its_definition():
+    """Sub-block output gains s * B act(A x_p), x_p the sub-block's normed input."""
+    cfg = FFBAConfig(width=8, alpha=4.0, activation="relu")
+    model = ffba_model(cfg)
+    layer = model.layers[0]
+    x = torch.randn(1, 5, 128)
+    xn = layer.input_layernorm(x)
+    with torch.no_grad():
+        pair = layer.self_attn.adapter
+        manual = torch.relu(xn @ pair.A.weight.T) @ pair.B.weight.T * (4.0 / 8)
+        assert torch.allclose(pair(xn), manual, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["ffba", "ffba-attn", "ffba-mlp"])
+@pytest.mark.parametrize("width,act", [(40, "identity"), (64, "silu"), (7, "relu")])
+def test_fused_equals_unfused(variant, width, act):
+    model = ffba_model(FFBAConfig(width=width, alpha=2.0 * width, variant=variant, activation=act))
+    ref = logits(model)
+    fuse(model, pad_to=32)
+    padded = -(-width // 32) * 32
+    blocks = {"ffba": 2, "ffba-attn": 1, "ffba-mlp": 1}[variant]
+    assert count_fused_linears(model) == 2 * blocks * PRESETS["tiny"].num_hidden_layers
+    layer = model.layers[0]
+    if variant != "ffba-mlp":
+        assert layer.self_attn.qkv_proj.out_features == 128 + 2 * 64 + padded
+        assert layer.self_attn.o_proj.in_features == 128 + padded
+        assert layer.self_attn.adapter is None
+    if variant != "ffba-attn":
+        assert layer.mlp.down_proj.in_features == 256 + padded
+    assert (logits(model) - ref).abs().max() < 1e-5
+    # exactly 4 linears per layer after fusion
+    assert sum(isinstance(m, torch.nn.Linear) for m in layer.modules()) == 4
+
+
+def test_unfuse_restores_adapter_and_base():
+    model = ffba_model(FFBAConfig(width=40))
+    ref_A = model.layers[1].mlp.adapter.A.weight.clone()
+    ref = logits(model)
+    unfuse(fuse(model))
+    assert model.adapter_state == "unfused"
+    assert torch.equal(model.layers[1].mlp.adapter.A.weight, ref_A)
+    assert model.layers[1].mlp.down_proj.in_features == 256
+    assert (logits(model) - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_ffba_save_load_round_trip(tmp_path, fused):
+    model = ffba_model(FFBAConfig(width=24, alpha=12.0, activation="silu"), seed=2)
+    ref = logits(model)
+    if fused:
+        fuse(model)
+    save_adapter(model, tmp_path)
+    meta = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert meta["adapter_type"] == "ffba" and meta["width"] == 24 and meta["base"]["fingerprint"]
+    fresh = random_model(PRESETS["tiny"], seed=2)
+    load_adapter(fresh, tmp_path)
+    assert fresh.layers[0].self_attn.adapter.A.weight.shape == (24, 128)
+    assert (logits(fresh) - ref).abs().max() < 1e-5
+
+
+def test_adapter_checked_against_its_base(tmp_path):
+    from flora_export.errors import FloraError
+    model = ffba_model(FFBAConfig(width=8), seed=1)
+    save_adapter(model, tmp_path)
+    with pytest.raises(FloraError, match="another base"):
+        load_adapter(random_model(PRESETS["tiny"], seed=9), tmp_path)
+    load_adapter(random_model(PRESETS["tiny"], seed=9), tmp_path, check_base=False)
+
+
+def test_activation_zero_preserving():
+    for name in ("identity", "relu", "silu"):
+        assert activation(name, torch.zeros(3)).abs().sum() == 0   # padding stays inert
+
+
+def peft_lora(tmp_path, rank=4, targets=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj")):
+    model = random_model(PRESETS["tiny"], seed=4)
+    attach_lora(model, LoraConfig(rank=rank, alpha=8.0, targets=targets))
+    randomize_adapter(model, 4)
+    save_adapter(model, tmp_path)
+    return model
+
+
+def test_lora_peft_layout_unmerged_and_merged(tmp_path):
+    model = peft_lora(tmp_path)
+    ref = logits(model)
+    from safetensors.torch import load_file
+    keys = load_file(tmp_path / "adapter_model.safetensors")
+    assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
+    assert keys["base_model.model.model.layers.1.mlp.up_proj.lora_B.weight"].shape == (256, 4)
+    meta = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert meta["peft_type"] == "LORA" and meta["r"] == 4
+    fresh = random_model(PRESETS["tiny"], seed=4)
+    load_adapter(fresh, tmp_path)
+    assert (logits(fresh) - ref).abs().max() < 1e-6
+    merge_lora(fresh)
+    assert not any("lora" in n for n, _ in fresh.named_parameters())
+    assert (logits(fresh) - ref).abs().max() < 1e-5
+
+
+def test_lora_matches_peft_semantics(tmp_path):
+    """Each targeted HF projection gains scale * B A x on its own rows only."""
+    model = peft_lora(tmp_path, targets=("k_proj",))
+    proj = model.layers[0].self_attn.qkv_proj
+    x = torch.randn(3, 128)
+    with torch.no_grad():
+        delta = proj(x) - proj.base(x)
+        k_delta = 2.0 * x @ proj.lora_A["k_proj"].weight.T @ proj.lora_B["k_proj"].weight.T
+    assert delta[:, :128].abs().max() == 0 and delta[:, 192:].abs().max() == 0
+    assert torch.allclose(delta[:, 128:192], k_delta, atol=1e-6)
+
+
+def test_loaded_model_adapter_on_disk(tiny_base, tiny_ffba):
+    model = load_model(tiny_base)
+    load_adapter(model, tiny_ffba)
+    assert model.adapter_source["files"]["adapter_model.safetensors"]
+    fuse(model)
+    assert model.fused_width == 64

@@ -1,0 +1,102 @@
+"""The model definition against transformers' LlamaForCausalLM on the same weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from flora_export.model import PRESETS, load_model
+from flora_export.model.presets import random_model
+
+from conftest import shapes, write_base
+
+transformers = pytest.importorskip("transformers")
+
+SHAPES = {
+    "tiny-tied-gqa-llama3rope": PRESETS["tiny"],
+    "untied-mha-default-rope": shapes(tie_word_embeddings=False, num_key_value_heads=4,
+                                      rope_scaling=None, rope_theta=10000.0),
+    "head-dim-64-linear-rope": shapes(num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+                                      rope_scaling={"rope_type": "linear", "factor": 2.0}),
+    "odd-ffn-3-layers": shapes(intermediate_size=200, num_hidden_layers=3, vocab_size=600),
+}
+
+
+def hf_model(path):
+    return transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def greedy(step, prompt, n):
+    ids = list(prompt)
+    for _ in range(n):
+        ids.append(int(step(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_matches_transformers(name, tmp_path):
+    cfg = SHAPES[name]
+    write_base(tmp_path, cfg, seed=3)
+    ours, theirs = load_model(tmp_path), hf_model(tmp_path)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = theirs(tokens).logits
+        assert (ours(tokens) - ref).abs().max() < 1e-5
+        # prefill + decode through the static cache gives the same logits
+        ours.setup_cache(64)
+        steps = [ours(tokens[:1, :9], torch.tensor([0]))]
+        steps += [ours(tokens[:1, i:i + 1], torch.tensor([i])) for i in range(9, 17)]
+        assert (torch.cat(steps, 1) - ref[:1]).abs().max() < 1e-5
+        prompt = tokens[0, :5].tolist()
+        assert greedy(lambda t: ours(t), prompt, 12) == greedy(lambda t: theirs(t).logits, prompt, 12)
+
+
+def test_executorch_attention_ops_match_plain_sdpa(tiny_base):
+    model = load_model(tiny_base).setup_cache(32)
+    tokens = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(tokens)
+        model.set_attention_impl("executorch")
+        out = [model(tokens[:, :7], torch.tensor([0]))]
+        out += [model(tokens[:, i:i + 1], torch.tensor([i])) for i in range(7, 12)]
+    assert (torch.cat(out, 1) - ref).abs().max() < 1e-5
+
+
+def test_sharded_and_bf16_checkpoints_load(tmp_path):
+    base = write_base(tmp_path / "base", seed=5)
+    ref = load_model(base)
+    sharded = write_base(tmp_path / "sharded", seed=5, dtype=torch.bfloat16)
+    tensors = load_file(sharded / "model.safetensors")
+    names = sorted(tensors)
+    (sharded / "model.safetensors").unlink()
+    index = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        fname = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in part}, str(sharded / fname))
+        index.update({k: fname for k in part})
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": index}))
+    model = load_model(sharded)
+    assert model.embed_tokens.weight.dtype == torch.float32
+    diff = (model.layers[1].self_attn.qkv_proj.weight - ref.layers[1].self_attn.qkv_proj.weight)
+    assert 0 < diff.abs().max() < 1e-2   # bf16 rounding only
+    assert model.lm_head.weight is model.embed_tokens.weight
+
+
+def test_presets_have_the_real_shapes():
+    with torch.device("meta"):
+        from flora_export.model.llama import LlamaModel
+        one_b = LlamaModel(PRESETS["llama3.2-1b"])
+        three_b = LlamaModel(PRESETS["llama3.2-3b"])
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731  tied: counted once
+    assert abs(count(one_b) / 1e9 - 1.236) < 0.01
+    assert abs(count(three_b) / 1e9 - 3.213) < 0.01
+
+
+def test_preset_is_reproducible():
+    a, b = random_model(PRESETS["tiny"], seed=7), random_model(PRESETS["tiny"], seed=7)
+    assert torch.equal(a.layers[0].mlp.down_proj.weight, b.layers[0].mlp.down_proj.weight)
+    model = load_model("tiny")
+    assert model.tokenizer_json and model.source["kind"] == "preset"
