@@ -86,11 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("flora-export: interrupted; nothing was written", file=_ERR[0])
             return 130
-        except Exception as e:  # an internal failure, not bad input
+        except Exception as e:  # an internal failure, not bad input: keep the log
             logging.getLogger("flora_export").exception("export failed")
             print(f"flora-export: internal error: {type(e).__name__}: {str(e)[:300]} "
                   f"(details: {log_path or 'see the traceback above'})", file=_ERR[0])
+            log_path = None
             return 1
+        finally:
+            if log_path:
+                Path(log_path).unlink(missing_ok=True)
     _print_summary(manifest, seconds, Path(args.out or f"flora-out/{args.target}"))
     return 0
 

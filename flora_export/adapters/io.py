@@ -216,6 +216,12 @@ def _copy_checked(expected: dict, tensors: dict, adapter_dir: Path) -> None:
     if missing:
         raise FloraError(f"adapter {adapter_dir} lacks {len(missing)} tensors, e.g. "
                          f"{missing[0]!r}", "the adapter does not match this base model's layers")
+    unexpected = sorted(set(tensors) - set(expected))
+    if unexpected:
+        raise FloraError(f"adapter {adapter_dir} has {len(unexpected)} tensors with no place in "
+                         f"this model, e.g. {unexpected[0]!r}",
+                         "pass the base model the adapter was trained on (it has other layers "
+                         "or adapted modules)")
     with torch.no_grad():
         for name, param in expected.items():
             t = tensors[name]

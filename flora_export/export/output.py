@@ -23,18 +23,16 @@ MANIFEST = "manifest.json"
 
 def check_out_dir(out: Path, force: bool = False) -> None:
     """Fail early (before any work) if `out` cannot be written or would clobber other files."""
-    out = Path(out)
-    parent = out.parent
+    out = Path(out).absolute()
     for p in [out, *out.parents]:
         if p.exists() and not p.is_dir():
             raise FloraError(f"output path {out} is not writable: {p} is a file",
                              "pass --out pointing to a directory path")
+    existing = next(p for p in out.parents if p.exists())
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=parent, prefix=".flora-probe-")
-        probe.close()
+        tempfile.NamedTemporaryFile(dir=existing, prefix=".flora-probe-").close()
     except OSError as e:
-        raise FloraError(f"output directory {parent} is not writable ({e.strerror})",
+        raise FloraError(f"output directory {existing} is not writable ({e.strerror})",
                          "pass --out in a directory you can write to") from None
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).exists() and not force:
         raise FloraError(f"output directory {out} exists, is not empty and holds no flora-export "

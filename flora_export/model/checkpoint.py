@@ -79,15 +79,12 @@ def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> L
     index = _TensorIndex(model_dir)
     with torch.device("meta"):
         model = LlamaModel(cfg)
+    shapes = {name: tuple(t.shape) for name, t in hf_state_dict(model).items()}
     state = {}
-    for name, param in model.state_dict(keep_vars=True).items():
+    for name in model.state_dict():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        state[name] = _read_param(index, name, dtype)
-        if tuple(state[name].shape) != tuple(param.shape):
-            raise FloraError(
-                f"tensor {name!r} has shape {tuple(state[name].shape)}, config.json implies "
-                f"{tuple(param.shape)}", "the weights do not match config.json; fix either")
+        state[name] = _read_param(index, name, dtype, shapes)
     if cfg.tie_word_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     model.load_state_dict(state, assign=True)
@@ -96,11 +93,26 @@ def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> L
     return model.eval()
 
 
-def _read_param(index: _TensorIndex, name: str, dtype: torch.dtype) -> torch.Tensor:
+def _read_param(index: _TensorIndex, name: str, dtype: torch.dtype,
+                shapes: dict[str, tuple[int, ...]]) -> torch.Tensor:
+    parts = [_read_shaped(index, hf, dtype, shapes[hf]) for hf in _hf_parts(name)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _hf_parts(name: str) -> list[str]:
     for fused, parts in _FUSED.items():
         if f".{fused}." in name:
-            return torch.cat([index.get(_hf_name(name.replace(fused, p)), dtype) for p in parts])
-    return index.get(_hf_name(name), dtype)
+            return [_hf_name(name.replace(fused, p)) for p in parts]
+    return [_hf_name(name)]
+
+
+def _read_shaped(index: _TensorIndex, name: str, dtype: torch.dtype,
+                 shape: tuple[int, ...]) -> torch.Tensor:
+    t = index.get(name, dtype)
+    if tuple(t.shape) != shape:
+        raise FloraError(f"tensor {name!r} has shape {tuple(t.shape)}, config.json implies "
+                         f"{shape}", "the weights do not match config.json; fix either")
+    return t
 
 
 def hf_state_dict(model: LlamaModel) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 from ..errors import FloraError
 
 ROPE_TYPES = ("default", "llama3", "linear")
+ROPE_KEYS = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,8 @@ class LlamaConfig:
 
     def __post_init__(self):
         if self.head_dim is None:
-            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+            with contextlib.suppress(TypeError, ZeroDivisionError):
+                object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         self.validate()
 
     def validate(self) -> None:
@@ -53,6 +56,10 @@ class LlamaConfig:
         if rope_type not in ROPE_TYPES:
             raise FloraError(f"config.json: unsupported rope_type {rope_type!r}",
                              f"use one of: {', '.join(ROPE_TYPES)}")
+        missing = [k for k in ROPE_KEYS.get(rope_type, ()) if k not in self.rope_scaling]
+        if missing:
+            raise FloraError(f"config.json: rope_scaling of type {rope_type!r} lacks "
+                             f"{', '.join(missing)}", "fix the model's config.json")
 
     @property
     def q_dim(self) -> int:
@@ -70,6 +77,9 @@ class LlamaConfig:
                 f"config.json describes model_type={d.get('model_type')!r} {archs}, not a Llama "
                 "decoder", "pass a LlamaForCausalLM checkpoint directory")
         rope = d.get("rope_parameters") or d.get("rope_scaling") or None
+        if rope is not None and not isinstance(rope, dict):
+            raise FloraError(f"config.json: rope_scaling must be an object, got {rope!r}",
+                             "fix the model's config.json")
         theta = d.get("rope_theta") or (rope or {}).get("rope_theta") or 10000.0
         if rope is not None:
             rope = {k: v for k, v in rope.items() if k != "rope_theta"}
@@ -94,6 +104,9 @@ class LlamaConfig:
         except KeyError as e:
             raise FloraError(f"config.json lacks the key {e.args[0]!r}",
                              "use a complete Hugging Face Llama config.json") from None
+        except (TypeError, ValueError) as e:
+            raise FloraError(f"config.json holds a malformed value ({e})",
+                             "fix the model's config.json") from None
 
     def to_hf_dict(self) -> dict:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k != "eos_token_ids"}
@@ -114,4 +127,7 @@ class LlamaConfig:
                              "+ tokenizer.json) or a preset name") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise FloraError(f"{path} is not valid JSON ({e})", "restore the file") from None
+        if not isinstance(data, dict):
+            raise FloraError(f"{path} holds a JSON {type(data).__name__}, not an object",
+                             "use the Hugging Face config.json saved with the model")
         return cls.from_hf_dict(data)
