@@ -192,7 +192,8 @@ def _print_summary(m: dict, seconds: float, out: Path) -> None:
         ("quantized linear ops", f"{c['quantized_linear_ops']} of {c['delegated_linear_ops']} "
                                  f"linears, {c['delegates']} XNNPACK delegates"),
         ("parity vs eager", f"max|diff| {p['max_abs_diff']:.2g}, SQNR {p['sqnr_db']:.1f} dB, "
-                            f"tokens {p['token_agreement']:.0%} over {p['steps']} steps"),
+                            f"greedy tokens {p['token_agreement']:.0%} of {p['steps']} steps "
+                            f"({p['decisive_agreement']:.0%} of {p['decisive_steps']} decisive)"),
         ("time / peak RSS", f"{seconds:.1f} s / {m['peak_rss_mb']:.0f} MB"),
     ]
     width = max(len(k) for k, _ in rows)

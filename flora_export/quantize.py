@@ -101,8 +101,23 @@ def quantize(model: nn.Module, cfg: QuantConfig) -> nn.Module:
                IntxWeightOnlyConfig(weight_dtype=wdtype, granularity=granularity))
     quantize_(model, lin_cfg,
               filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and not _is_lora_half(fqn))
+    if cfg.group_size:
+        _round_group_scales_to_bf16(model)
     log.info("quantized %d linears (%s)", count_quantized_linears(model), cfg.name)
     return model
+
+
+def _round_group_scales_to_bf16(model: nn.Module) -> None:
+    """XNNPACK stores group-wise weight scales in bf16; make the eager model use the same.
+
+    The eager quantized model then computes the function the device computes (up to
+    activation rounding and summation order), which keeps verification sharp.
+    """
+    with torch.no_grad():
+        for _, lin in quantizable_linears(model):
+            scale = getattr(lin.weight, "scale", None)
+            if scale is not None:
+                scale.copy_(scale.to(torch.bfloat16).to(scale.dtype))
 
 
 def count_quantized_linears(model: nn.Module) -> int:

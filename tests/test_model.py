@@ -100,3 +100,31 @@ def test_preset_is_reproducible():
     assert torch.equal(a.layers[0].mlp.down_proj.weight, b.layers[0].mlp.down_proj.weight)
     model = load_model("tiny")
     assert model.tokenizer_json and model.source["kind"] == "preset"
+
+
+LOAD_RSS = r"""
+import sys, torch
+from pathlib import Path
+from flora_export.model.checkpoint import load_hf_checkpoint
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+load_hf_checkpoint(Path(sys.argv[2]))     # warm-up: lazy libraries and allocator pools
+before = rss()
+model = load_hf_checkpoint(Path(sys.argv[1]))
+params = sum(p.numel() * p.element_size() for p in model.parameters())
+print((rss() - before) / params)
+"""
+
+
+def test_loading_holds_one_copy_of_the_weights(tmp_path):
+    """q/k/v and gate/up are read straight into the fused tensors: no second copy."""
+    import subprocess
+    import sys
+    cfg = shapes(hidden_size=512, intermediate_size=2048, num_hidden_layers=6,
+                 num_attention_heads=8, num_key_value_heads=2, vocab_size=8192,
+                 bos_token_id=8192 - 128, eos_token_ids=(8192 - 127,))
+    write_base(tmp_path / "big", cfg)
+    write_base(tmp_path / "small")
+    proc = subprocess.run([sys.executable, "-c", LOAD_RSS, str(tmp_path / "big"),
+                           str(tmp_path / "small")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) < 1.2

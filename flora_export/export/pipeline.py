@@ -19,7 +19,8 @@ from ..adapters.ffba import FFBAConfig
 from ..errors import FloraError
 from ..fuse import count_fused_linears, fuse
 from ..quantize import count_quantized_linears, quant_config, quantizable_linears, quantize
-from ..verify import Parity, VerifyConfig, check, compare, eager_step, reference_sequence, run_steps
+from ..verify import (Parity, VerifyConfig, check, compare, eager_step, reference_sequence,
+                      run_steps)
 from . import executorch as et
 from .capture import capture
 from .output import (MANIFEST, Stages, check_out_dir, file_record, peak_rss_mb, staging_dir,
@@ -29,7 +30,8 @@ from .targets import target_row
 
 log = logging.getLogger(__name__)
 
-STAGES = ["fuse", "reference", "quantize", "capture", "lower", "serialize", "verify", "write"]
+STAGES = ["fuse", "reference", "quantize", "quant-reference", "capture", "lower", "serialize",
+          "verify", "write"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
         tokens, fp32_logits = reference_sequence(model, prompt, config.verify.decode_steps)
     with st("quantize"):
         quantize(model, qcfg)
+    with st("quant-reference"):
         eager_logits = run_steps(eager_step(model), tokens, len(prompt), config.verify.decode_steps)
     with st("capture"):
         model.set_attention_impl("executorch").reset_cache()
@@ -102,10 +105,9 @@ def _check_counts(model, qcfg, counts: dict) -> None:
 
 
 def _parity(fp32, eager, exported, quantized: bool, config: ExportConfig) -> Parity:
-    diff, sqnr, agree = compare(eager, exported)
-    parity = Parity(steps=len(exported), max_abs_diff=diff, sqnr_db=sqnr, token_agreement=agree)
+    parity = compare(eager, exported)
     if quantized:
-        parity.quant_sqnr_db_vs_fp32 = compare(fp32, eager)[1]
+        parity.quant_sqnr_db_vs_fp32 = compare(fp32, eager).sqnr_db
     return check(parity, quantized, config.verify, "the exported .pte")
 
 

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import FloraError
@@ -27,8 +26,16 @@ _FUSED = {  # our fused name -> HF parts, in row order
 }
 
 
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "F64": torch.float64}
+
+
 class _TensorIndex:
-    """Name -> shard file over one or many `*.safetensors` files, opened lazily."""
+    """Tensor name -> (file, dtype, shape, byte range) over one or many `*.safetensors`.
+
+    Tensors are read with plain file reads straight into their destination (a slice
+    of the fused weight), never through a memory map, so loading holds one copy.
+    """
 
     def __init__(self, model_dir: Path):
         files = sorted(model_dir.glob("*.safetensors"))
@@ -36,36 +43,69 @@ class _TensorIndex:
             raise FloraError(f"no *.safetensors weights in {model_dir}",
                              "save the model with safetensors (save_pretrained(..., "
                              "safe_serialization=True)); .bin/pickle checkpoints are not loaded")
-        self.where: dict[str, Path] = {}
-        self._handles: dict[Path, object] = {}
+        self.entries: dict[str, tuple] = {}
         for f in files:
-            for name in self._open(f).keys():
-                self.where[name] = f
+            self.entries.update(_read_header(f))
 
-    def _open(self, f: Path):
-        if f not in self._handles:
-            try:
-                self._handles[f] = safe_open(str(f), framework="pt")
-            except (SafetensorError, OSError, ValueError) as e:
-                raise FloraError(f"{f} is not a readable safetensors file ({e})",
-                                 "re-download or re-save the checkpoint; it may be truncated"
-                                 ) from None
-        return self._handles[f]
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entry(name)[2]
 
-    def get(self, name: str, dtype: torch.dtype) -> torch.Tensor:
-        if name not in self.where:
+    def _entry(self, name: str) -> tuple:
+        if name not in self.entries:
             raise FloraError(f"checkpoint lacks tensor {name!r}",
                              "use a complete Llama checkpoint that matches its config.json")
-        try:
-            t = self._open(self.where[name]).get_tensor(name)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise FloraError(f"cannot read tensor {name!r} from {self.where[name]} ({e})",
-                             "the file is corrupt or truncated; re-download or re-save it"
-                             ) from None
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        return self.entries[name]
+
+    def read_into(self, name: str, out: torch.Tensor) -> None:
+        """Fill `out` (contiguous, the right shape) with tensor `name`, converting dtype."""
+        path, dtype, _, begin, end = self._entry(name)
+        buf = out if dtype == out.dtype else torch.empty(out.shape, dtype=dtype)
+        with open(path, "rb") as f:
+            f.seek(begin)
+            got = f.readinto(memoryview(buf.view(torch.uint8).numpy()).cast("B"))
+        if got != end - begin:
+            raise FloraError(f"cannot read tensor {name!r} from {path} (file ends early)",
+                             "the file is corrupt or truncated; re-download or re-save it")
+        if buf is not out:
+            out.copy_(buf)
+        if not torch.isfinite(out.sum()):  # NaN/Inf poison the sum; needs no full-size temp
             raise FloraError(f"tensor {name!r} contains NaN or Inf values",
                              "the checkpoint is broken (diverged training?); use a good one")
-        return t.to(dtype)
+
+
+def _read_header(path: Path) -> dict[str, tuple]:
+    """Parse and check a safetensors header: name -> (path, dtype, shape, begin, end)."""
+    def bad(why: str) -> FloraError:
+        return FloraError(f"{path} is not a readable safetensors file ({why})",
+                          "re-download or re-save the checkpoint; it may be truncated")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad("too short")
+        n = int.from_bytes(head, "little")
+        if n > size - 8 or n > 100 << 20:
+            raise bad("header length beyond the end of the file")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise bad("header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = _DTYPES[info["dtype"]], tuple(info["shape"]), \
+                info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"tensor {name!r}: unsupported dtype or malformed entry") from None
+        nbytes = dtype.itemsize * (int(torch.tensor(shape).prod()) if shape else 1)
+        if end - begin != nbytes or 8 + n + end > size:
+            raise bad(f"tensor {name!r} lies beyond the end of the file")
+        entries[name] = (path, dtype, shape, 8 + n + begin, 8 + n + end)
+    return entries
 
 
 def _hf_name(ours: str) -> str:
@@ -81,10 +121,10 @@ def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> L
         model = LlamaModel(cfg)
     shapes = {name: tuple(t.shape) for name, t in hf_state_dict(model).items()}
     state = {}
-    for name in model.state_dict():
+    for name, param in model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        state[name] = _read_param(index, name, dtype, shapes)
+        state[name] = _read_param(index, name, torch.empty(param.shape, dtype=dtype), shapes)
     if cfg.tie_word_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
     model.load_state_dict(state, assign=True)
@@ -93,10 +133,18 @@ def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> L
     return model.eval()
 
 
-def _read_param(index: _TensorIndex, name: str, dtype: torch.dtype,
+def _read_param(index: _TensorIndex, name: str, out: torch.Tensor,
                 shapes: dict[str, tuple[int, ...]]) -> torch.Tensor:
-    parts = [_read_shaped(index, hf, dtype, shapes[hf]) for hf in _hf_parts(name)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    """Read the HF tensor(s) behind parameter `name` into consecutive rows of `out`."""
+    row = 0
+    for hf in _hf_parts(name):
+        if index.shape(hf) != shapes[hf]:
+            raise FloraError(f"tensor {hf!r} has shape {index.shape(hf)}, config.json implies "
+                             f"{shapes[hf]}", "the weights do not match config.json; fix either")
+        rows = shapes[hf][0] if shapes[hf] else 1
+        index.read_into(hf, out[row:row + rows] if len(_hf_parts(name)) > 1 else out)
+        row += rows
+    return out
 
 
 def _hf_parts(name: str) -> list[str]:
@@ -104,15 +152,6 @@ def _hf_parts(name: str) -> list[str]:
         if f".{fused}." in name:
             return [_hf_name(name.replace(fused, p)) for p in parts]
     return [_hf_name(name)]
-
-
-def _read_shaped(index: _TensorIndex, name: str, dtype: torch.dtype,
-                 shape: tuple[int, ...]) -> torch.Tensor:
-    t = index.get(name, dtype)
-    if tuple(t.shape) != shape:
-        raise FloraError(f"tensor {name!r} has shape {tuple(t.shape)}, config.json implies "
-                         f"{shape}", "the weights do not match config.json; fix either")
-    return t
 
 
 def hf_state_dict(model: LlamaModel) -> dict[str, torch.Tensor]:
