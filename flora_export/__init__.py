@@ -1,7 +1,7 @@
 """flora-export: put FFBA (fused forward-backward adapter) fine-tuned LLMs on phones.
 
-Public API (imported lazily, so `import flora_export` stays light and never pulls in
-a backend you do not use):
+Public API (backends such as ExecuTorch are imported only when an export runs, so
+`import flora_export` never pulls in a backend you do not use):
 
     model = load_model("path/to/hf_dir" or "llama3.2-1b")
     attach_ffba(model, FFBAConfig(width=64))          # trainable, unfused
@@ -10,33 +10,15 @@ a backend you do not use):
     export(model, target="android", out="out_dir")    # .pte + tokenizer + manifest
 """
 
-from importlib import import_module
+from .adapters import (FFBAConfig, LoraConfig, attach_ffba, attach_lora, load_adapter,
+                       save_adapter)
+from .errors import FloraError
+from .export import ExportConfig, export
+from .fuse import fuse, merge_lora, unfuse
+from .model import LlamaModel, load_model
+from .quantize import QuantConfig, quantize
+from .version import __version__
 
-__version__ = "0.1.0"
-
-_API = {
-    "load_model": "flora_export.model",
-    "LlamaModel": "flora_export.model",
-    "FFBAConfig": "flora_export.adapters",
-    "LoraConfig": "flora_export.adapters",
-    "attach_ffba": "flora_export.adapters",
-    "attach_lora": "flora_export.adapters",
-    "save_adapter": "flora_export.adapters",
-    "load_adapter": "flora_export.adapters",
-    "fuse": "flora_export.fuse",
-    "unfuse": "flora_export.fuse",
-    "merge_lora": "flora_export.fuse",
-    "QuantConfig": "flora_export.quantize",
-    "quantize": "flora_export.quantize",
-    "export": "flora_export.export",
-    "ExportConfig": "flora_export.export",
-    "FloraError": "flora_export.errors",
-}
-
-__all__ = sorted(_API) + ["__version__"]
-
-
-def __getattr__(name):
-    if name in _API:
-        return getattr(import_module(_API[name]), name)
-    raise AttributeError(f"module 'flora_export' has no attribute {name!r}")
+__all__ = ["load_model", "LlamaModel", "FFBAConfig", "LoraConfig", "attach_ffba", "attach_lora",
+           "save_adapter", "load_adapter", "fuse", "unfuse", "merge_lora", "QuantConfig",
+           "quantize", "export", "ExportConfig", "FloraError", "__version__"]

@@ -42,6 +42,7 @@ def make_default_assets(base_dir: Path = DEFAULT_BASE, adapter_dir: Path = DEFAU
     byte_level_tokenizer(cfg.vocab_size, cfg.bos_token_id).save(str(tok_path))
     save_hf_checkpoint(model, base_dir)
     model.source = {"name": "flora-default-base"}
+    torch.manual_seed(seed)   # A's Kaiming init draws from the global generator
     attach_ffba(model, FFBAConfig(width=48, alpha=96.0, variant="ffba", activation="identity"))
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .. import __version__
+from ..version import __version__
 from ..errors import FloraError
 from ..model import file_sha256
 from ..model.llama import LlamaModel

@@ -97,6 +97,6 @@ def versions() -> dict:
     import torch
     import torchao
 
-    from .. import __version__
+    from ..version import __version__
     return {"flora_export": __version__, "python": platform.python_version(),
             "torch": torch.__version__, "torchao": torchao.__version__}
