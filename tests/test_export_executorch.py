@@ -162,3 +162,10 @@ def test_unmerged_lora_export_keeps_base_projections_quantized(tmp_path):
     assert c["quantized_linear_ops"] == 4 * LAYERS + 1
     assert c["delegated_linear_ops"] == 4 * LAYERS + 1 + 2 * 7 * LAYERS   # LoRA A/B in float
     assert m["adapter"]["adapter_type"] == "lora" and m["adapter"]["state"] == "unmerged"
+
+
+def test_int8_export_uses_int8_weights(tmp_path):
+    m = export(load_model("tiny"), "android", tmp_path / "int8", ExportConfig(quant="int8",
+                                                                            max_seq=64))
+    assert m["counts"]["quantized_weight_bits"] == {"int8": 4 * LAYERS + 1}
+    assert m["parity"]["passed"] and m["adapter"] is None

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .common import prepare_base
 from ..errors import FloraError, unknown_name
 from ..model.llama import ACTIVATIONS, LlamaModel, activation
 
@@ -71,11 +72,7 @@ def sub_block(layer: nn.Module, name: str) -> nn.Module:
 
 def attach_ffba(model: LlamaModel, cfg: FFBAConfig, freeze_base: bool = True) -> LlamaModel:
     """Add fresh (B = 0, so a no-op) unfused FFBA pairs; the base is frozen for training."""
-    if getattr(model, "adapter_config", None) is not None:
-        raise FloraError("the model already carries an adapter",
-                         "load a fresh base model before attaching another adapter")
-    if freeze_base:
-        model.requires_grad_(False)
+    prepare_base(model, freeze_base)
     dtype = model.embed_tokens.weight.dtype
     for layer in model.layers:
         for name in cfg.sub_blocks:

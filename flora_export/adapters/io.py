@@ -23,7 +23,7 @@ from ..errors import FloraError
 from ..model import file_sha256
 from ..model.llama import LlamaModel
 from .ffba import FFBAConfig, attach_ffba, sub_block
-from .lora import ALL_TARGETS, LoraConfig, attach_lora, lora_projections, segments
+from .lora import ALL_TARGETS, LoraConfig, attach_lora, lora_projections
 
 log = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .common import prepare_base
 from ..errors import FloraError
 from ..model.llama import LlamaModel
 
@@ -107,11 +108,7 @@ def lora_projections(model: LlamaModel):
 
 def attach_lora(model: LlamaModel, cfg: LoraConfig, freeze_base: bool = True) -> LlamaModel:
     """Wrap the targeted projections with fresh (B = 0) unmerged LoRA pairs."""
-    if getattr(model, "adapter_config", None) is not None:
-        raise FloraError("the model already carries an adapter",
-                         "load a fresh base model before attaching another adapter")
-    if freeze_base:
-        model.requires_grad_(False)
+    prepare_base(model, freeze_base)
     segs = segments(model)
     for _, path, parent, attr, lin in lora_projections(model):
         if any(name in cfg.targets for name, _ in segs[path]):

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from ..adapters.ffba import FFBAConfig
 from ..errors import FloraError

@@ -33,8 +33,8 @@ def target_row(name: str) -> Target:
     row = TARGETS[name]
     missing = [b for b in row.backends if b not in AVAILABLE_BACKENDS]
     if missing:
+        ready = [t for t, r in TARGETS.items() if set(r.backends) <= set(AVAILABLE_BACKENDS)]
         raise FloraError(f"target {name!r} needs the {', '.join(missing)} backend, which this "
-                         f"version of flora-export does not provide yet",
-                         f"use a target whose backends are available: "
-                         f"{', '.join(t for t, r in TARGETS.items() if set(r.backends) <= set(AVAILABLE_BACKENDS))}")
+                         "version of flora-export does not provide yet",
+                         f"use a target whose backends are available: {', '.join(ready)}")
     return row
