@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import FloraError
+from .progress import StageProgress
 
 EPILOG = """\
 examples:
@@ -137,13 +138,6 @@ def _native_logs(verbose: bool):
 _CONSOLE = sys.stdout
 
 
-def _progress(name: str, idx: int, total: int, seconds: float | None) -> None:
-    if seconds is None:
-        print(f"[{idx}/{total}] {name} ...", file=_CONSOLE, flush=True)
-    else:
-        print(f"[{idx}/{total}] {name} done in {seconds:.1f} s", file=_CONSOLE, flush=True)
-
-
 def _run(args) -> tuple[dict, float]:
     from .adapters import LoraConfig, load_adapter
     from .default import DEFAULT_ADAPTER, DEFAULT_BASE
@@ -169,7 +163,7 @@ def _run(args) -> tuple[dict, float]:
     out = Path(args.out or f"flora-out/{args.target}")
     cfg = ExportConfig(quant=args.quant, max_seq=args.max_seq, fuse_adapters=not args.no_fuse,
                        force=args.force)
-    manifest = export(model, args.target, out, cfg, progress=_progress)
+    manifest = export(model, args.target, out, cfg, progress=StageProgress(_CONSOLE))
     return manifest, time.perf_counter() - t0
 
 

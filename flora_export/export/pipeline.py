@@ -45,7 +45,11 @@ class ExportConfig:
 def export(model, target: str = "android", out: str | Path = "flora-out/android",
            config: ExportConfig = ExportConfig(),
            progress: Callable[[str, int, int, float | None], None] | None = None) -> dict:
-    """Export `model` for `target` into `out`; returns the manifest (also written there)."""
+    """Export `model` for `target` into `out`; returns the manifest (also written there).
+
+    The model is changed in place: an FFBA adapter is fused, weights are quantized and
+    KV caches allocated. Load it again to export another variant.
+    """
     row = target_row(target)
     qcfg = quant_config(config.quant)
     out = Path(out)
