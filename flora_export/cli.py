@@ -183,8 +183,9 @@ def _print_summary(m: dict, seconds: float, out: Path) -> None:
           if adapter.get("fused_width") else "")),
         ("quantization", m["quantization"]["name"]),
         ("fused linears", str(c["fused_linears"])),
-        ("quantized linear ops", f"{c['quantized_linear_ops']} of {c['delegated_linear_ops']} "
-                                 f"linears, {c['delegates']} XNNPACK delegates"),
+        ("quantized linear ops", f"{c['quantized_linear_ops']} of {c['linear_ops']} linears"
+                                 + (f", {c['delegates']} XNNPACK delegates" if "delegates" in c
+                                    else f", {c.get('matmulnbits', 0)} MatMulNBits")),
         ("parity vs eager", f"max|diff| {p['max_abs_diff']:.2g}, SQNR {p['sqnr_db']:.1f} dB, "
                             f"greedy tokens {p['token_agreement']:.0%} of {p['steps']} steps "
                             f"({p['decisive_agreement']:.0%} of {p['decisive_steps']} decisive)"),

@@ -18,8 +18,39 @@ import torch
 log = logging.getLogger(__name__)
 
 PTE_NAME = "model.pte"
+STAGES = ["quantize", "quant-reference", "capture", "lower", "serialize", "verify"]
 _LINEAR_OPS = ("aten.linear.default", "aten.mm.default", "aten.addmm.default")
 _DEQUANT_PREFIXES = ("torchao.dequantize_affine", "quantized_decomposed.dequantize")
+
+
+def build(model, out: Path, ctx) -> dict:
+    """Quantize (torchao), capture, lower to XNNPACK, write `model.pte`, verify it."""
+    from ..quantize import quantizable_linears, quantize
+    from .capture import capture
+    from .context import check_quantized_count
+
+    st = ctx.stages
+    with st("quantize"):
+        quantize(model, ctx.quant)
+        expected = len(quantizable_linears(model)) if ctx.quant.quantizes else 0
+    with st("quant-reference"):
+        eager = ctx.eager_logits(model)
+    with st("capture"):
+        model.set_attention_impl("executorch").reset_cache()
+        ep = capture(model, ctx.config.max_seq)
+    with st("lower"):
+        edge = lower(ep, runner_metadata(model, ctx.config.max_seq, ctx.bos, ctx.eos))
+        counts = lowered_op_counts(edge)
+        check_quantized_count(counts["quantized_linear_ops"], expected, "lowered program")
+    with st("serialize"):
+        to_pte(edge, out / PTE_NAME)
+        del edge, ep
+    with st("verify"):
+        parity = ctx.verify(runtime_step(out / PTE_NAME), eager, "the exported .pte")
+    model.set_attention_impl("sdpa")
+    return {"files": [PTE_NAME], "counts": counts, "parity": parity.to_dict(),
+            "runtime": {"method": "forward", "inputs": ["tokens[1,S] int64", "input_pos[1] int64"],
+                        "outputs": ["logits[1,1,vocab] float32"]}}
 
 
 def load_runtime_ops() -> None:
@@ -86,8 +117,9 @@ def lowered_op_counts(edge) -> dict:
                 bits[f"int{b}"] += 1
     portable = sum(1 for n in gm.graph.nodes
                    if n.op == "call_function" and _op_name(n) in _LINEAR_OPS)
-    return {"delegates": len(delegates), "delegated_linear_ops": linear,
-            "quantized_linear_ops": quantized, "quantized_weight_bits": dict(bits),
+    return {"quantized_linear_ops": quantized, "linear_ops": linear + portable,
+            "delegates": len(delegates), "delegated_linear_ops": linear,
+            "quantized_weight_bits": dict(bits),
             "non_delegated_linear_ops": portable}
 
 

@@ -1,4 +1,4 @@
-"""export(): fuse -> reference -> quantize -> capture -> lower -> verify -> write.
+"""export(): fuse -> reference -> per backend (quantize, capture, lower, verify) -> write.
 
 Everything is built in a temporary directory beside `out` and renamed into place
 only after the exported program has been run through its real runtime and has
@@ -7,21 +7,20 @@ matched the eager model: a failed export leaves nothing behind.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from importlib import import_module
 from typing import Callable
-
 
 from ..adapters.ffba import FFBAConfig
 from ..errors import FloraError
 from ..fuse import count_fused_linears, fuse
-from ..quantize import count_quantized_linears, quant_config, quantizable_linears, quantize
-from ..verify import (Parity, VerifyConfig, check, compare, eager_step, reference_sequence,
-                      run_steps)
-from . import executorch as et
-from .capture import capture
+from ..quantize import count_quantized_linears, quant_config
+from ..verify import VerifyConfig, reference_sequence
+from .context import BuildContext
 from .output import (MANIFEST, Stages, check_out_dir, file_record, peak_rss_mb, staging_dir,
                      versions, write_json)
 from .prompt import chat_format, special_ids, verify_prompt
@@ -29,8 +28,22 @@ from .targets import target_row
 
 log = logging.getLogger(__name__)
 
-STAGES = ["fuse", "reference", "quantize", "quant-reference", "capture", "lower", "serialize",
-          "verify", "write"]
+COMMON_STAGES = ["fuse", "reference"]
+
+
+_BACKENDS = {"executorch-xnnpack": ("executorch", "android"), "onnx": ("onnx", "onnx")}
+
+
+def _backend(name: str):
+    """The backend module; fails clearly when its runtime packages are not installed."""
+    module, extra = _BACKENDS[name]
+    runtime = {"executorch": "executorch", "onnx": "onnxruntime"}[module]
+    try:
+        import_module(runtime)
+    except ImportError:
+        raise FloraError(f"the {name} backend needs the {runtime} package, which is not "
+                         "installed", f'pip install "flora-export[{extra}]"') from None
+    return import_module(f"{__package__}.{module}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,13 @@ class ExportConfig:
     fuse_adapters: bool = True          # False exports FFBA unfused (benchmark baseline)
     force: bool = False                 # replace a non-empty directory that is not an export
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+
+
+def stage_names(target: str) -> list[str]:
+    names = list(COMMON_STAGES)
+    for b in target_row(target).backends:
+        names += [s for s in _backend(b).STAGES if s not in names]
+    return names + ["write"]
 
 
 def export(model, target: str = "android", out: str | Path = "flora-out/android",
@@ -56,38 +76,25 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     check_out_dir(out, config.force)
     _check_max_seq(model, config)
     bos, eos = special_ids(model)
-    st = Stages(STAGES, progress)
+    st = Stages(stage_names(target), progress)
     with st("fuse"):
         if isinstance(getattr(model, "adapter_config", None), FFBAConfig) and config.fuse_adapters:
             fuse(model, pad_to=qcfg.group_size or 32)
+    fused = count_fused_linears(model)
     model.setup_cache(config.max_seq)
     with st("reference"):
         prompt = verify_prompt(model, bos)
         tokens, fp32_logits = reference_sequence(model, prompt, config.verify.decode_steps)
-    with st("quantize"):
-        quantize(model, qcfg)
-    with st("quant-reference"):
-        eager_logits = run_steps(eager_step(model), tokens, len(prompt), config.verify.decode_steps)
-    with st("capture"):
-        model.set_attention_impl("executorch").reset_cache()
-        ep = capture(model, config.max_seq)
+    ctx = BuildContext(qcfg, config, tokens, len(prompt), fp32_logits, bos, eos, st)
     with staging_dir(out) as tmp:
-        with st("lower"):
-            edge = et.lower(ep, et.runner_metadata(model, config.max_seq, bos, eos))
-            counts = et.lowered_op_counts(edge)
-            _check_counts(model, qcfg, counts)
-        with st("serialize"):
-            et.to_pte(edge, tmp / et.PTE_NAME)
-            del edge, ep
-        with st("verify"):
-            pte_logits = run_steps(et.runtime_step(tmp / et.PTE_NAME), tokens, len(prompt),
-                                   config.verify.decode_steps)
-            parity = _parity(fp32_logits, eager_logits, pte_logits, qcfg.quantizes, config)
+        results = {}
+        for i, name in enumerate(row.backends):
+            last = i == len(row.backends) - 1
+            results[name] = _backend(name).build(model if last else copy.deepcopy(model), tmp, ctx)
         with st("write"):
             (tmp / "tokenizer.json").write_text(model.tokenizer_json)
-            manifest = _manifest(model, row, qcfg, config, tmp, counts, parity, st, bos, eos)
+            manifest = _manifest(model, row, qcfg, config, tmp, fused, results, st, bos, eos)
             write_json(tmp / MANIFEST, manifest)
-    model.set_attention_impl("sdpa")
     return manifest
 
 
@@ -98,24 +105,10 @@ def _check_max_seq(model, config: ExportConfig) -> None:
                          f"pass --max-seq between 16 and {limit}")
 
 
-def _check_counts(model, qcfg, counts: dict) -> None:
-    expected = len(quantizable_linears(model)) if qcfg.quantizes else 0
-    if counts["quantized_linear_ops"] != expected:
-        raise FloraError(
-            f"the lowered program has {counts['quantized_linear_ops']} quantized linear ops, "
-            f"expected {expected} (one per projection and the output head)",
-            "some projections fell back to float; report this with the manifest inputs")
-
-
-def _parity(fp32, eager, exported, quantized: bool, config: ExportConfig) -> Parity:
-    parity = compare(eager, exported)
-    if quantized:
-        parity.quant_sqnr_db_vs_fp32 = compare(fp32, eager).sqnr_db
-    return check(parity, quantized, config.verify, "the exported .pte")
-
-
-def _manifest(model, row, qcfg, config, tmp: Path, counts, parity, st, bos, eos) -> dict:
+def _manifest(model, row, qcfg, config, tmp: Path, fused: int, results: dict, st, bos, eos
+              ) -> dict:
     adapter = getattr(model, "adapter_config", None)
+    primary = results[row.backends[0]]
     return {
         "format_version": 1,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -129,15 +122,23 @@ def _manifest(model, row, qcfg, config, tmp: Path, counts, parity, st, bos, eos)
             "source": getattr(model, "adapter_source", None)},
         "quantization": asdict(qcfg),
         "runtime": {"max_seq_len": config.max_seq, "bos_id": bos, "eos_ids": eos,
-                    "chat": chat_format(model), "method": "forward",
-                    "inputs": ["tokens[1,S] int64", "input_pos[1] int64"],
-                    "outputs": ["logits[1,1,vocab] float32"]},
+                    "chat": chat_format(model), **primary.get("runtime", {})},
         "files": {p.name: file_record(p) for p in sorted(tmp.iterdir())
                   if p.name != MANIFEST},
-        "counts": {"fused_linears": count_fused_linears(model),
-                   "quantized_linears_eager": count_quantized_linears(model), **counts},
-        "parity": parity.to_dict(),
+        "counts": {"fused_linears": fused,
+                   "quantized_linears_eager": count_quantized_linears(model),
+                   **primary["counts"]},
+        "parity": primary["parity"],
+        "results": {name: {k: v for k, v in r.items() if k != "runtime"}
+                    for name, r in results.items()},
         "timings_s": dict(st.seconds),
         "peak_rss_mb": peak_rss_mb(),
-        "versions": {**versions(), **et.versions()},
+        "versions": {**versions(), **_backend_versions(row)},
     }
+
+
+def _backend_versions(row) -> dict:
+    out = {}
+    for name in row.backends:
+        out.update(_backend(name).versions())
+    return out

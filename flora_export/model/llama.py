@@ -42,6 +42,16 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+class ExplicitKV:
+    """KV cache passed as tensors (ONNX style): `past[i]` = (k, v) of layer i, each
+    [B, Hkv, P, D], P = `offset`; layers append their (past + new) keys/values to `present`.
+    """
+
+    def __init__(self, past: list[tuple[torch.Tensor, torch.Tensor]], offset):
+        self.past, self.offset = past, offset
+        self.present: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -76,6 +86,8 @@ class Attention(nn.Module):
 
     def _attend(self, q, k, v, start):
         """q: [B,S,H,D], k/v: [B,S,Hkv,D] -> [B,S,H,D]."""
+        if isinstance(start, ExplicitKV):
+            return self._attend_explicit(q, k, v, start)
         if start is None:
             y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                                v.transpose(1, 2), is_causal=True, enable_gqa=True)
@@ -92,6 +104,20 @@ class Attention(nn.Module):
         mask = torch.arange(start + seq)[None, :] <= pos
         y = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2),
                                            values.transpose(1, 2), attn_mask=mask, enable_gqa=True)
+        return y.transpose(1, 2)
+
+
+    def _attend_explicit(self, q, k, v, kv: ExplicitKV):
+        past_k, past_v = kv.past[len(kv.present)]
+        keys = torch.cat([past_k, k.transpose(1, 2)], dim=2)
+        values = torch.cat([past_v, v.transpose(1, 2)], dim=2)
+        kv.present.append((keys, values))
+        seq, total = q.shape[1], keys.shape[2]
+        pos = torch.arange(seq)[:, None] + (total - seq)
+        mask = torch.arange(total)[None, :] <= pos
+        rep = self.n_heads // self.n_kv
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys.repeat_interleave(rep, dim=1),
+                                           values.repeat_interleave(rep, dim=1), attn_mask=mask)
         return y.transpose(1, 2)
 
 
@@ -173,17 +199,22 @@ class LlamaModel(nn.Module):
             layer.self_attn.impl = impl
         return self
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None,
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | ExplicitKV | None = None,
                 last_only: bool = False) -> torch.Tensor:
         """tokens [B, S] -> logits [B, S, V] ([B, 1, V] with `last_only`).
 
         Without `input_pos`: a training pass over the whole sequence, no cache.
-        With `input_pos` ([1], the position of tokens[:, 0]): a step through the cache.
+        With `input_pos` ([1], the position of tokens[:, 0]): a step through the static cache.
+        With an `ExplicitKV`: a step on caller-held keys/values (collected in its `present`).
         """
         seq = tokens.shape[1]
         start = None
         if input_pos is None:
             cos, sin = rope_tables(self.config, seq)
+        elif isinstance(input_pos, ExplicitKV):
+            start = input_pos
+            cos = torch.narrow(self.rope_cos, 0, start.offset, seq)
+            sin = torch.narrow(self.rope_sin, 0, start.offset, seq)
         else:
             if self.rope_cos is None:
                 raise RuntimeError("call setup_cache(max_seq) before cached inference")

@@ -1,0 +1,286 @@
+"""ONNX backend: `torch.onnx.export` + int4/int8 `MatMulNBits`, an ORT-GenAI model folder.
+
+The decoder is exported with the KV cache as explicit inputs/outputs
+(`past_key_values.{i}.key|value` -> `present.{i}.key|value`, [B, Hkv, T, D]) and a
+dynamic prompt length; weights go to external data (`model.onnx.data`). Every
+projection and the output head then become one `MatMulNBits` (block 32, symmetric,
+accuracy level 4), the embedding one `GatherBlockQuantized`. The folder also holds
+`genai_config.json` and the tokenizer files, so `onnxruntime_genai.Model(folder)` runs
+it, and so does a plain `onnxruntime.InferenceSession`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..model.llama import ExplicitKV
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME, DATA_NAME = "model.onnx", "model.onnx.data"
+STAGES = ["capture", "quantize", "quant-reference", "verify"]
+_WEIGHT_OPS = ("MatMulNBits", "GatherBlockQuantized")
+
+
+class OnnxDecoder(nn.Module):
+    """(input_ids, attention_mask, past k/v per layer) -> (logits, present k/v per layer)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.n_layers = model.config.num_hidden_layers
+
+    def forward(self, input_ids, attention_mask, past):
+        past_len = past[0].shape[2]
+        torch._check(attention_mask.shape[1] == past_len + input_ids.shape[1])
+        kv = ExplicitKV([(past[2 * i], past[2 * i + 1]) for i in range(self.n_layers)], past_len)
+        logits = self.model(input_ids, kv)
+        return (logits, *[t for pair in kv.present for t in pair])
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    pairs = [(i, kv) for i in range(n_layers) for kv in ("key", "value")]
+    return (["input_ids", "attention_mask"] + [f"past_key_values.{i}.{kv}" for i, kv in pairs],
+            ["logits"] + [f"present.{i}.{kv}" for i, kv in pairs])
+
+
+def capture(model: nn.Module, max_seq: int, path: Path) -> None:
+    """Export the fp32 decoder to `path` (+ external data); the head is untied first."""
+    cfg = model.config
+    if model.lm_head.weight is model.embed_tokens.weight:  # a tied head exports as a Transpose
+        model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone(),
+                                            requires_grad=False)
+    past = tuple(torch.zeros(1, cfg.num_key_value_heads, 3, cfg.head_dim)
+                 for _ in range(2 * cfg.num_hidden_layers))
+    example = (torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 5, dtype=torch.long), past)
+    seq = torch.export.Dim("sequence_length", min=1, max=max_seq - 1)
+    past_len = torch.export.Dim("past_sequence_length", min=0, max=max_seq - 1)
+    total = torch.export.Dim("total_sequence_length", min=1, max=max_seq)
+    shapes = ({1: seq}, {1: total}, tuple({2: past_len} for _ in past))
+    inputs, outputs = io_names(cfg.num_hidden_layers)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(OnnxDecoder(model).eval(), example, dynamo=True,
+                                    dynamic_shapes=shapes, input_names=inputs,
+                                    output_names=outputs, optimize=True, verbose=False,
+                                    opset_version=21)
+    _save(program.model_proto, path)
+
+
+def _save(proto, path: Path) -> None:
+    import onnx
+
+    data = path.with_name(DATA_NAME)
+    data.unlink(missing_ok=True)   # onnx appends to an existing external-data file
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+
+
+def weight_owners(path: Path) -> dict[str, str]:
+    """MatMul/Gather node name -> the module whose weight it holds (from export metadata)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    owners = {}
+    for node in proto.graph.node:
+        scope = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
+        match = re.findall(r"([\w.]+): torch\.nn\.modules\.(?:linear\.Linear|sparse\.Embedding)",
+                           scope)
+        if node.op_type in ("MatMul", "Gather") and match:
+            owners[node.name] = match[-1].removeprefix("model.")
+    return owners
+
+
+def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4) -> None:
+    """Replace constant-weight MatMuls (and the embedding Gather) with N-bit block ops."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    ops = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=block_size,
+                                     is_symmetric=True, accuracy_level=accuracy_level,
+                                     op_types_to_quantize=ops,
+                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
+    quantizer.process()
+    _save(quantizer.model.model, path)
+
+
+def node_counts(path: Path) -> dict:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in proto.graph.initializer}
+    ops = Counter(n.op_type for n in proto.graph.node)
+    bits = Counter(f"int{_attr(n, 'bits')}" for n in proto.graph.node if n.op_type == "MatMulNBits")
+    float_mm = sum(1 for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")
+                   and len(n.input) > 1 and n.input[1] in inits)
+    return {"quantized_linear_ops": ops.get("MatMulNBits", 0),
+            "linear_ops": ops.get("MatMulNBits", 0) + float_mm,
+            "matmulnbits": ops.get("MatMulNBits", 0), "matmulnbits_bits": dict(bits),
+            "gather_block_quantized": ops.get("GatherBlockQuantized", 0),
+            "float_weight_matmuls": float_mm, "nodes": sum(ops.values()),
+            "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                         default=None)}
+
+
+def _attr(node, name: str):
+    import onnx
+
+    return next(onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name)
+
+
+def load_quantized_weights(model: nn.Module, path: Path, owners: dict[str, str]) -> int:
+    """Set the eager model's weights to the ONNX file's dequantized ones: the reference
+    then computes with exactly the int4/int8 weights that ONNX Runtime uses."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    inits = {i.name: i for i in proto.graph.initializer}
+    done = 0
+    with torch.no_grad():
+        for node in proto.graph.node:
+            if node.op_type not in _WEIGHT_OPS:
+                continue
+            owner = owners.get(re.sub(r"_Q\d+$", "", node.name))
+            arrays = [numpy_helper.to_array(inits[x]) for x in node.input if x in inits]
+            weight = (_dequant_matmulnbits(node, *arrays) if node.op_type == "MatMulNBits"
+                      else _dequant_gather(node, *arrays))
+            module = model.get_submodule(owner)
+            module.weight = nn.Parameter(torch.from_numpy(weight).to(module.weight.dtype),
+                                         requires_grad=False)
+            done += 1
+    return done
+
+
+def _dequant_matmulnbits(node, packed: np.ndarray, scales: np.ndarray, *zp) -> np.ndarray:
+    """MatMulNBits B [N, blocks, blob] (+ scales [N, blocks]) -> weight [N, K]."""
+    bits, k, n, block = (_attr(node, a) for a in ("bits", "K", "N", "block_size"))
+    q = packed.reshape(n, -1).astype(np.int32)
+    if bits == 4:
+        q = np.stack([q & 0xF, q >> 4], axis=-1).reshape(n, -1)
+    zero = 1 << (bits - 1)
+    blocks = (q[:, : (k + block - 1) // block * block] - zero).reshape(n, -1, block)
+    w = blocks * scales.reshape(n, -1, 1).astype(np.float32)
+    return w.reshape(n, -1)[:, :k].astype(np.float32)
+
+
+def _dequant_gather(node, data: np.ndarray, scales: np.ndarray, *zp) -> np.ndarray:
+    """GatherBlockQuantized data [V, D] (signed, quantized along D) -> weight [V, D]."""
+    block = _attr(node, "block_size")
+    v, d = data.shape
+    return (data.astype(np.float32).reshape(v, -1, block)
+            * scales.reshape(v, -1, 1)).reshape(v, d)
+
+
+def runtime_step(path: Path, n_layers: int, n_kv: int, head_dim: int, threads: int = 0):
+    """A verify Step running the model in ONNX Runtime, holding its own KV cache."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inputs, _ = io_names(n_layers)
+    past = [np.zeros((1, n_kv, 0, head_dim), np.float32) for _ in range(2 * n_layers)]
+
+    def step(tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        total = int(pos[0]) + tokens.shape[1]
+        feeds = dict(zip(inputs, [tokens.numpy(), np.ones((1, total), np.int64), *past]))
+        outs = sess.run(None, feeds)
+        past[:] = outs[1:]
+        return torch.from_numpy(outs[0][0, -1]).float()
+    return step
+
+
+def genai_config(model: nn.Module, max_seq: int, bos: int, eos: list[int]) -> dict:
+    """ORT-GenAI's config for this decoder (the cache grows by concatenation)."""
+    cfg = model.config
+    inputs, outputs = io_names(1)
+    return {
+        "model": {
+            "type": "llama", "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos[0],
+            "vocab_size": cfg.vocab_size, "context_length": max_seq,
+            "decoder": {
+                "filename": MODEL_NAME, "session_options": {"log_id": "flora-export",
+                                                            "provider_options": []},
+                "head_size": cfg.head_dim, "hidden_size": cfg.hidden_size,
+                "num_attention_heads": cfg.num_attention_heads,
+                "num_hidden_layers": cfg.num_hidden_layers,
+                "num_key_value_heads": cfg.num_key_value_heads,
+                "inputs": {"input_ids": inputs[0], "attention_mask": inputs[1],
+                           "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": outputs[0], "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+            },
+        },
+        "search": {"do_sample": False, "max_length": max_seq, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False,
+                   "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+                   "early_stopping": True, "length_penalty": 1.0, "diversity_penalty": 0.0,
+                   "no_repeat_ngram_size": 0},
+    }
+
+
+def write_genai_files(out: Path, model: nn.Module, max_seq: int, bos: int, eos: list[int]) -> None:
+    (out / "genai_config.json").write_text(json.dumps(genai_config(model, max_seq, bos, eos),
+                                                      indent=2))
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_seq,
+         "bos_token": None, "eos_token": None}, indent=2))
+
+
+def versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    out = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    try:
+        import onnxruntime_genai
+        out["onnxruntime_genai"] = onnxruntime_genai.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def build(model: nn.Module, out: Path, ctx) -> dict:
+    """Export, quantize to MatMulNBits, verify in ONNX Runtime, write the ORT-GenAI files."""
+    from ..quantize import quantizable_linears
+    from .context import check_quantized_count
+
+    st, cfg, path = ctx.stages, model.config, out / MODEL_NAME
+    expected = len(quantizable_linears(model))
+    with st("capture"):
+        capture(model, ctx.config.max_seq, path)
+        owners = weight_owners(path)
+    eager, qinfo = ctx.fp32_logits, None
+    if ctx.quant.quantizes:
+        bits, block = ctx.quant.weight_bits, ctx.quant.group_size or 32
+        qinfo = {"op": "MatMulNBits", "bits": bits, "block_size": block, "symmetric": True,
+                 "accuracy_level": 4, "embedding": "GatherBlockQuantized" if bits == 4 else None}
+        with st("quantize"):
+            quantize(path, bits, block)
+        with st("quant-reference"):
+            load_quantized_weights(model, path, owners)
+            eager = ctx.eager_logits(model)
+    counts = node_counts(path)
+    check_quantized_count(counts["matmulnbits"], expected if qinfo else 0, "ONNX model")
+    with st("verify"):
+        step = runtime_step(path, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+        parity = ctx.verify(step, eager, "the exported ONNX model")
+    write_genai_files(out, model, ctx.config.max_seq, ctx.bos, ctx.eos)
+    return {"files": [MODEL_NAME, DATA_NAME, "genai_config.json", "tokenizer_config.json"],
+            "counts": counts, "parity": parity.to_dict(), "onnx_quantization": qinfo,
+            "runtime": {"inputs": io_names(cfg.num_hidden_layers)[0][:2] + [
+                "past_key_values.{i}.key|value [1, kv_heads, past, head_dim]"],
+                "outputs": ["logits [1, S, vocab]", "present.{i}.key|value"]}}

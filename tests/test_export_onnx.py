@@ -1,0 +1,127 @@
+"""ONNX export end to end: MatMulNBits counts, ONNX Runtime parity, ORT-GenAI generation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flora_export.adapters import load_adapter
+from flora_export.export import ExportConfig, export
+from flora_export.export.onnx import io_names, runtime_step
+from flora_export.model import file_sha256, load_model
+
+ort = pytest.importorskip("onnxruntime")
+og = pytest.importorskip("onnxruntime_genai")
+onnx = pytest.importorskip("onnx")
+LAYERS = 2  # the tiny preset
+
+
+def genai_greedy(folder, prompt_ids: list[int], n: int) -> list[int]:
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt_ids) + n, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array(prompt_ids, dtype=np.int32))
+    out = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        out.append(int(gen.get_next_tokens()[0]))
+    return out
+
+
+def eager_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
+    ids = list(prompt_ids)
+    model.set_attention_impl("sdpa")
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(prompt_ids):]
+
+
+def op_counts(path) -> dict:
+    from collections import Counter
+    proto = onnx.load(str(path), load_external_data=False)
+    return Counter(n.op_type for n in proto.graph.node)
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(tiny_base, tiny_ffba, tmp_path_factory):
+    model = load_model(tiny_base)
+    load_adapter(model, tiny_ffba)
+    out = tmp_path_factory.mktemp("onnx32") / "out"
+    manifest = export(model, "onnx", out, ExportConfig(quant="fp32", max_seq=128))
+    return model, out, manifest
+
+
+def test_fp32_onnx_matches_eager_in_onnxruntime(fp32_onnx):
+    model, out, manifest = fp32_onnx
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4 and manifest["parity"]["passed"]
+    cfg = model.config
+    step = runtime_step(out / "model.onnx", cfg.num_hidden_layers, cfg.num_key_value_heads,
+                        cfg.head_dim)
+    tokens = torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = model(tokens)[0]
+    got = [step(tokens[:, :10], torch.tensor([0]))]
+    got += [step(tokens[:, i:i + 1], torch.tensor([i])) for i in range(10, 20)]
+    assert (torch.stack(got) - ref[9:]).abs().max() < 1e-4
+
+
+def test_fp32_onnx_generates_eager_tokens_in_ort_genai(fp32_onnx):
+    model, out, _ = fp32_onnx
+    prompt = [384, 72, 101, 108, 108, 111]
+    assert genai_greedy(out, prompt, 16) == eager_greedy(model, prompt, 16)
+
+
+def test_onnx_io_is_what_ort_genai_expects(fp32_onnx):
+    _, out, _ = fp32_onnx
+    proto = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    inputs, outputs = io_names(LAYERS)
+    assert [i.name for i in proto.graph.input] == inputs
+    assert [o.name for o in proto.graph.output] == outputs
+    cfg = json.loads((out / "genai_config.json").read_text())["model"]
+    assert cfg["decoder"]["num_hidden_layers"] == LAYERS and cfg["eos_token_id"] == [385, 393]
+    assert (out / "model.onnx.data").stat().st_size > 100_000   # weights in external data
+
+
+@pytest.fixture(scope="module")
+def int4_onnx(tiny_base, tiny_ffba, tmp_path_factory):
+    from flora_export.cli import main
+    out = tmp_path_factory.mktemp("onnx4") / "onnx"
+    assert main(["--target", "onnx", "--model", str(tiny_base), "--adapter", str(tiny_ffba),
+                 "--out", str(out), "--max-seq", "128"]) == 0
+    return out
+
+
+def test_int4_one_matmulnbits_per_projection(int4_onnx):
+    ops = op_counts(int4_onnx / "model.onnx")
+    assert ops["MatMulNBits"] == 4 * LAYERS + 1 and ops["GatherBlockQuantized"] == 1
+    proto = onnx.load(str(int4_onnx / "model.onnx"), load_external_data=False)
+    attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+             for n in proto.graph.node if n.op_type == "MatMulNBits"]
+    assert all(a["bits"] == 4 and a["block_size"] == 32 and a["accuracy_level"] == 4
+               for a in attrs)
+    m = json.loads((int4_onnx / "manifest.json").read_text())
+    assert m["counts"]["matmulnbits"] == 4 * LAYERS + 1 and m["counts"]["float_weight_matmuls"] == 0
+    assert m["counts"]["fused_linears"] == 4 * LAYERS
+    assert m["parity"]["passed"] and m["parity"]["sqnr_db"] >= 25
+    assert m["results"]["onnx"]["onnx_quantization"]["bits"] == 4
+    for name, rec in m["files"].items():
+        assert rec["sha256"] == file_sha256(int4_onnx / name)
+    assert {"genai_config.json", "tokenizer.json", "tokenizer_config.json",
+            "model.onnx.data"} <= set(m["files"])
+
+
+def test_int4_generates_in_ort_genai(int4_onnx):
+    tokens = genai_greedy(int4_onnx, [384, 72, 101, 108, 108, 111], 12)
+    assert len(tokens) == 12 and all(0 <= t < 512 for t in tokens)
+
+
+def test_int8_onnx(tmp_path):
+    m = export(load_model("tiny"), "onnx", tmp_path / "o8", ExportConfig(quant="int8",
+                                                                         max_seq=64))
+    assert m["counts"]["matmulnbits_bits"] == {"int8": 4 * LAYERS + 1}
+    assert m["parity"]["passed"]
