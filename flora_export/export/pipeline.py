@@ -133,6 +133,7 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int, results: dict, st
                     for name, r in results.items()},
         "timings_s": dict(st.seconds),
         "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb_after_stage": dict(st.rss_mb),
         "versions": {**versions(), **_backend_versions(row)},
     }
 

@@ -1,0 +1,151 @@
+"""flora-export's ONNX export vs ONNX Runtime GenAI's own model builder, same weights.
+
+Builds a random-weight Hugging Face checkpoint of a preset (default llama3.2-1b), then
+1. exports it with `python -m onnxruntime_genai.models.builder` (int4, block 32,
+   accuracy level 4) and with `flora-export --target onnx` (8da4w -> MatMulNBits int4,
+   block 32, accuracy level 4), recording wall time and peak RSS of each;
+2. runs both folders in ORT-GenAI, interleaved (A B A B ...), with the same prompt ids
+   and thread count, and reports TTFT and TPOT (DESIGN.md §4) as medians and ratios.
+
+    python benchmarks/onnx_vs_builder.py --preset llama3.2-1b --runs 5 --out bench-out/onnx
+
+Prints a markdown table and writes results.json in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def build_checkpoint(preset: str, path: Path) -> None:
+    from flora_export.model import PRESETS, random_model, save_hf_checkpoint
+    from flora_export.model.presets import special_base
+    from flora_export.model.tokenizer import byte_level_tokenizer
+
+    if (path / "model.safetensors").exists():
+        return
+    cfg = PRESETS[preset]
+    path.mkdir(parents=True, exist_ok=True)
+    byte_level_tokenizer(cfg.vocab_size, special_base(cfg)).save(str(path / "tokenizer.json"))
+    save_hf_checkpoint(random_model(cfg, seed=0), path)
+
+
+def timed(cmd: list[str], log: Path) -> dict:
+    """Run a command; its wall time and its own peak RSS (wait4 rusage of that child)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - t0
+    if status:
+        sys.exit(f"failed: {' '.join(cmd)} (see {log})")
+    return {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 1024 ** 2, 2)}
+
+
+def set_threads(folder: Path, threads: int) -> None:
+    path = folder / "genai_config.json"
+    cfg = json.loads(path.read_text())
+    opts = cfg["model"]["decoder"]["session_options"]
+    opts["intra_op_num_threads"] = threads
+    cfg["search"]["past_present_share_buffer"] = cfg["search"].get("past_present_share_buffer",
+                                                                   False)
+    path.write_text(json.dumps(cfg, indent=2))
+
+
+def generate_once(model, prompt: list[int], n: int) -> tuple[float, float]:
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + n, min_length=len(prompt) + n,
+                              do_sample=False)
+    t0 = time.perf_counter()
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array(prompt, dtype=np.int32))
+    stamps = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        gen.get_next_tokens()
+        stamps.append(time.perf_counter())
+    ttft = stamps[0] - t0
+    tpot = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    return ttft, tpot
+
+
+def latency(folders: dict[str, Path], prompt: list[int], n: int, runs: int) -> dict:
+    import onnxruntime_genai as og
+
+    models = {name: og.Model(str(f)) for name, f in folders.items()}
+    for model in models.values():
+        generate_once(model, prompt, 4)                                # warm-up
+    samples = {name: {"ttft": [], "tpot": []} for name in models}
+    for _ in range(runs):
+        for name, model in models.items():                            # interleaved A B A B
+            ttft, tpot = generate_once(model, prompt, n)
+            samples[name]["ttft"].append(ttft * 1e3)
+            samples[name]["tpot"].append(tpot * 1e3)
+    return {name: {k: {"median_ms": round(statistics.median(v), 2),
+                       "min_ms": round(min(v), 2), "max_ms": round(max(v), 2)}
+                   for k, v in s.items()} for name, s in samples.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="llama3.2-1b")
+    p.add_argument("--out", type=Path, default=Path("bench-out/onnx"))
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--gen-len", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-seq", type=int, default=256)
+    args = p.parse_args()
+    hf, ours, theirs = args.out / "hf", args.out / "flora", args.out / "builder"
+    args.out.mkdir(parents=True, exist_ok=True)
+    build_checkpoint(args.preset, hf)
+    cost = {"builder": timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
+                              str(hf), "-o", str(theirs), "-p", "int4", "-e", "cpu",
+                              "--extra_options", "block_size=32", "accuracy_level=4"],
+                           args.out / "builder.log"),
+            "flora": timed(["flora-export", "--target", "onnx", "--model", str(hf),
+                            "--adapter", "none", "--out", str(ours), "--max-seq",
+                            str(args.max_seq), "--force"], args.out / "flora.log")}
+    for folder in (ours, theirs):
+        set_threads(folder, args.threads)
+    cfg = json.loads((theirs / "genai_config.json").read_text())
+    cfg["search"]["max_length"] = args.max_seq                   # a realistic KV buffer
+    (theirs / "genai_config.json").write_text(json.dumps(cfg, indent=2))
+    rng = np.random.default_rng(0)
+    prompt = [int(x) for x in rng.integers(300, 5000, args.prompt_len)]
+    lat = latency({"flora": ours, "builder": theirs}, prompt, args.gen_len, args.runs)
+    size = {name: round(sum(f.stat().st_size for f in d.iterdir()) / 2 ** 20, 1)
+            for name, d in (("flora", ours), ("builder", theirs))}
+    result = {"preset": args.preset, "threads": args.threads, "prompt_len": args.prompt_len,
+              "gen_len": args.gen_len, "runs": args.runs, "export": cost, "latency": lat,
+              "size_mib": size,
+              "ratios_flora_over_builder": {
+                  "tpot": round(lat["flora"]["tpot"]["median_ms"] /
+                                lat["builder"]["tpot"]["median_ms"], 3),
+                  "ttft": round(lat["flora"]["ttft"]["median_ms"] /
+                                lat["builder"]["ttft"]["median_ms"], 3),
+                  "export_time": round(cost["flora"]["seconds"] / cost["builder"]["seconds"], 2)}}
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    print("| export | time s | peak RSS GB | TTFT ms (median) | TPOT ms (median) | size MiB |")
+    print("|---|---|---|---|---|---|")
+    for name in ("flora", "builder"):
+        print(f"| {name} | {cost[name]['seconds']} | {cost[name]['peak_rss_gb']} | "
+              f"{lat[name]['ttft']['median_ms']} | {lat[name]['tpot']['median_ms']} | "
+              f"{size[name]} |")
+    print(json.dumps(result["ratios_flora_over_builder"]))
+
+
+if __name__ == "__main__":
+    main()
