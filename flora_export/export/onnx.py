@@ -72,7 +72,7 @@ def capture(model: nn.Module, max_seq: int, path: Path) -> None:
         program = torch.onnx.export(OnnxDecoder(model).eval(), example, dynamo=True,
                                     dynamic_shapes=shapes, input_names=inputs,
                                     output_names=outputs, optimize=True, verbose=False,
-                                    opset_version=21)
+                                    opset_version=23)
     _save(program.model_proto, path)
 
 
@@ -164,30 +164,29 @@ def load_quantized_weights(model: nn.Module, path: Path, owners: dict[str, str])
             weight = (_dequant_matmulnbits(node, *arrays) if node.op_type == "MatMulNBits"
                       else _dequant_gather(node, *arrays))
             module = model.get_submodule(owner)
-            module.weight = nn.Parameter(torch.from_numpy(weight).to(module.weight.dtype),
+            module.weight = nn.Parameter(weight.to(module.weight.dtype).contiguous(),
                                          requires_grad=False)
             done += 1
     return done
 
 
-def _dequant_matmulnbits(node, packed: np.ndarray, scales: np.ndarray, *zp) -> np.ndarray:
-    """MatMulNBits B [N, blocks, blob] (+ scales [N, blocks]) -> weight [N, K]."""
+def _dequant_matmulnbits(node, packed: np.ndarray, scales: np.ndarray, *zp) -> torch.Tensor:
+    """MatMulNBits B [N, blocks, blob] (+ scales [N, blocks]) -> weight [N, K], in place."""
     bits, k, n, block = (_attr(node, a) for a in ("bits", "K", "N", "block_size"))
-    q = packed.reshape(n, -1).astype(np.int32)
+    q = torch.from_numpy(packed.reshape(n, -1))
     if bits == 4:
-        q = np.stack([q & 0xF, q >> 4], axis=-1).reshape(n, -1)
-    zero = 1 << (bits - 1)
-    blocks = (q[:, : (k + block - 1) // block * block] - zero).reshape(n, -1, block)
-    w = blocks * scales.reshape(n, -1, 1).astype(np.float32)
-    return w.reshape(n, -1)[:, :k].astype(np.float32)
+        q = torch.stack([q & 0xF, q >> 4], dim=-1).reshape(n, -1)
+    w = q.float().sub_(1 << (bits - 1))
+    w.view(n, -1, block).mul_(torch.from_numpy(scales).reshape(n, -1, 1))
+    return w[:, :k]
 
 
-def _dequant_gather(node, data: np.ndarray, scales: np.ndarray, *zp) -> np.ndarray:
+def _dequant_gather(node, data: np.ndarray, scales: np.ndarray, *zp) -> torch.Tensor:
     """GatherBlockQuantized data [V, D] (signed, quantized along D) -> weight [V, D]."""
-    block = _attr(node, "block_size")
     v, d = data.shape
-    return (data.astype(np.float32).reshape(v, -1, block)
-            * scales.reshape(v, -1, 1)).reshape(v, d)
+    w = torch.from_numpy(data.astype(np.int8)).float()
+    w.view(v, -1, _attr(node, "block_size")).mul_(torch.from_numpy(scales).reshape(v, -1, 1))
+    return w
 
 
 def runtime_step(path: Path, n_layers: int, n_kv: int, head_dim: int, threads: int = 0):

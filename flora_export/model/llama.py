@@ -108,16 +108,15 @@ class Attention(nn.Module):
 
 
     def _attend_explicit(self, q, k, v, kv: ExplicitKV):
+        """One ONNX `Attention` (opset 23): GQA, past/present KV and the causal mask inside."""
         past_k, past_v = kv.past[len(kv.present)]
-        keys = torch.cat([past_k, k.transpose(1, 2)], dim=2)
-        values = torch.cat([past_v, v.transpose(1, 2)], dim=2)
+        seq = q.shape[1]
+        total = past_k.shape[2] + seq
+        mask = torch.arange(total)[None, :] <= torch.arange(seq)[:, None] + (total - seq)
+        y, keys, values, _ = torch.onnx.ops.attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, past_k, past_v,
+            q_num_heads=self.n_heads, kv_num_heads=self.n_kv)
         kv.present.append((keys, values))
-        seq, total = q.shape[1], keys.shape[2]
-        pos = torch.arange(seq)[:, None] + (total - seq)
-        mask = torch.arange(total)[None, :] <= pos
-        rep = self.n_heads // self.n_kv
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys.repeat_interleave(rep, dim=1),
-                                           values.repeat_interleave(rep, dim=1), attn_mask=mask)
         return y.transpose(1, 2)
 
 
