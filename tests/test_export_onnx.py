@@ -115,6 +115,14 @@ def test_int4_one_matmulnbits_per_projection(int4_onnx):
             "model.onnx.data"} <= set(m["files"])
 
 
+def test_one_attention_op_per_layer(int4_onnx):
+    """GQA, the KV concatenation and the causal mask live inside ONNX's Attention op,
+    RoPE in RotaryEmbedding (opset 23) and each RMSNorm in one RMSNormalization."""
+    ops = op_counts(int4_onnx / "model.onnx")
+    assert ops["Attention"] == LAYERS and ops["RMSNormalization"] == 2 * LAYERS + 1
+    assert ops["RotaryEmbedding"] == 2 * LAYERS and ops["Softmax"] == 0 and ops["Neg"] == 0
+
+
 def test_int4_generates_in_ort_genai(int4_onnx):
     tokens = genai_greedy(int4_onnx, [384, 72, 101, 108, 108, 111], 12)
     assert len(tokens) == 12 and all(0 <= t < 512 for t in tokens)

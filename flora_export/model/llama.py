@@ -50,6 +50,12 @@ class ExplicitKV:
     def __init__(self, past: list[tuple[torch.Tensor, torch.Tensor]], offset):
         self.past, self.offset = past, offset
         self.present: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def rotate(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """RoPE as one ONNX `RotaryEmbedding` op on x [B, S, heads * D]."""
+        cos, sin, positions = self.rope
+        return torch.onnx.ops.rotary_embedding(x, cos, sin, positions, num_heads=heads)
 
 
 class Attention(nn.Module):
@@ -73,8 +79,12 @@ class Attention(nn.Module):
         parts = self.qkv_proj(x).split(
             [self.q_dim, self.kv_dim, self.kv_dim] + ([self.adapter_width] if self.adapter_width
                                                       else []), dim=-1)
-        q = apply_rope(parts[0].view(bsz, seq, self.n_heads, self.head_dim), cos, sin)
-        k = apply_rope(parts[1].view(bsz, seq, self.n_kv, self.head_dim), cos, sin)
+        if isinstance(start, ExplicitKV):
+            q = start.rotate(parts[0], self.n_heads).view(bsz, seq, self.n_heads, self.head_dim)
+            k = start.rotate(parts[1], self.n_kv).view(bsz, seq, self.n_kv, self.head_dim)
+        else:
+            q = apply_rope(parts[0].view(bsz, seq, self.n_heads, self.head_dim), cos, sin)
+            k = apply_rope(parts[1].view(bsz, seq, self.n_kv, self.head_dim), cos, sin)
         v = parts[2].view(bsz, seq, self.n_kv, self.head_dim)
         y = self._attend(q, k, v, start).reshape(bsz, seq, self.q_dim)
         if self.adapter_width:
@@ -211,9 +221,10 @@ class LlamaModel(nn.Module):
         if input_pos is None:
             cos, sin = rope_tables(self.config, seq)
         elif isinstance(input_pos, ExplicitKV):
-            start = input_pos
-            cos = torch.narrow(self.rope_cos, 0, start.offset, seq)
-            sin = torch.narrow(self.rope_sin, 0, start.offset, seq)
+            start, half = input_pos, self.config.head_dim // 2
+            positions = (torch.arange(seq) + start.offset).unsqueeze(0).expand(tokens.shape[0], -1)
+            start.rope = (self.rope_cos[:, :half], self.rope_sin[:, :half], positions)
+            cos = sin = torch.zeros(seq, self.config.head_dim)   # unused: RotaryEmbedding op
         else:
             if self.rope_cos is None:
                 raise RuntimeError("call setup_cache(max_seq) before cached inference")
