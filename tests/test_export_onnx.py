@@ -133,3 +133,26 @@ def test_int8_onnx(tmp_path):
                                                                          max_seq=64))
     assert m["counts"]["matmulnbits_bits"] == {"int8": 4 * LAYERS + 1}
     assert m["parity"]["passed"]
+
+
+@pytest.mark.parametrize("breakage", ["nan-weights", "foreign-adapter", "bad-quant"])
+def test_onnx_target_bad_input_fails_cleanly(breakage, tiny_ffba, tmp_path, capfd):
+    """The ONNX target shares the loading checks: one clear line, exit 2, nothing written."""
+    from safetensors.torch import load_file, save_file
+
+    from flora_export.cli import main
+    from conftest import write_base
+    base = write_base(tmp_path / "base", seed=0 if breakage != "foreign-adapter" else 9)
+    args = ["--target", "onnx", "--model", str(base), "--out", str(tmp_path / "out")]
+    if breakage == "nan-weights":
+        tensors = load_file(base / "model.safetensors")
+        tensors["model.layers.1.mlp.up_proj.weight"][0, 0] = float("nan")
+        save_file(tensors, str(base / "model.safetensors"))
+    elif breakage == "foreign-adapter":
+        args += ["--adapter", str(tiny_ffba)]
+    else:
+        args += ["--quant", "int3"]
+    assert main(args) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("flora-export: error:") and "fix:" in err[0]
+    assert not (tmp_path / "out").exists()
