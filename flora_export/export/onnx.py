@@ -173,11 +173,11 @@ def load_quantized_weights(model: nn.Module, path: Path, owners: dict[str, str])
 def _dequant_matmulnbits(node, packed: np.ndarray, scales: np.ndarray, *zp) -> torch.Tensor:
     """MatMulNBits B [N, blocks, blob] (+ scales [N, blocks]) -> weight [N, K], in place."""
     bits, k, n, block = (_attr(node, a) for a in ("bits", "K", "N", "block_size"))
-    q = torch.from_numpy(packed.reshape(n, -1))
+    q = torch.from_numpy(packed.reshape(n, -1).copy())
     if bits == 4:
         q = torch.stack([q & 0xF, q >> 4], dim=-1).reshape(n, -1)
     w = q.float().sub_(1 << (bits - 1))
-    w.view(n, -1, block).mul_(torch.from_numpy(scales).reshape(n, -1, 1))
+    w.view(n, -1, block).mul_(torch.tensor(scales).reshape(n, -1, 1))
     return w[:, :k]
 
 
@@ -185,7 +185,7 @@ def _dequant_gather(node, data: np.ndarray, scales: np.ndarray, *zp) -> torch.Te
     """GatherBlockQuantized data [V, D] (signed, quantized along D) -> weight [V, D]."""
     v, d = data.shape
     w = torch.from_numpy(data.astype(np.int8)).float()
-    w.view(v, -1, _attr(node, "block_size")).mul_(torch.from_numpy(scales).reshape(v, -1, 1))
+    w.view(v, -1, _attr(node, "block_size")).mul_(torch.tensor(scales).reshape(v, -1, 1))
     return w
 
 
