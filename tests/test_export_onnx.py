@@ -61,7 +61,7 @@ def test_fp32_onnx_matches_eager_in_onnxruntime(fp32_onnx):
     assert manifest["parity"]["max_abs_diff"] <= 1e-4 and manifest["parity"]["passed"]
     cfg = model.config
     step = runtime_step(out / "model.onnx", cfg.num_hidden_layers, cfg.num_key_value_heads,
-                        cfg.head_dim)
+                        cfg.head_dim, manifest["runtime"]["max_seq_len"])
     tokens = torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = model(tokens)[0]
@@ -116,11 +116,14 @@ def test_int4_one_matmulnbits_per_projection(int4_onnx):
 
 
 def test_one_attention_op_per_layer(int4_onnx):
-    """GQA, the KV concatenation and the causal mask live inside ONNX's Attention op,
-    RoPE in RotaryEmbedding (opset 23) and each RMSNorm in one RMSNormalization."""
+    """Each layer's attention is one GroupQueryAttention (GQA, shared KV buffer, causal),
+    RoPE one RotaryEmbedding, each RMSNorm one RMSNormalization."""
     ops = op_counts(int4_onnx / "model.onnx")
-    assert ops["Attention"] == LAYERS and ops["RMSNormalization"] == 2 * LAYERS + 1
-    assert ops["RotaryEmbedding"] == 2 * LAYERS and ops["Softmax"] == 0 and ops["Neg"] == 0
+    assert ops["GroupQueryAttention"] == LAYERS and ops["Attention"] == 0
+    assert ops["RMSNormalization"] == 2 * LAYERS + 1 and ops["RotaryEmbedding"] == 2 * LAYERS
+    assert ops["Softmax"] == 0 and ops["Neg"] == 0
+    cfg = json.loads((int4_onnx / "genai_config.json").read_text())
+    assert cfg["search"]["past_present_share_buffer"] is True
 
 
 def test_int4_generates_in_ort_genai(int4_onnx):

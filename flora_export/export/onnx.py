@@ -40,8 +40,7 @@ class OnnxDecoder(nn.Module):
         self.n_layers = model.config.num_hidden_layers
 
     def forward(self, input_ids, attention_mask, past):
-        past_len = past[0].shape[2]
-        torch._check(attention_mask.shape[1] == past_len + input_ids.shape[1])
+        past_len = attention_mask.shape[1] - input_ids.shape[1]   # tokens already cached
         kv = ExplicitKV([(past[2 * i], past[2 * i + 1]) for i in range(self.n_layers)], past_len)
         logits = self.model(input_ids, kv)
         return (logits, *[t for pair in kv.present for t in pair])
@@ -83,6 +82,63 @@ def _save(proto, path: Path) -> None:
     data.unlink(missing_ok=True)   # onnx appends to an existing external-data file
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
+
+
+def use_group_query_attention(path: Path) -> int:
+    """Swap each opset-23 `Attention` for ONNX Runtime's `GroupQueryAttention` kernel.
+
+    Same inputs minus the mask (the kernel takes `seqlens_k` and the total length, both
+    derived from `attention_mask`), and the KV cache becomes one buffer shared by past
+    and present: no copy of the cache per decode step. Returns the count replaced.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    shared = [
+        helper.make_node("ReduceSum", ["attention_mask", "gqa_axis1"], ["gqa_len64"], keepdims=0),
+        helper.make_node("Sub", ["gqa_len64", "gqa_one"], ["gqa_seqlens64"]),
+        helper.make_node("Cast", ["gqa_seqlens64"], ["gqa_seqlens_k"], to=TensorProto.INT32),
+        helper.make_node("Shape", ["attention_mask"], ["gqa_mask_shape"], start=1, end=2),
+        helper.make_node("Squeeze", ["gqa_mask_shape"], ["gqa_total64"]),
+        helper.make_node("Cast", ["gqa_total64"], ["gqa_total_len"], to=TensorProto.INT32)]
+    graph.initializer.extend([helper.make_tensor("gqa_axis1", TensorProto.INT64, [1], [1]),
+                              helper.make_tensor("gqa_one", TensorProto.INT64, [], [1])])
+    nodes, swapped = [], 0
+    for node in graph.node:
+        if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        q, k, v, _mask, past_k, past_v = node.input[:6]
+        nodes.append(helper.make_node(
+            "GroupQueryAttention", [q, k, v, past_k, past_v, "gqa_seqlens_k", "gqa_total_len"],
+            list(node.output[:3]), name=node.name, domain="com.microsoft",
+            num_heads=attrs["q_num_heads"], kv_num_heads=attrs["kv_num_heads"]))
+        swapped += 1
+    del graph.node[:]
+    graph.node.extend(shared + nodes)
+    _drop_dead_nodes(graph)
+    past_types = {i.name.replace("past_key_values", "present"): i.type for i in graph.input}
+    for out in graph.output:
+        if out.name in past_types:
+            out.type.CopyFrom(past_types[out.name])
+    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _save(proto, path)
+    return swapped
+
+
+def _drop_dead_nodes(graph) -> None:
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
 
 
 def weight_owners(path: Path) -> dict[str, str]:
@@ -189,15 +245,17 @@ def _dequant_gather(node, data: np.ndarray, scales: np.ndarray, *zp) -> torch.Te
     return w
 
 
-def runtime_step(path: Path, n_layers: int, n_kv: int, head_dim: int, threads: int = 0):
-    """A verify Step running the model in ONNX Runtime, holding its own KV cache."""
+def runtime_step(path: Path, n_layers: int, n_kv: int, head_dim: int, max_seq: int,
+                 threads: int = 0):
+    """A verify Step running the model in ONNX Runtime, holding its own KV buffer (shared
+    between past and present, as ORT-GenAI runs it)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     inputs, _ = io_names(n_layers)
-    past = [np.zeros((1, n_kv, 0, head_dim), np.float32) for _ in range(2 * n_layers)]
+    past = [np.zeros((1, n_kv, max_seq, head_dim), np.float32) for _ in range(2 * n_layers)]
 
     def step(tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         total = int(pos[0]) + tokens.shape[1]
@@ -209,7 +267,8 @@ def runtime_step(path: Path, n_layers: int, n_kv: int, head_dim: int, threads: i
 
 
 def genai_config(model: nn.Module, max_seq: int, bos: int, eos: list[int]) -> dict:
-    """ORT-GenAI's config for this decoder (the cache grows by concatenation)."""
+    """ORT-GenAI's config for this decoder (one KV buffer of `max_seq` shared by past and
+    present, as GroupQueryAttention expects)."""
     cfg = model.config
     inputs, outputs = io_names(1)
     return {
@@ -231,7 +290,7 @@ def genai_config(model: nn.Module, max_seq: int, bos: int, eos: list[int]) -> di
             },
         },
         "search": {"do_sample": False, "max_length": max_seq, "min_length": 0, "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": False,
+                   "num_return_sequences": 1, "past_present_share_buffer": True,
                    "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0,
                    "early_stopping": True, "length_penalty": 1.0, "diversity_penalty": 0.0,
                    "no_repeat_ngram_size": 0},
@@ -269,6 +328,7 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
     with st("capture"):
         capture(model, ctx.config.max_seq, path)
         owners = weight_owners(path)
+        use_group_query_attention(path)
     eager, qinfo = ctx.fp32_logits, None
     if ctx.quant.quantizes:
         bits, block = ctx.quant.weight_bits, ctx.quant.group_size or 32
@@ -286,7 +346,8 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
         counts = node_counts(path)
         check_quantized_count(counts["matmulnbits"], 0, "ONNX model")
     with st("verify"):
-        step = runtime_step(path, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim)
+        step = runtime_step(path, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
+                            ctx.config.max_seq)
         parity = ctx.verify(step, eager, "the exported ONNX model")
     write_genai_files(out, model, ctx.config.max_seq, ctx.bos, ctx.eos)
     return {"files": [MODEL_NAME, DATA_NAME, "genai_config.json", "tokenizer_config.json"],

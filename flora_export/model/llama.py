@@ -118,16 +118,17 @@ class Attention(nn.Module):
 
 
     def _attend_explicit(self, q, k, v, kv: ExplicitKV):
-        """One ONNX `Attention` (opset 23): GQA, past/present KV and the causal mask inside."""
+        """One ONNX `Attention` (opset 23) on [B, S, heads * D] inputs: GQA, past/present
+        KV and the causal mask inside (an exporter may swap in a fused kernel 1:1)."""
         past_k, past_v = kv.past[len(kv.present)]
-        seq = q.shape[1]
+        bsz, seq = q.shape[:2]
         total = past_k.shape[2] + seq
         mask = torch.arange(total)[None, :] <= torch.arange(seq)[:, None] + (total - seq)
         y, keys, values, _ = torch.onnx.ops.attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, past_k, past_v,
-            q_num_heads=self.n_heads, kv_num_heads=self.n_kv)
+            q.reshape(bsz, seq, -1), k.reshape(bsz, seq, -1), v.reshape(bsz, seq, -1), mask,
+            past_k, past_v, q_num_heads=self.n_heads, kv_num_heads=self.n_kv)
         kv.present.append((keys, values))
-        return y.transpose(1, 2)
+        return y.view(bsz, seq, self.n_heads, self.head_dim)
 
 
 class MLP(nn.Module):
