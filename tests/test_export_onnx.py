@@ -116,12 +116,12 @@ def test_int4_one_matmulnbits_per_projection(int4_onnx):
 
 
 def test_one_attention_op_per_layer(int4_onnx):
-    """Each layer's attention is one GroupQueryAttention (GQA, shared KV buffer, causal),
-    RoPE one RotaryEmbedding, each RMSNorm one RMSNormalization."""
+    """Each layer's attention is one GroupQueryAttention (GQA, RoPE, shared KV buffer,
+    causal mask inside); each RMSNorm one SimplifiedLayerNormalization."""
     ops = op_counts(int4_onnx / "model.onnx")
     assert ops["GroupQueryAttention"] == LAYERS and ops["Attention"] == 0
-    assert ops["RMSNormalization"] == 2 * LAYERS + 1 and ops["RotaryEmbedding"] == 2 * LAYERS
-    assert ops["Softmax"] == 0 and ops["Neg"] == 0
+    assert ops["SimplifiedLayerNormalization"] == 2 * LAYERS + 1
+    assert ops["RotaryEmbedding"] == 0 and ops["Softmax"] == 0 and ops["Neg"] == 0
     cfg = json.loads((int4_onnx / "genai_config.json").read_text())
     assert cfg["search"]["past_present_share_buffer"] is True
 

@@ -112,14 +112,18 @@ def use_group_query_attention(path: Path) -> int:
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         q, k, v, _mask, past_k, past_v = node.input[:6]
+        (q, cos, sin), (k, _, _) = _unrotated(graph, q), _unrotated(graph, k)
         nodes.append(helper.make_node(
-            "GroupQueryAttention", [q, k, v, past_k, past_v, "gqa_seqlens_k", "gqa_total_len"],
+            "GroupQueryAttention",
+            [q, k, v, past_k, past_v, "gqa_seqlens_k", "gqa_total_len", cos, sin],
             list(node.output[:3]), name=node.name, domain="com.microsoft",
-            num_heads=attrs["q_num_heads"], kv_num_heads=attrs["kv_num_heads"]))
+            num_heads=attrs["q_num_heads"], kv_num_heads=attrs["kv_num_heads"],
+            do_rotary=1, rotary_interleaved=0))
         swapped += 1
     del graph.node[:]
     graph.node.extend(shared + nodes)
     _drop_dead_nodes(graph)
+    _use_simplified_layer_norm(graph)
     past_types = {i.name.replace("past_key_values", "present"): i.type for i in graph.input}
     for out in graph.output:
         if out.name in past_types:
@@ -128,6 +132,36 @@ def use_group_query_attention(path: Path) -> int:
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     _save(proto, path)
     return swapped
+
+
+def _unrotated(graph, name: str) -> tuple[str, str, str]:
+    """Follow `name` back through Reshapes to its RotaryEmbedding: (its input, cos, sin).
+
+    GroupQueryAttention applies RoPE itself (positions from `seqlens_k`), so it takes
+    the projection output before rotation; the RotaryEmbedding nodes become dead.
+    """
+    producer = {o: n for n in graph.node for o in n.output}
+    node = producer[name]
+    while node.op_type == "Reshape":
+        node = producer[node.input[0]]
+    if node.op_type != "RotaryEmbedding":
+        raise RuntimeError(f"expected RotaryEmbedding before attention, found {node.op_type}")
+    return node.input[0], node.input[1], node.input[2]
+
+
+def _use_simplified_layer_norm(graph) -> None:
+    """RMSNormalization -> ONNX Runtime's SimplifiedLayerNormalization, which its graph
+    optimizer fuses with the residual Add into SkipSimplifiedLayerNormalization."""
+    from onnx import helper
+
+    for node in graph.node:
+        if node.op_type == "RMSNormalization":
+            eps = next((helper.get_attribute_value(a) for a in node.attribute
+                        if a.name == "epsilon"), 1e-5)
+            node.op_type = "SimplifiedLayerNormalization"
+            del node.attribute[:]
+            node.attribute.extend([helper.make_attribute("axis", -1),
+                                   helper.make_attribute("epsilon", eps)])
 
 
 def _drop_dead_nodes(graph) -> None:
