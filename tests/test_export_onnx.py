@@ -117,10 +117,11 @@ def test_int4_one_matmulnbits_per_projection(int4_onnx):
 
 def test_one_attention_op_per_layer(int4_onnx):
     """Each layer's attention is one GroupQueryAttention (GQA, RoPE, shared KV buffer,
-    causal mask inside); each RMSNorm one SimplifiedLayerNormalization."""
+    causal mask inside); each RMSNorm after a residual add one SkipSimplifiedLayerNorm."""
     ops = op_counts(int4_onnx / "model.onnx")
     assert ops["GroupQueryAttention"] == LAYERS and ops["Attention"] == 0
-    assert ops["SimplifiedLayerNormalization"] == 2 * LAYERS + 1
+    assert ops["SkipSimplifiedLayerNormalization"] == 2 * LAYERS and ops["Add"] == 0
+    assert ops["SimplifiedLayerNormalization"] == 1            # the first norm has no residual
     assert ops["RotaryEmbedding"] == 0 and ops["Softmax"] == 0 and ops["Neg"] == 0
     cfg = json.loads((int4_onnx / "genai_config.json").read_text())
     assert cfg["search"]["past_present_share_buffer"] is True

@@ -2,9 +2,12 @@
 
 The decoder is exported with the KV cache as explicit inputs/outputs
 (`past_key_values.{i}.key|value` -> `present.{i}.key|value`, [B, Hkv, T, D]) and a
-dynamic prompt length; weights go to external data (`model.onnx.data`). Every
-projection and the output head then become one `MatMulNBits` (block 32, symmetric,
-accuracy level 4), the embedding one `GatherBlockQuantized`. The folder also holds
+dynamic prompt length; weights go to external data (`model.onnx.data`). The opset-23
+graph is then mapped onto ONNX Runtime's fused kernels (one `GroupQueryAttention` per
+layer with RoPE inside and a KV buffer shared by past and present; norms as
+`SkipSimplifiedLayerNormalization`), and every projection and the output head become
+one `MatMulNBits` (block 32, symmetric, accuracy level 4), the embedding one
+`GatherBlockQuantized`. The folder also holds
 `genai_config.json` and the tokenizer files, so `onnxruntime_genai.Model(folder)` runs
 it, and so does a plain `onnxruntime.InferenceSession`.
 """
@@ -123,7 +126,7 @@ def use_group_query_attention(path: Path) -> int:
     del graph.node[:]
     graph.node.extend(shared + nodes)
     _drop_dead_nodes(graph)
-    _use_simplified_layer_norm(graph)
+    _use_skip_layer_norm(graph)
     past_types = {i.name.replace("past_key_values", "present"): i.type for i in graph.input}
     for out in graph.output:
         if out.name in past_types:
@@ -149,19 +152,35 @@ def _unrotated(graph, name: str) -> tuple[str, str, str]:
     return node.input[0], node.input[1], node.input[2]
 
 
-def _use_simplified_layer_norm(graph) -> None:
-    """RMSNormalization -> ONNX Runtime's SimplifiedLayerNormalization, which its graph
-    optimizer fuses with the residual Add into SkipSimplifiedLayerNormalization."""
+def _use_skip_layer_norm(graph) -> None:
+    """RMSNormalization -> ONNX Runtime's SimplifiedLayerNormalization; one fed by the
+    residual Add absorbs it as SkipSimplifiedLayerNormalization (its 4th output is the
+    sum, so the residual stream keeps its name)."""
     from onnx import helper
 
+    producer = {o: n for n in graph.node for o in n.output}
+    absorbed = set()
     for node in graph.node:
-        if node.op_type == "RMSNormalization":
-            eps = next((helper.get_attribute_value(a) for a in node.attribute
-                        if a.name == "epsilon"), 1e-5)
+        if node.op_type != "RMSNormalization":
+            continue
+        eps = next((helper.get_attribute_value(a) for a in node.attribute
+                    if a.name == "epsilon"), 1e-5)
+        add = producer.get(node.input[0])
+        del node.attribute[:]
+        node.attribute.append(helper.make_attribute("epsilon", eps))
+        if add is not None and add.op_type == "Add" and id(add) not in absorbed:
+            absorbed.add(id(add))
+            node.op_type, node.domain = "SkipSimplifiedLayerNormalization", "com.microsoft"
+            inputs, outputs = [*add.input, node.input[1]], [node.output[0], "", "", add.output[0]]
+            del node.input[:], node.output[:]
+            node.input.extend(inputs)
+            node.output.extend(outputs)
+        else:
             node.op_type = "SimplifiedLayerNormalization"
-            del node.attribute[:]
-            node.attribute.extend([helper.make_attribute("axis", -1),
-                                   helper.make_attribute("epsilon", eps)])
+            node.attribute.append(helper.make_attribute("axis", -1))
+    kept = [n for n in graph.node if id(n) not in absorbed]
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def _drop_dead_nodes(graph) -> None:
