@@ -56,3 +56,27 @@ def tiny_ffba(tiny_base, tmp_path_factory) -> Path:
 def shapes(**changes):
     """The tiny preset with some fields changed."""
     return dataclasses.replace(PRESETS["tiny"], **changes)
+
+
+def fp32_export(base: Path, adapter: Path, target: str, out: Path):
+    """(model, out, manifest) of an fp32 export of base + adapter for `target`."""
+    from flora_export.adapters import load_adapter
+    from flora_export.export import ExportConfig, export
+    from flora_export.model import load_model
+
+    model = load_model(base)
+    load_adapter(model, adapter)
+    return model, out, export(model, target, out, ExportConfig(quant="fp32", max_seq=128))
+
+
+def max_step_error(step, model, seed: int, prompt: int = 10, total: int = 20) -> float:
+    """Largest |logit| difference between an exported step function and the eager model
+    over a prefill of `prompt` tokens and single-token decode steps up to `total`."""
+    tokens = torch.randint(0, model.config.vocab_size, (1, total),
+                           generator=torch.Generator().manual_seed(seed))
+    model.set_attention_impl("sdpa")
+    with torch.no_grad():
+        ref = model(tokens)[0]
+    got = [step(tokens[:, :prompt], torch.tensor([0]))]
+    got += [step(tokens[:, i:i + 1], torch.tensor([i])) for i in range(prompt, total)]
+    return (torch.stack(got) - ref[prompt - 1:]).abs().max().item()

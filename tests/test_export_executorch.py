@@ -10,14 +10,14 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from flora_export.adapters import LoraConfig, attach_lora, load_adapter
+from flora_export.adapters import LoraConfig, attach_lora
 from flora_export.errors import FloraError
 from flora_export.export import ExportConfig, export
 from flora_export.export.executorch import runtime_step
 from flora_export.model import file_sha256, load_model
 from flora_export.verify import VerifyConfig
 
-from conftest import randomize_adapter
+from conftest import fp32_export, max_step_error, randomize_adapter
 
 pytest.importorskip("executorch")
 LAYERS = 2  # the tiny preset
@@ -63,29 +63,18 @@ def eager_greedy_bytes(model, tokenizer_json: str, prompt: str, n: int) -> list[
 
 
 @pytest.fixture(scope="module")
-def fp32_export(tiny_base, tiny_ffba, tmp_path_factory):
-    model = load_model(tiny_base)
-    load_adapter(model, tiny_ffba)
-    out = tmp_path_factory.mktemp("fp32") / "out"
-    manifest = export(model, "android", out, ExportConfig(quant="fp32", max_seq=128))
-    return model, out, manifest
+def fp32_pte(tiny_base, tiny_ffba, tmp_path_factory):
+    return fp32_export(tiny_base, tiny_ffba, "android", tmp_path_factory.mktemp("fp32") / "out")
 
 
-def test_fp32_pte_matches_eager_through_the_cache(fp32_export):
-    model, out, manifest = fp32_export
+def test_fp32_pte_matches_eager_through_the_cache(fp32_pte):
+    model, out, manifest = fp32_pte
     assert manifest["parity"]["max_abs_diff"] <= 1e-4 and manifest["parity"]["passed"]
-    tokens = torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(3))
-    step = runtime_step(out / "model.pte")
-    model.set_attention_impl("sdpa")
-    with torch.no_grad():
-        ref = model(tokens)[0]
-    got = [step(tokens[:, :10], torch.tensor([0]))]
-    got += [step(tokens[:, i:i + 1], torch.tensor([i])) for i in range(10, 20)]   # 10 decodes
-    assert (torch.stack(got) - ref[9:]).abs().max() < 1e-4
+    assert max_step_error(runtime_step(out / "model.pte"), model, seed=3) < 1e-4
 
 
-def test_llm_runner_generates_the_eager_greedy_text(fp32_export):
-    model, out, manifest = fp32_export
+def test_llm_runner_generates_the_eager_greedy_text(fp32_pte):
+    model, out, manifest = fp32_pte
     prompt, n = "Once upon a time", 12
     text, stats = run_llm_runner(out, prompt, n)
     assert stats["generated"] >= n - 1 and stats["prompt"] == len(prompt)

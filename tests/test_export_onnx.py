@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from flora_export.adapters import load_adapter
 from flora_export.export import ExportConfig, export
 from flora_export.export.onnx import io_names, runtime_step
 from flora_export.model import file_sha256, load_model
+
+from conftest import fp32_export, max_step_error
 
 ort = pytest.importorskip("onnxruntime")
 og = pytest.importorskip("onnxruntime_genai")
@@ -49,11 +50,7 @@ def op_counts(path) -> dict:
 
 @pytest.fixture(scope="module")
 def fp32_onnx(tiny_base, tiny_ffba, tmp_path_factory):
-    model = load_model(tiny_base)
-    load_adapter(model, tiny_ffba)
-    out = tmp_path_factory.mktemp("onnx32") / "out"
-    manifest = export(model, "onnx", out, ExportConfig(quant="fp32", max_seq=128))
-    return model, out, manifest
+    return fp32_export(tiny_base, tiny_ffba, "onnx", tmp_path_factory.mktemp("onnx32") / "out")
 
 
 def test_fp32_onnx_matches_eager_in_onnxruntime(fp32_onnx):
@@ -62,12 +59,7 @@ def test_fp32_onnx_matches_eager_in_onnxruntime(fp32_onnx):
     cfg = model.config
     step = runtime_step(out / "model.onnx", cfg.num_hidden_layers, cfg.num_key_value_heads,
                         cfg.head_dim, manifest["runtime"]["max_seq_len"])
-    tokens = torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(5))
-    with torch.no_grad():
-        ref = model(tokens)[0]
-    got = [step(tokens[:, :10], torch.tensor([0]))]
-    got += [step(tokens[:, i:i + 1], torch.tensor([i])) for i in range(10, 20)]
-    assert (torch.stack(got) - ref[9:]).abs().max() < 1e-4
+    assert max_step_error(step, model, seed=5) < 1e-4
 
 
 def test_fp32_onnx_generates_eager_tokens_in_ort_genai(fp32_onnx):
