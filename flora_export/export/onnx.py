@@ -97,7 +97,7 @@ def use_group_query_attention(path: Path) -> int:
     import onnx
     from onnx import TensorProto, helper
 
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(path), load_external_data=False)   # weights stay where they are
     graph = proto.graph
     shared = [
         helper.make_node("ReduceSum", ["attention_mask", "gqa_axis1"], ["gqa_len64"], keepdims=0),
@@ -133,7 +133,7 @@ def use_group_query_attention(path: Path) -> int:
             out.type.CopyFrom(past_types[out.name])
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    _save(proto, path)
+    onnx.save_model(proto, str(path))          # graph only: external-data references kept
     return swapped
 
 
