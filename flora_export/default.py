@@ -24,7 +24,7 @@ def default_config():
     return LlamaConfig(
         vocab_size=1024, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
-        rope_scaling=_LLAMA3_ROPE, tie_word_embeddings=True, max_position_embeddings=2048,
+        rope_scaling=_LLAMA3_ROPE, tie_word_embeddings=True, max_position_embeddings=16384,
         bos_token_id=1024 - 128, eos_token_ids=(1024 - 128 + 1, 1024 - 128 + 9))
 
 

@@ -27,7 +27,7 @@ PRESETS: dict[str, LlamaConfig] = {
     "tiny": LlamaConfig(
         vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
-        rope_scaling=_LLAMA3_ROPE, tie_word_embeddings=True, max_position_embeddings=4096,
+        rope_scaling=_LLAMA3_ROPE, tie_word_embeddings=True, max_position_embeddings=16384,
         bos_token_id=256 + 128, eos_token_ids=(256 + 129, 256 + 137)),
 }
 
