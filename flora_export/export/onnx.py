@@ -344,7 +344,7 @@ def genai_config(model: nn.Module, max_seq: int, bos: int, eos: list[int]) -> di
         },
         "search": {"do_sample": False, "max_length": max_seq, "min_length": 0, "num_beams": 1,
                    "num_return_sequences": 1, "past_present_share_buffer": True,
-                   "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+                   "repetition_penalty": 1.0, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
                    "early_stopping": True, "length_penalty": 1.0, "diversity_penalty": 0.0,
                    "no_repeat_ngram_size": 0},
     }
