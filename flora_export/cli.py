@@ -10,6 +10,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 from .errors import FloraError
 from .progress import StageProgress
@@ -82,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             manifest, seconds = _run(args)
         except FloraError as e:
-            print(f"flora-export: error: {e}", file=_ERR[0])
+            print(f"flora-export: error: {e}", file=_CONSOLE.err)
             return 2
         except KeyboardInterrupt:
-            print("flora-export: interrupted; nothing was written", file=_ERR[0])
+            print("flora-export: interrupted; nothing was written", file=_CONSOLE.err)
             return 130
         except Exception as e:  # an internal failure, not bad input: keep the log
             logging.getLogger("flora_export").exception("export failed")
             print(f"flora-export: internal error: {type(e).__name__}: {str(e)[:300]} "
-                  f"(details: {log_path or 'see the traceback above'})", file=_ERR[0])
+                  f"(details: {log_path or 'see the traceback above'})", file=_CONSOLE.err)
             log_path = None
             return 1
         finally:
@@ -98,13 +99,6 @@ def main(argv: list[str] | None = None) -> int:
                 Path(log_path).unlink(missing_ok=True)
     _print_summary(manifest, seconds, Path(args.out or f"flora-out/{args.target}"))
     return 0
-
-
-_ERR = [sys.stderr]
-
-
-def console_err():
-    return _ERR[0]
 
 
 @contextmanager
@@ -122,8 +116,7 @@ def _native_logs(verbose: bool):
     os.dup2(fd, 1), os.dup2(fd, 2)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    global _CONSOLE
-    _CONSOLE, _ERR[0] = out, err
+    _CONSOLE.out, _CONSOLE.err = out, err
     try:
         yield path
     finally:
@@ -131,11 +124,11 @@ def _native_logs(verbose: bool):
         os.dup2(saved[0], 1), os.dup2(saved[1], 2)
         for f in (*saved, fd):
             os.close(f)
-        _CONSOLE, _ERR[0] = sys.stdout, sys.stderr
+        _CONSOLE.out, _CONSOLE.err = sys.stdout, sys.stderr
         out.close(), err.close()
 
 
-_CONSOLE = sys.stdout
+_CONSOLE = SimpleNamespace(out=sys.stdout, err=sys.stderr)  # the terminal, while fds 1/2 log
 
 
 def _run(args) -> tuple[dict, float]:
@@ -152,10 +145,10 @@ def _run(args) -> tuple[dict, float]:
     model_src = args.model or str(DEFAULT_BASE)
     adapter = args.adapter if args.adapter is not None else (
         None if args.model else str(DEFAULT_ADAPTER))
-    print(f"loading model {args.model or 'embedded default'} ...", file=_CONSOLE, flush=True)
+    print(f"loading model {args.model or 'embedded default'} ...", file=_CONSOLE.out, flush=True)
     model = load_model(model_src, seed=args.seed)
     if adapter and adapter.lower() != "none":
-        print(f"loading adapter {args.adapter or 'embedded default'} ...", file=_CONSOLE,
+        print(f"loading adapter {args.adapter or 'embedded default'} ...", file=_CONSOLE.out,
               flush=True)
         load_adapter(model, adapter, check_base=not args.no_base_check)
         if isinstance(model.adapter_config, LoraConfig) and args.lora == "merged":
@@ -163,7 +156,7 @@ def _run(args) -> tuple[dict, float]:
     out = Path(args.out or f"flora-out/{args.target}")
     cfg = ExportConfig(quant=args.quant, max_seq=args.max_seq, fuse_adapters=not args.no_fuse,
                        force=args.force)
-    manifest = export(model, args.target, out, cfg, progress=StageProgress(_CONSOLE))
+    manifest = export(model, args.target, out, cfg, progress=StageProgress(_CONSOLE.out))
     return manifest, time.perf_counter() - t0
 
 

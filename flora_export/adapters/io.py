@@ -11,16 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..version import __version__
 from ..errors import FloraError
 from ..model import file_sha256
+from ..model.checkpoint import save_safetensors_atomic, write_atomic
 from ..model.llama import LlamaModel
 from .ffba import FFBAConfig, attach_ffba, sub_block
 from .lora import ALL_TARGETS, LoraConfig, attach_lora, lora_projections
@@ -73,13 +73,9 @@ def save_adapter(model: LlamaModel, out_dir: str | Path) -> Path:
     meta["flora_export_version"] = __version__
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{WEIGHTS_FILE}.tmp"
-    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out / WEIGHTS_FILE)
-    (out / f".{CONFIG_FILE}.tmp").write_text(json.dumps(meta, indent=2))
-    os.replace(out / f".{CONFIG_FILE}.tmp", out / CONFIG_FILE)
+    save_safetensors_atomic({k: v.detach().contiguous() for k, v in tensors.items()},
+                            out / WEIGHTS_FILE)
+    write_atomic(out / CONFIG_FILE, json.dumps(meta, indent=2).encode())
     return out
 
 

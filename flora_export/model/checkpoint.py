@@ -183,12 +183,16 @@ def save_hf_checkpoint(model: LlamaModel, out_dir: Path, tokenizer_json: Path | 
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
         cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     write_atomic(out_dir / "config.json", json.dumps(cfg, indent=2).encode())
-    tmp = out_dir / ".model.safetensors.tmp"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, out_dir / "model.safetensors")
+    save_safetensors_atomic(tensors, out_dir / "model.safetensors")
     if tokenizer_json is not None:
         write_atomic(out_dir / "tokenizer.json", Path(tokenizer_json).read_bytes())
+
+
+def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -218,14 +218,13 @@ class LlamaModel(nn.Module):
         With an `ExplicitKV`: a step on caller-held keys/values (collected in its `present`).
         """
         seq = tokens.shape[1]
-        start = None
+        start = cos = sin = None
         if input_pos is None:
             cos, sin = rope_tables(self.config, seq)
-        elif isinstance(input_pos, ExplicitKV):
+        elif isinstance(input_pos, ExplicitKV):   # RoPE runs as one RotaryEmbedding op
             start, half = input_pos, self.config.head_dim // 2
             positions = (torch.arange(seq) + start.offset).unsqueeze(0).expand(tokens.shape[0], -1)
             start.rope = (self.rope_cos[:, :half], self.rope_sin[:, :half], positions)
-            cos = sin = torch.zeros(seq, self.config.head_dim)   # unused: RotaryEmbedding op
         else:
             if self.rope_cos is None:
                 raise RuntimeError("call setup_cache(max_seq) before cached inference")
@@ -234,8 +233,9 @@ class LlamaModel(nn.Module):
             torch._check(start + seq <= self.max_seq)
             cos = torch.narrow(self.rope_cos, 0, start, seq)
             sin = torch.narrow(self.rope_sin, 0, start, seq)
-        cos, sin = cos.unsqueeze(1).to(self.norm.weight.dtype), sin.unsqueeze(1).to(
-            self.norm.weight.dtype)
+        if cos is not None:
+            dtype = self.norm.weight.dtype
+            cos, sin = cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype)
         h = self.embed_tokens(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin, start)
