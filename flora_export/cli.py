@@ -162,9 +162,10 @@ def _run(args) -> tuple[dict, float]:
 
 def _print_summary(m: dict, seconds: float, out: Path) -> None:
     console = sys.stdout
-    c, p = m["counts"], m["parity"]
+    c = m["counts"]
     rows = [("output", str(out))]
-    rows += [(name, f"{rec['bytes'] / 1e6:.2f} MB  sha256 {rec['sha256'][:12]}")
+    rows += [(name, f"{rec['bytes'] / 1e6:.2f} MB  " + (f"sha256 {rec['sha256'][:12]}" if "sha256"
+                                                        in rec else f"{len(rec['files'])} files"))
              for name, rec in m["files"].items()]
     adapter = m["adapter"]
     rows += [
@@ -176,18 +177,31 @@ def _print_summary(m: dict, seconds: float, out: Path) -> None:
           if adapter.get("fused_width") else "")),
         ("quantization", m["quantization"]["name"]),
         ("fused linears", str(c["fused_linears"])),
-        ("quantized linear ops", f"{c['quantized_linear_ops']} of {c['linear_ops']} linears"
-                                 + (f", {c['delegates']} XNNPACK delegates" if "delegates" in c
-                                    else f", {c.get('matmulnbits', 0)} MatMulNBits")),
-        ("parity vs eager", f"max|diff| {p['max_abs_diff']:.2g}, SQNR {p['sqnr_db']:.1f} dB, "
-                            f"greedy tokens {p['token_agreement']:.0%} of {p['steps']} steps "
-                            f"({p['decisive_agreement']:.0%} of {p['decisive_steps']} decisive)"),
+        *[(f"quantized linear ops ({name})", _op_summary(r["counts"]))
+          for name, r in m["results"].items()],
+        *[(f"parity vs eager ({name})", _parity_summary(r["parity"]))
+          for name, r in m["results"].items()],
         ("time / peak RSS", f"{seconds:.1f} s / {m['peak_rss_mb']:.0f} MB"),
     ]
     width = max(len(k) for k, _ in rows)
     print("", file=console)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}", file=console)
+
+
+def _op_summary(c: dict) -> str:
+    detail = (f", {c['delegates']} XNNPACK delegates" if "delegates" in c else
+              f", {c['matmulnbits']} MatMulNBits" if "matmulnbits" in c else
+              "".join(f", {n} {op}" for op, n in c.get("quantized_weight_ops", {}).items()))
+    return f"{c['quantized_linear_ops']} of {c['linear_ops']} linears{detail}"
+
+
+def _parity_summary(p: dict) -> str:
+    if "max_abs_diff" not in p:          # Core ML: predictions need macOS
+        return f"{p['status']}: {p['how']}"
+    return (f"max|diff| {p['max_abs_diff']:.2g}, SQNR {p['sqnr_db']:.1f} dB, greedy tokens "
+            f"{p['token_agreement']:.0%} of {p['steps']} steps ({p['decisive_agreement']:.0%} of "
+            f"{p['decisive_steps']} decisive)")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ def staging_dir(out: Path):
 
 
 def file_record(path: Path) -> dict:
+    if path.is_dir():   # a bundle such as a Core ML .mlpackage: sizes and hashes of its files
+        files = {str(f.relative_to(path)): file_record(f)
+                 for f in sorted(path.rglob("*")) if f.is_file()}
+        return {"bytes": sum(r["bytes"] for r in files.values()), "files": files}
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 

@@ -31,13 +31,14 @@ log = logging.getLogger(__name__)
 COMMON_STAGES = ["fuse", "reference"]
 
 
-_BACKENDS = {"executorch-xnnpack": ("executorch", "android"), "onnx": ("onnx", "onnx")}
+_BACKENDS = {"executorch-xnnpack": ("executorch", "android"), "onnx": ("onnx", "onnx"),
+             "coreml": ("coreml", "coreml")}
 
 
 def _backend(name: str):
     """The backend module; fails clearly when its runtime packages are not installed."""
     module, extra = _BACKENDS[name]
-    runtime = {"executorch": "executorch", "onnx": "onnxruntime"}[module]
+    runtime = {"executorch": "executorch", "onnx": "onnxruntime", "coreml": "coremltools"}[module]
     try:
         import_module(runtime)
     except ImportError:

@@ -24,7 +24,7 @@ TARGETS: dict[str, Target] = {
 }
 
 # Backends this version can build; the others are listed so their targets fail clearly.
-AVAILABLE_BACKENDS = ("executorch-xnnpack", "onnx")
+AVAILABLE_BACKENDS = ("executorch-xnnpack", "onnx", "coreml")
 
 
 def target_row(name: str) -> Target:

@@ -58,6 +58,32 @@ class ExplicitKV:
         return torch.onnx.ops.rotary_embedding(x, cos, sin, positions, num_heads=heads)
 
 
+class SlicedKV:
+    """KV cache in caller-owned buffers `k`/`v` [L, B, Hkv, T_max, D] (Core ML state style).
+
+    Every write and read is a slice whose bounds come from input shapes: `mask` is the
+    additive causal mask [B, 1, S, T] of this step, so T (its last dim) is the total
+    length and T - S the position of the first new token. No tensor-valued index.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor):
+        self.k, self.v, self.mask = k, v, mask
+        self.layer = 0
+
+    def attend(self, q, k, v, n_rep: int) -> torch.Tensor:
+        """q: [B,S,H,D], k/v: [B,S,Hkv,D] -> [B,S,H,D]; writes layer `self.layer`'s cache."""
+        i, end = self.layer, self.mask.shape[-1]
+        begin = end - q.shape[1]
+        self.layer += 1
+        self.k[i:i + 1, :, :, begin:end] = k.transpose(1, 2).unsqueeze(0).to(self.k.dtype)
+        self.v[i:i + 1, :, :, begin:end] = v.transpose(1, 2).unsqueeze(0).to(self.v.dtype)
+        keys = self.k[i, :, :, :end].to(q.dtype).repeat_interleave(n_rep, dim=1)
+        values = self.v[i, :, :, :end].to(q.dtype).repeat_interleave(n_rep, dim=1)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values,
+                                           attn_mask=self.mask.to(q.dtype))
+        return y.transpose(1, 2)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -98,6 +124,8 @@ class Attention(nn.Module):
         """q: [B,S,H,D], k/v: [B,S,Hkv,D] -> [B,S,H,D]."""
         if isinstance(start, ExplicitKV):
             return self._attend_explicit(q, k, v, start)
+        if isinstance(start, SlicedKV):
+            return start.attend(q, k, v, self.n_heads // self.n_kv)
         if start is None:
             y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
                                                v.transpose(1, 2), is_causal=True, enable_gqa=True)
@@ -209,13 +237,15 @@ class LlamaModel(nn.Module):
             layer.self_attn.impl = impl
         return self
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | ExplicitKV | None = None,
+    def forward(self, tokens: torch.Tensor,
+                input_pos: torch.Tensor | ExplicitKV | SlicedKV | None = None,
                 last_only: bool = False) -> torch.Tensor:
         """tokens [B, S] -> logits [B, S, V] ([B, 1, V] with `last_only`).
 
         Without `input_pos`: a training pass over the whole sequence, no cache.
         With `input_pos` ([1], the position of tokens[:, 0]): a step through the static cache.
         With an `ExplicitKV`: a step on caller-held keys/values (collected in its `present`).
+        With a `SlicedKV`: a step on caller-held cache buffers, positions from its mask's shape.
         """
         seq = tokens.shape[1]
         start = cos = sin = None
@@ -225,6 +255,9 @@ class LlamaModel(nn.Module):
             start, half = input_pos, self.config.head_dim // 2
             positions = (torch.arange(seq) + start.offset).unsqueeze(0).expand(tokens.shape[0], -1)
             start.rope = (self.rope_cos[:, :half], self.rope_sin[:, :half], positions)
+        elif isinstance(input_pos, SlicedKV):      # positions T - S .. T - 1, from shapes
+            start, end = input_pos, input_pos.mask.shape[-1]
+            cos, sin = (torch.narrow(t, 0, end - seq, seq) for t in (self.rope_cos, self.rope_sin))
         else:
             if self.rope_cos is None:
                 raise RuntimeError("call setup_cache(max_seq) before cached inference")
@@ -235,7 +268,8 @@ class LlamaModel(nn.Module):
             sin = torch.narrow(self.rope_sin, 0, start, seq)
         if cos is not None:
             dtype = self.norm.weight.dtype
-            cos, sin = cos.unsqueeze(1).to(dtype), sin.unsqueeze(1).to(dtype)
+            dev = self.norm.weight.device
+            cos, sin = cos.unsqueeze(1).to(dev, dtype), sin.unsqueeze(1).to(dev, dtype)
         h = self.embed_tokens(tokens)
         for layer in self.layers:
             h = layer(h, cos, sin, start)

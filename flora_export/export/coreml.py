@@ -1,0 +1,317 @@
+"""Core ML backend: a stateful `.mlpackage` (iOS 18 ML program) with int4 block weights.
+
+The decoder is captured with `torch.export` around the model's `SlicedKV` path: the KV
+cache lives in two Core ML **states** (`keyCache`, `valueCache`, fp16, [layers, 1,
+kv_heads, max_seq, head_dim]) that every call updates in place with slice writes whose
+bounds come from input shapes. Inputs are `inputIds` [1, S] and `causalMask` [1, 1, S, T]
+(additive: 0 where a query may attend, -inf elsewhere; T = tokens in the cache after this
+call, so T - S is the position of the first new token); output `logits` [1, 1, vocab] of
+the last token. One function serves prefill (S > 1) and decode (S = 1).
+
+Weights: `coremltools.optimize.coreml.linear_quantize_weights` (linear_symmetric), int4
+per block of 32 input columns for `8da4w`, int8 per output channel for `int8`; every
+projection and the output head stay one `linear` op fed by one
+`constexpr_blockwise_shift_scale`. Core ML has no dynamic activation quantization:
+activations run in fp16 (the compute precision phones use, also for `fp32` weights).
+
+Core ML predictions need macOS, so on Linux the package is checked by its spec (inputs,
+outputs, states, op counts) and the captured torch program by numbers; the package's own
+parity runs on a Mac with `python -m flora_export.export.coreml_parity OUT`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import FloraError
+from ..model.llama import SlicedKV
+from ..verify import check, compare, run_steps
+from . import coreml_spec
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "model.mlpackage"
+REFERENCE = "coreml_reference.safetensors"
+STAGES = ["coreml-capture", "coreml-convert", "coreml-quantize", "coreml-save",
+          "coreml-reference"]
+INPUTS, OUTPUTS, STATES = ("inputIds", "causalMask"), ("logits",), ("keyCache", "valueCache")
+PARITY_COMMAND = "python -m flora_export.export.coreml_parity"
+MAX_SEQ_LIMIT = 32767           # Core ML shape arithmetic runs in int16 with fp16 compute
+
+
+class CoreMLDecoder(nn.Module):
+    """(inputIds [1, S], causalMask [1, 1, S, T]) -> logits [1, 1, V]; the KV cache is
+    held in two buffers that Core ML turns into states."""
+
+    def __init__(self, model: nn.Module, max_seq: int, dtype=torch.float32):
+        super().__init__()
+        self.model = model
+        shape = cache_shape(model.config, max_seq)
+        self.register_buffer("keyCache", torch.zeros(shape, dtype=dtype))
+        self.register_buffer("valueCache", torch.zeros(shape, dtype=dtype))
+
+    def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        kv = SlicedKV(self.keyCache, self.valueCache, causalMask)
+        return self.model(inputIds, kv, last_only=True)
+
+
+def cache_shape(cfg, max_seq: int) -> tuple[int, ...]:
+    return (cfg.num_hidden_layers, 1, cfg.num_key_value_heads, max_seq, cfg.head_dim)
+
+
+def causal_mask(seq: int, start: int, dtype=torch.float32) -> torch.Tensor:
+    """The additive mask [1, 1, seq, start + seq] for tokens at positions start..start+seq-1."""
+    total = start + seq
+    allowed = torch.arange(total)[None, :] <= torch.arange(start, total)[:, None]
+    zero = torch.zeros((), dtype=dtype)
+    return torch.where(allowed, zero, torch.tensor(float("-inf"), dtype=dtype))[None, None]
+
+
+def capture(model: nn.Module, max_seq: int) -> torch.export.ExportedProgram:
+    """Export the decoder with dynamic S and T.
+
+    torch.export guards S, T < max_seq (a contiguity special case of a full-length cache
+    slice); the Core ML inputs declare the full range [1, max_seq], which the converted
+    program's slices handle.
+    """
+    wrapper = CoreMLDecoder(model, max_seq).eval()
+    seq = torch.export.Dim("query_length", min=1, max=max_seq - 1)
+    total = torch.export.Dim("end_step_dim", min=1, max=max_seq - 1)
+    example = (torch.zeros(1, 2, dtype=torch.int32), causal_mask(2, 3))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.export(wrapper, example, dynamic_shapes=({1: seq}, {2: seq, 3: total}),
+                                   strict=False)
+
+
+def program_step(ep: torch.export.ExportedProgram):
+    """A verify Step running the captured torch program (fresh cache buffers)."""
+    module = ep.module()
+
+    def step(tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        mask = causal_mask(tokens.shape[1], int(pos[0]))
+        with torch.no_grad():
+            return module(tokens.to(torch.int32), mask)[0, -1].float()
+    return step
+
+
+def convert(ep: torch.export.ExportedProgram, cfg, max_seq: int):
+    """ct.convert to an iOS 18 ML program with fp16 compute and fp16 states (not loaded)."""
+    import coremltools as ct
+
+    states = [ct.StateType(wrapped_type=ct.TensorType(shape=cache_shape(cfg, max_seq),
+                                                      dtype=np.float16), name=n) for n in STATES]
+    length, total = ct.RangeDim(1, max_seq), ct.RangeDim(1, max_seq)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ct.convert(
+            ep.run_decompositions({}), convert_to="mlprogram",
+            minimum_deployment_target=ct.target.iOS18,
+            compute_precision=ct.precision.FLOAT16, skip_model_load=True,
+            inputs=[ct.TensorType(name=INPUTS[0], shape=(1, length), dtype=np.int32),
+                    ct.TensorType(name=INPUTS[1], shape=(1, 1, length, total), dtype=np.float16)],
+            outputs=[ct.TensorType(name=OUTPUTS[0], dtype=np.float16)], states=states)
+
+
+def weight_quantization(quant) -> dict | None:
+    """What the package's weights become for a QuantConfig (recorded in the manifest)."""
+    if not quant.quantizes:
+        return None
+    if quant.weight_bits == 4:
+        return {"dtype": "int4", "granularity": "per_block", "block_size": quant.group_size or 32,
+                "mode": "linear_symmetric", "applies_to": "every linear and the embedding"}
+    return {"dtype": "int8", "granularity": "per_channel", "block_size": None,
+            "mode": "linear_symmetric", "applies_to": "every linear and the embedding"}
+
+
+def quantize(mlmodel, quant, skip: list[str]):
+    """linear_quantize_weights with one config for linear and gather (a tied embedding is
+    one constant shared by the gather and the head); `skip`: const ops left in float."""
+    import coremltools.optimize.coreml as cto
+
+    q = weight_quantization(quant)
+    op = cto.OpLinearQuantizerConfig(mode=q["mode"], dtype=q["dtype"],
+                                     granularity=q["granularity"],
+                                     block_size=q["block_size"] or 32, weight_threshold=0)
+    config = cto.OptimizationConfig(op_type_configs={"linear": op, "gather": op},
+                                    op_name_configs={name: None for name in skip})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cto.linear_quantize_weights(mlmodel, config)
+
+
+def lora_consts(mlmodel) -> list[str]:
+    """Const ops holding unmerged LoRA halves (kept in float, as in the other backends)."""
+    return [op.name for fn in mlmodel._mil_program.functions.values()
+            for op in fn.operations if op.op_type == "const"
+            and ("lora_A" in op.name or "lora_B" in op.name)]
+
+
+def app_metadata(model, max_seq: int, bos: int, eos: list[int], quant) -> dict[str, str]:
+    """What an app needs to drive the package, as user-defined metadata (strings)."""
+    cfg = model.config
+    return {
+        "flora.inputs": json.dumps({
+            INPUTS[0]: "int32 [1, S] token ids of this call (S <= max_context)",
+            INPUTS[1]: "float16 [1, 1, S, T] additive causal mask: 0 where a query may attend, "
+                       "-inf elsewhere; T = tokens in the cache after this call"}),
+        "flora.outputs": json.dumps({OUTPUTS[0]: "float16 [1, 1, vocab] logits of the last token"}),
+        "flora.states": json.dumps({n: list(cache_shape(cfg, max_seq)) for n in STATES}),
+        "flora.max_context": str(max_seq), "flora.vocab_size": str(cfg.vocab_size),
+        "flora.bos_id": str(bos), "flora.eos_ids": json.dumps(list(eos)),
+        "flora.tokenizer": "tokenizer.json", "flora.weights": quant.name,
+        "flora.compute_precision": "float16",
+    }
+
+
+def set_metadata(mlmodel, meta: dict[str, str]) -> None:
+    mlmodel.user_defined_metadata.update(meta)
+    mlmodel.short_description = ("Llama-family decoder exported by flora-export: stateful KV "
+                                 "cache (keyCache/valueCache), one call per prefill or decode step")
+    mlmodel.input_description[INPUTS[0]] = "token ids [1, S]"
+    mlmodel.input_description[INPUTS[1]] = "additive causal mask [1, 1, S, T]"
+    mlmodel.output_description[OUTPUTS[0]] = "last-token logits [1, 1, vocab]"
+
+
+def check_package(path: Path, cfg, max_seq: int, expected_quantized: int) -> dict:
+    """Reopen the saved package and check its interface and op counts; returns the counts."""
+    from .context import check_quantized_count
+
+    spec = coreml_spec.load_spec(path)
+    io = coreml_spec.interface(spec)
+    want_states = {n: {"shape": list(cache_shape(cfg, max_seq)), "dtype": "float16"}
+                   for n in STATES}
+    problems = []
+    if tuple(io["inputs"]) != INPUTS or tuple(io["outputs"]) != OUTPUTS:
+        problems.append(f"inputs {list(io['inputs'])} / outputs {list(io['outputs'])}")
+    if io["states"] != want_states:
+        problems.append(f"states {io['states']}")
+    if io["inputs"][INPUTS[1]]["shape"][3] != [1, max_seq]:
+        problems.append(f"mask shape {io['inputs'][INPUTS[1]]['shape']}")
+    counts = coreml_spec.op_counts(spec)
+    if counts["states_written"] != len(STATES):
+        problems.append(f"{counts['states_written']} state writes")
+    if problems:
+        raise FloraError(f"the saved Core ML package is not what was converted: {'; '.join(problems)}",
+                         "report this with the manifest inputs")
+    check_quantized_count(counts["quantized_linear_ops"], expected_quantized, "Core ML package")
+    return {**counts, "functions": coreml_spec.functions(spec), "interface": io}
+
+
+def dequantized_weights(mlmodel) -> dict[str, torch.Tensor]:
+    """Const name -> the float weight that each quantized constant expands to on device."""
+    out = {}
+    for fn in mlmodel._mil_program.functions.values():
+        for op in fn.operations:
+            if op.op_type in coreml_spec.QUANT_OPS:
+                out[op.outputs[0].name] = torch.from_numpy(
+                    np.asarray(op.materialized_val_inference(), dtype=np.float32))
+    return out
+
+
+def load_package_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> int:
+    """Give the eager model the package's dequantized weights (matched by torch name)."""
+    tied = model.lm_head.weight is model.embed_tokens.weight
+    done = 0
+    for fqn, module in model.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Embedding)):
+            continue
+        key = "p_model_" + fqn.replace(".", "_") + "_weight"
+        match = next((w for name, w in weights.items() if name.startswith(key + "_to_fp16")), None)
+        if match is None:
+            continue
+        param = nn.Parameter(match.reshape(module.weight.shape).to(module.weight.dtype),
+                             requires_grad=False)
+        module.weight = param
+        if tied and module in (model.lm_head, model.embed_tokens):
+            model.lm_head.weight = model.embed_tokens.weight = param
+        done += 1
+    return done
+
+
+def write_reference(path: Path, ctx, reference: list[torch.Tensor]) -> None:
+    """The tokens and eager logits the macOS parity check compares the package with."""
+    from safetensors.torch import save_file
+
+    save_file({"tokens": ctx.tokens.to(torch.int64).contiguous(),
+               "reference_logits": torch.stack(reference).contiguous(),
+               "fp32_logits": torch.stack(ctx.fp32_logits).contiguous()},
+              str(path), metadata={"prompt_len": str(ctx.prompt_len), "steps": str(ctx.steps)})
+
+
+def _check_limits(model, ctx) -> None:
+    from ..quantize import check_quantizable
+
+    if ctx.config.max_seq > MAX_SEQ_LIMIT:
+        raise FloraError(f"max_seq {ctx.config.max_seq} is above the Core ML export's limit "
+                         f"{MAX_SEQ_LIMIT}", f"pass --max-seq {MAX_SEQ_LIMIT} or less")
+    check_quantizable(model, ctx.quant)
+
+
+def build(model: nn.Module, out: Path, ctx) -> dict:
+    """Capture, check the torch program, convert, quantize, save, check the package."""
+    from ..quantize import quantizable_linears
+
+    st, cfg, max_seq = ctx.stages, model.config, ctx.config.max_seq
+    _check_limits(model, ctx)
+    model.set_attention_impl("sdpa")
+    with st("coreml-capture"):
+        ep = capture(model, max_seq)
+        program = check(compare(ctx.fp32_logits, run_steps(
+            program_step(ep), ctx.tokens, ctx.prompt_len, ctx.steps)), False, ctx.config.verify,
+            "the captured Core ML torch program")
+    with st("coreml-convert"):
+        mlmodel = convert(ep, cfg, max_seq)
+        del ep
+    expected = 0
+    if ctx.quant.quantizes:
+        with st("coreml-quantize"):
+            mlmodel = quantize(mlmodel, ctx.quant, lora_consts(mlmodel))
+            expected = len(quantizable_linears(model))
+    with st("coreml-save"):
+        set_metadata(mlmodel, app_metadata(model, max_seq, ctx.bos, ctx.eos, ctx.quant))
+        mlmodel.save(str(out / PACKAGE))
+        counts = check_package(out / PACKAGE, cfg, max_seq, expected)
+    with st("coreml-reference"):
+        reference = ctx.fp32_logits
+        if ctx.quant.quantizes:
+            load_package_weights(model, dequantized_weights(mlmodel))
+            reference = ctx.eager_logits(model)
+        write_reference(out / REFERENCE, ctx, reference)
+    interface = counts.pop("interface")
+    return {"files": [PACKAGE, REFERENCE], "counts": counts,
+            "parity": parity_record(program, reference, ctx),
+            "coreml": {"package": PACKAGE, "minimum_deployment_target": "iOS18",
+                       "compute_precision": "float16", "state_dtype": "float16",
+                       "weights": weight_quantization(ctx.quant),
+                       "activations": "float16 (Core ML has no dynamic activation quantization)",
+                       "interface": interface, "metadata": app_metadata(
+                           model, max_seq, ctx.bos, ctx.eos, ctx.quant)},
+            "runtime": {"coreml": {"package": PACKAGE, "inputs": list(INPUTS),
+                                   "outputs": list(OUTPUTS), "states": list(STATES),
+                                   "max_context": max_seq, "tokenizer": "tokenizer.json"}}}
+
+
+def parity_record(program, reference: list[torch.Tensor], ctx) -> dict:
+    """Parity as far as Linux can measure it; the package itself needs macOS."""
+    return {"status": "not run (needs macOS)",
+            "how": f"{PARITY_COMMAND} OUT_DIR  (on macOS 15+, pip install -e \".[coreml]\")",
+            "reference": REFERENCE,
+            "thresholds_on_macos": {"min_sqnr_db": ctx.config.verify.min_sqnr_db,
+                                    "min_token_agreement": ctx.config.verify.min_token_agreement},
+            "torch_program_vs_eager": program.to_dict(),
+            "quant_sqnr_db_vs_fp32": (round(compare(ctx.fp32_logits, reference).sqnr_db, 3)
+                                      if ctx.quant.quantizes else None),
+            "passed": None}
+
+
+def versions() -> dict:
+    import coremltools
+    return {"coremltools": coremltools.__version__}
