@@ -1,0 +1,130 @@
+"""Examples -> token ids and loss masks, and the deterministic batch stream.
+
+An example is encoded the way the apps will prompt the model: bos, the prompt in
+the chat template recorded in the export manifest, then the response and the stop
+token. Loss is taken on the response and the stop token only.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Tokenizer
+
+from ..errors import FloraError
+from ..export.prompt import chat_format, special_ids
+from .recipe import Recipe
+from .tasks import Example, eval_set, generated, read_jsonl, split_jsonl
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    prompt: list[int]      # bos + templated prompt
+    target: list[int]      # response + stop token
+
+
+class Encoder:
+    """Tokenizes examples with the model's tokenizer and chat template."""
+
+    def __init__(self, tokenizer_json: str, bos: int, eos: list[int], chat: dict | None):
+        self.tok = Tokenizer.from_str(tokenizer_json)
+        self.bos = bos
+        self.template = chat["template"] if chat else "{prompt}"
+        stop = self.tok.token_to_id(chat["stop"][0]) if chat else None
+        self.stop = stop if stop is not None else eos[0]
+        self.stop_ids = {self.stop, *eos}
+
+    @classmethod
+    def for_model(cls, model, chat_template: bool = True) -> "Encoder":
+        bos, eos = special_ids(model)
+        return cls(model.tokenizer_json, bos, eos,
+                   chat_format(model) if chat_template else None)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        text = self.template.format(prompt=prompt)
+        return [self.bos] + self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode(self, ex: Example) -> Encoded:
+        resp = self.tok.encode(ex.response, add_special_tokens=False).ids
+        return Encoded(self.prompt_ids(ex.prompt), resp + [self.stop])
+
+    def collate(self, examples: list[Example], max_len: int = 1 << 30) -> "Batch":
+        return collate([self.encode(e) for e in examples], self.stop, max_len)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode([i for i in ids if i not in self.stop_ids])
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor   # [B, S] right-padded
+    labels: torch.Tensor   # [B, S] next-token targets, IGNORE off the response
+
+    @property
+    def n_target(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def collate(items: list[Encoded], pad_id: int, max_len: int) -> Batch:
+    longest = max(len(e.prompt) + len(e.target) for e in items)
+    if longest > max_len:
+        raise FloraError(f"an example is {longest} tokens, longer than data.max_len={max_len}",
+                         f"raise data.max_len to at least {longest} or shorten the data")
+    tokens = torch.full((len(items), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), longest), IGNORE, dtype=torch.long)
+    for row, e in enumerate(items):
+        seq = e.prompt + e.target
+        tokens[row, :len(seq)] = torch.tensor(seq)
+        p = len(e.prompt)
+        labels[row, p - 1:p - 1 + len(e.target)] = torch.tensor(e.target)
+    return Batch(tokens, labels)
+
+
+class BatchSource:
+    """Batch `step` is a pure function of (recipe seed, step): resumable and identical
+    for any number of processes (each takes its slice of the global batch)."""
+
+    def __init__(self, recipe: Recipe, encoder: Encoder):
+        self.recipe, self.encoder = recipe, encoder
+        d = recipe.data
+        self.records = (split_jsonl(read_jsonl(recipe.resolve(d.jsonl)), "train")
+                        if d.jsonl else None)
+
+    def examples(self, step: int) -> list[Example]:
+        t, d = self.recipe.train, self.recipe.data
+        if self.records is None:
+            stream = generated(d.tasks, "train", f"{t.seed}:{step}")
+            return [next(stream) for _ in range(t.batch_size)]
+        n = len(self.records)
+        span = range(step * t.batch_size, (step + 1) * t.batch_size)
+        return [self.records[self._epoch_order(g // n)[g % n]] for g in span]
+
+    @functools.lru_cache(maxsize=2)
+    def _epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(len(self.records)))
+        random.Random(f"{self.recipe.train.seed}-{epoch}").shuffle(order)
+        return order
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
+        exs = self.examples(step)
+        per = len(exs) // world
+        if per == 0:
+            raise FloraError(f"train.batch_size {len(exs)} is smaller than the {world} "
+                             "processes", f"set train.batch_size to at least {world}")
+        mine = exs[rank * per:(rank + 1) * per]
+        return self.encoder.collate(mine, self.recipe.data.max_len)
+
+
+def held_out(recipe: Recipe) -> list[Example]:
+    """The recipe's held-out examples (data.eval_size of them)."""
+    d = recipe.data
+    if d.eval_jsonl:
+        return read_jsonl(recipe.resolve(d.eval_jsonl))[:d.eval_size]
+    if d.jsonl:
+        return split_jsonl(read_jsonl(recipe.resolve(d.jsonl)), "eval")[:d.eval_size]
+    return eval_set(d.tasks, d.eval_size)

@@ -1,0 +1,279 @@
+"""Training recipes: typed, documented configuration read from YAML.
+
+A recipe is four sections (`model`, `method`, `data`, `train`) and an `out`
+directory. Every field has a type, a default and a one-line doc (`flora-train
+--fields` prints them all); `--set section.field=value` overrides are parsed with
+the field's own type, so a typo or a wrong type is an error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import FloraError, unknown_name
+
+METHODS = ("ffba", "lora", "full")
+
+
+def doc(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
+    """A dataclass field with its documentation in the metadata."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class ModelSpec:
+    base: str = doc("model directory (HF Llama), preset name, or 'flora-default' (the embedded "
+                    "base)", "flora-default")
+    init: str = doc("'pretrained' keeps the base weights; 'random' re-initializes them "
+                    "(training from scratch)", "pretrained")
+    seed: int = doc("seed of the random weights ('random' init and presets)", 0)
+
+
+@dataclass
+class FFBASpec:
+    width: int = doc("adapter width h (A: d->h, B: h->d per sub-block)", 64)
+    alpha: float = doc("scale numerator: the adapter output is multiplied by alpha / width", 64.0)
+    variant: str = doc("ffba (attention and MLP), ffba-attn or ffba-mlp", "ffba")
+    activation: str = doc("nonlinearity between A and B: identity, relu or silu", "identity")
+
+
+@dataclass
+class LoraSpec:
+    rank: int = doc("LoRA rank r", 16)
+    alpha: float = doc("LoRA alpha (scale alpha / rank)", 32.0)
+    targets: list[str] = doc("projections: q_proj k_proj v_proj o_proj gate_proj up_proj "
+                             "down_proj", factory=lambda: ["q_proj", "k_proj", "v_proj",
+                                                           "o_proj", "gate_proj", "up_proj",
+                                                           "down_proj"])
+
+
+@dataclass
+class MethodSpec:
+    kind: str = doc("what trains: ffba (an FFBA adapter), lora (a LoRA adapter) or full "
+                    "(every weight; saves a full checkpoint)", "ffba")
+    ffba: FFBASpec = doc("FFBA settings (kind: ffba)", factory=FFBASpec)
+    lora: LoraSpec = doc("LoRA settings (kind: lora)", factory=LoraSpec)
+
+
+@dataclass
+class DataSpec:
+    tasks: list[str] = doc("built-in generated tasks, mixed uniformly (see `flora-train "
+                           "--tasks`); empty when `jsonl` is given", factory=lambda: ["reverse"])
+    jsonl: str = doc("JSONL file of {\"prompt\", \"response\"} records (relative to the recipe "
+                     "file); replaces `tasks`", "")
+    eval_jsonl: str = doc("held-out JSONL; default: every 10th record of `jsonl` by prompt "
+                          "hash", "")
+    eval_size: int = doc("held-out examples used for accuracy", 200)
+    max_len: int = doc("longest tokenized example (prompt template + response); longer ones "
+                       "are an error", 96)
+    chat_template: bool = doc("wrap prompts in the Llama-3 chat template, as the apps do", True)
+
+
+@dataclass
+class TrainSpec:
+    steps: int = doc("optimizer steps", 600)
+    batch_size: int = doc("examples per step (all processes together)", 32)
+    lr: float = doc("peak learning rate (AdamW)", 3e-3)
+    weight_decay: float = doc("AdamW weight decay", 0.0)
+    warmup_steps: int = doc("linear warm-up steps, then cosine decay to 10% of lr", 30)
+    grad_clip: float = doc("max gradient norm (0: off)", 1.0)
+    seed: int = doc("seed of the adapter init and of the data stream", 0)
+    eval_every: int = doc("steps between held-out evaluations (0: only at the end)", 0)
+    save_every: int = doc("steps between resumable checkpoints (0: none)", 200)
+    log_every: int = doc("steps between loss lines in train_log.jsonl", 10)
+    threads: int = doc("CPU threads for torch (0: torch's default)", 0)
+
+
+@dataclass
+class Recipe:
+    description: str = doc("what the recipe trains and why", "")
+    out: str = doc("output directory (relative to the working directory)", "runs/recipe")
+    model: ModelSpec = doc("the base model", factory=ModelSpec)
+    method: MethodSpec = doc("what is trained", factory=MethodSpec)
+    data: DataSpec = doc("training and held-out data", factory=DataSpec)
+    train: TrainSpec = doc("optimization", factory=TrainSpec)
+    source: str = field(default="", metadata={"doc": "", "internal": True})
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    def validate(self) -> "Recipe":
+        if self.method.kind not in METHODS:
+            raise unknown_name("method.kind", self.method.kind, METHODS)
+        if self.model.init not in ("pretrained", "random"):
+            raise unknown_name("model.init", self.model.init, ("pretrained", "random"))
+        if self.method.kind != "full" and self.model.init == "random":
+            raise FloraError("an adapter on randomly initialized base weights learns nothing "
+                             "useful", "use method.kind=full with model.init=random")
+        _positive(self, "train.steps", "train.batch_size", "train.lr", "data.eval_size",
+                  "data.max_len")
+        if not self.data.tasks and not self.data.jsonl:
+            raise FloraError("the recipe names no data", "set data.tasks or data.jsonl")
+        from .tasks import TASKS
+        for t in self.data.tasks:
+            if t not in TASKS:
+                raise unknown_name("data task", t, TASKS)
+        for kind in ("ffba", "lora"):   # FFBAConfig / LoraConfig validate their fields
+            self.adapter_config(kind)
+        return self
+
+    def adapter_config(self, kind: str | None = None):
+        from ..adapters import FFBAConfig, LoraConfig
+        m = self.method
+        kind = kind or m.kind
+        if kind == "ffba":
+            return FFBAConfig(width=m.ffba.width, alpha=float(m.ffba.alpha),
+                              variant=m.ffba.variant, activation=m.ffba.activation)
+        if kind == "lora":
+            return LoraConfig(rank=m.lora.rank, alpha=float(m.lora.alpha),
+                              targets=tuple(m.lora.targets))
+        return None
+
+    def resolve(self, path: str) -> Path:
+        """A data path relative to the recipe file."""
+        p = Path(path)
+        return p if p.is_absolute() or not self.source else Path(self.source).parent / p
+
+
+def get_field(recipe: Recipe, key: str):
+    obj = recipe
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _positive(recipe: Recipe, *keys: str) -> None:
+    for key in keys:
+        value = get_field(recipe, key)
+        if value <= 0:
+            raise FloraError(f"{key} must be positive, got {value}", f"set {key} to a value > 0")
+
+
+# ------------------------------------------------------------------ loading
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a YAML recipe, apply `section.field=value` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise FloraError(f"recipe {path} does not exist", "pass a YAML file, e.g. "
+                         "recipes/default-adapter.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FloraError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})",
+                         "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise FloraError(f"recipe {path} is not a mapping", "write `section: {field: value}`")
+    recipe = from_dict(Recipe, data, "")
+    recipe.source = str(path)
+    for item in overrides:
+        apply_override(recipe, item)
+    return recipe.validate()
+
+
+def from_dict(cls, data: dict, prefix: str):
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise unknown_name("recipe field", prefix + unknown[0], [prefix + k for k in fields])
+    kwargs = {}
+    for name, value in data.items():
+        ftype = _field_type(cls, name)
+        if dataclasses.is_dataclass(ftype):
+            if not isinstance(value, dict):
+                raise FloraError(f"recipe field {prefix}{name} must be a mapping",
+                                 f"write `{name}:` followed by indented fields")
+            kwargs[name] = from_dict(ftype, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = coerce(value, ftype, prefix + name)
+    return cls(**kwargs)
+
+
+def _field_type(cls, name: str):
+    return typing.get_type_hints(cls)[name]
+
+
+def coerce(value, ftype, key: str):
+    """`value` as `ftype` (int, float, str, bool, list[str]); strings are parsed."""
+    origin = typing.get_origin(ftype)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise FloraError(f"{key} must be a list, got {value!r}", f"write {key}=a,b,c")
+        return [coerce(v, typing.get_args(ftype)[0], key) for v in value]
+    if ftype is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
+            return str(value).lower() in ("true", "yes", "1")
+    elif ftype in (int, float):
+        try:
+            number = ftype(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and (ftype is float or float(value) == int(number)):
+            return number
+    elif ftype is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise FloraError(f"{key} must be {_type_name(ftype)}, got {value!r}",
+                     f"set {key} to a {_type_name(ftype)} value")
+
+
+def _type_name(ftype) -> str:
+    if typing.get_origin(ftype) in (list, tuple):
+        return "a list"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"
+            }.get(ftype, str(ftype))
+
+
+def apply_override(recipe: Recipe, item: str) -> None:
+    """`section.field=value` (or `field=value` for top-level fields), type-checked."""
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise FloraError(f"override {item!r} has no '='", "write --set train.lr=1e-3")
+    *parents, name = key.strip().split(".")
+    obj = recipe
+    for part in parents:
+        if not hasattr(obj, part) or not dataclasses.is_dataclass(getattr(obj, part)):
+            raise unknown_name("recipe section", key, list(field_docs()))
+        obj = getattr(obj, part)
+    names = [f.name for f in dataclasses.fields(obj) if not f.metadata.get("internal")]
+    if name not in names or dataclasses.is_dataclass(getattr(obj, name)):
+        raise unknown_name("recipe field", key, list(field_docs()))
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    setattr(obj, name, coerce(value, _field_type(type(obj), name), key))
+
+
+def field_docs(cls=Recipe, prefix: str = "") -> dict[str, tuple[str, object, str]]:
+    """Every settable field: dotted key -> (type, default, doc)."""
+    out = {}
+    instance = cls()
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        ftype = _field_type(cls, f.name)
+        if dataclasses.is_dataclass(ftype):
+            out.update(field_docs(ftype, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = (_type_name(ftype), getattr(instance, f.name),
+                                    f.metadata["doc"])
+    return out
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (saved next to what it trained)."""
+    return yaml.safe_dump(json.loads(json.dumps(recipe.to_dict())), sort_keys=False)
+
+
+__all__ = ["Recipe", "load_recipe", "apply_override", "field_docs", "dump_recipe", "METHODS"]

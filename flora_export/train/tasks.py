@@ -1,0 +1,112 @@
+"""Examples: built-in generated tasks and JSONL files of prompt/response records.
+
+Generated tasks draw short lowercase words from a seeded generator. The held-out
+split is fixed by a hash of the prompt (one prompt in ten), so train and eval never
+share an example, whatever the seed or the number of examples drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..errors import FloraError, unknown_name
+
+LETTERS = string.ascii_lowercase
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    response: str
+
+
+def _shift(word: str) -> str:
+    return "".join(LETTERS[(LETTERS.index(c) + 1) % 26] for c in word)
+
+
+# name -> (answer function, description)
+TASKS: dict[str, tuple[Callable[[str], str], str]] = {
+    "copy": (lambda w: w, "copy: abc -> abc"),
+    "upper": (str.upper, "upper: abc -> ABC"),
+    "reverse": (lambda w: w[::-1], "reverse: abc -> cba"),
+    "shift": (_shift, "shift: abc -> bcd (each letter to the next, z -> a)"),
+}
+MIN_LEN, MAX_LEN = 3, 8
+
+
+def is_eval(prompt: str) -> bool:
+    """The fixed held-out split: one prompt in ten, by hash."""
+    return hashlib.sha256(prompt.encode()).digest()[0] % 10 == 0
+
+
+def task_example(task: str, rng: random.Random) -> Example:
+    answer, _ = TASKS[task]
+    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(MIN_LEN, MAX_LEN)))
+    if task == "reverse":
+        while word == word[::-1]:
+            word = "".join(rng.choice(LETTERS) for _ in range(len(word)))
+    return Example(f"{task}: {word}", answer(word))
+
+
+def generated(tasks: list[str], split: str, seed: int | str) -> Iterator[Example]:
+    """An endless stream of examples of `split` ("train" or "eval"), tasks mixed uniformly."""
+    for t in tasks:
+        if t not in TASKS:
+            raise unknown_name("task", t, TASKS)
+    rng = random.Random(f"{seed}-{split}-{'+'.join(tasks)}")
+    want_eval = split == "eval"
+    while True:
+        ex = task_example(tasks[rng.randrange(len(tasks))], rng)
+        if is_eval(ex.prompt) == want_eval:
+            yield ex
+
+
+def eval_set(tasks: list[str], n: int, seed: int = 1234) -> list[Example]:
+    """`n` distinct held-out examples (the same list for the same arguments)."""
+    seen, out = set(), []
+    for ex in generated(tasks, "eval", seed):
+        if ex.prompt not in seen:
+            seen.add(ex.prompt)
+            out.append(ex)
+        if len(out) == n:
+            return out
+    raise AssertionError("unreachable")
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    """prompt/response records, one JSON object per line (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FloraError(f"data file {path} does not exist", "fix data.jsonl in the recipe")
+    out = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FloraError(f"{path}:{i} is not valid JSON ({e.msg})",
+                             "write one {\"prompt\": ..., \"response\": ...} object per line"
+                             ) from None
+        if not (isinstance(rec, dict) and isinstance(rec.get("prompt"), str)
+                and isinstance(rec.get("response"), str)):
+            raise FloraError(f"{path}:{i} needs string fields \"prompt\" and \"response\"",
+                             "write one {\"prompt\": ..., \"response\": ...} object per line")
+        out.append(Example(rec["prompt"], rec["response"]))
+    if not out:
+        raise FloraError(f"data file {path} holds no records", "add prompt/response lines")
+    return out
+
+
+def split_jsonl(records: list[Example], split: str) -> list[Example]:
+    picked = [r for r in records if is_eval(r.prompt) == (split == "eval")]
+    if not picked:
+        raise FloraError(f"the {split} split of the JSONL data is empty (one prompt in ten, "
+                         "by hash, is held out)", "add records or set data.eval_jsonl")
+    return picked
