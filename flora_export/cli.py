@@ -23,6 +23,14 @@ examples:
       export your fine-tuned model: FFBA fused, 8da4w, verified against eager PyTorch
   flora-export --target android --model llama3.2-1b --adapter none --quant 8da4w
       the Llama-3.2-1B architecture with random weights (benchmarks; nothing downloaded)
+  flora-export --target ios --model ./Llama-3.2-1B-hf --adapter ./my-ffba --out ./ios
+      Core ML model.mlpackage (iOS 18, KV cache as states, int4 blocks of 32) and the
+      ExecuTorch model.pte in one folder (needs: pip install -e ".[coreml]")
+  flora-export --target coreml      the Core ML package alone
+  flora-export --target onnx        ONNX + an ONNX Runtime GenAI folder
+
+Targets: android (ExecuTorch .pte), ios (Core ML .mlpackage + .pte), coreml
+(.mlpackage), onnx (model.onnx, genai_config.json).
 
 The output directory holds model.pte, tokenizer.json and manifest.json (what was
 built, from which inputs, op counts, parity figures, sizes, sha256, timings). It is
@@ -30,6 +38,9 @@ written only if the exported program, run through the ExecuTorch runtime, matche
 the eager model; otherwise nothing is written and the exit code is non-zero.
 Run it with ExecuTorch's LLM runner:
   TextLLMRunner("OUT/model.pte", "OUT/tokenizer.json")  (executorch.extension.llm.runner)
+A Core ML package is checked on Linux by its spec (inputs, states, quantized linear
+ops) and the captured program; its predictions need macOS:
+  python -m flora_export.export.coreml_parity OUT     (on a Mac; exit 0 = parity passed)
 """
 
 

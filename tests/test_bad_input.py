@@ -296,10 +296,9 @@ def test_bad_adapter_files(capfd, base, adapter, out, edit, expect):
 
 @pytest.mark.parametrize("args,expect", [
     (["--target", "windows"], "unknown target 'windows'"),
-    (["--target", "coreml"], "backend"),
     (["--quant", "int3"], "unknown quantization 'int3'"),
     (["--model", "llama9-70b"], "'llama9-70b'"),
-], ids=["target", "unavailable-target", "quant", "preset"])
+], ids=["target", "quant", "preset"])
 def test_unknown_names(capfd, out, args, expect):
     refuse(capfd, out, *args, expect=(expect,))
 
