@@ -96,7 +96,6 @@ def _dispatch(args) -> int:
 def _print_fields() -> int:
     from .recipe import field_docs
     for key, (kind, default, doc) in field_docs().items():
-        kind = kind.split(" ", 1)[-1]
         print(f"  {key:<24} {kind:<13} default {default!r}\n  {'':<24} {doc}")
     return 0
 

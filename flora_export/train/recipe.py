@@ -266,7 +266,8 @@ def field_docs(cls=Recipe, prefix: str = "") -> dict[str, tuple[str, object, str
         if dataclasses.is_dataclass(ftype):
             out.update(field_docs(ftype, f"{prefix}{f.name}."))
         else:
-            out[prefix + f.name] = (_type_name(ftype), getattr(instance, f.name),
+            short = "list" if typing.get_origin(ftype) in (list, tuple) else ftype.__name__
+            out[prefix + f.name] = (short, getattr(instance, f.name),
                                     f.metadata["doc"])
     return out
 

@@ -1,6 +1,8 @@
 """Examples: built-in generated tasks and JSONL files of prompt/response records.
 
-Generated tasks draw short lowercase words from a seeded generator. The held-out
+Generated tasks draw five-letter lowercase words from a seeded generator (a fixed
+length keeps the demo model tiny and quick to train: every answer letter sits at a
+fixed distance from its source). The held-out
 split is fixed by a hash of the prompt (one prompt in ten), so train and eval never
 share an example, whatever the seed or the number of examples drawn.
 """
@@ -32,12 +34,12 @@ def _shift(word: str) -> str:
 
 # name -> (answer function, description)
 TASKS: dict[str, tuple[Callable[[str], str], str]] = {
-    "copy": (lambda w: w, "copy: abc -> abc"),
-    "upper": (str.upper, "upper: abc -> ABC"),
-    "reverse": (lambda w: w[::-1], "reverse: abc -> cba"),
-    "shift": (_shift, "shift: abc -> bcd (each letter to the next, z -> a)"),
+    "copy": (lambda w: w, "copy: hello -> hello"),
+    "upper": (str.upper, "upper: hello -> HELLO"),
+    "reverse": (lambda w: w[::-1], "reverse: hello -> olleh"),
+    "shift": (_shift, "shift: hello -> ifmmp (each letter to the next, z -> a)"),
 }
-MIN_LEN, MAX_LEN = 3, 8
+WORD_LEN = 5
 
 
 def is_eval(prompt: str) -> bool:
@@ -47,10 +49,9 @@ def is_eval(prompt: str) -> bool:
 
 def task_example(task: str, rng: random.Random) -> Example:
     answer, _ = TASKS[task]
-    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(MIN_LEN, MAX_LEN)))
-    if task == "reverse":
-        while word == word[::-1]:
-            word = "".join(rng.choice(LETTERS) for _ in range(len(word)))
+    word = "".join(rng.choice(LETTERS) for _ in range(WORD_LEN))
+    while task == "reverse" and word == word[::-1]:   # a palindrome teaches nothing
+        word = "".join(rng.choice(LETTERS) for _ in range(WORD_LEN))
     return Example(f"{task}: {word}", answer(word))
 
 
