@@ -1,0 +1,116 @@
+"""`flora-bench`: TTFT / TPOT / throughput / peak RSS of exported models, interleaved."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import FloraError
+
+EPILOG = """\
+examples:
+  flora-bench flora-out/android
+      one export on this machine: 1 warm-up + 5 runs, 64-token prompt, 64 new tokens
+  flora-bench base=out/base ffba=out/ffba lora=out/lora --baseline base --runs 8
+      three exports interleaved (base ffba lora base ffba lora ...), ratios to base
+  flora-bench out/onnx eager=eager:llama3.2-1b --threads 2 --out bench-out
+      ONNX Runtime GenAI vs the eager PyTorch model
+  flora-bench base=out/base ffba=out/ffba --device android:R58M12345 \\
+      --runner build-android/llama_main --cooldown 10
+      on a phone over adb with ExecuTorch's llama_main (figures from PyTorchObserver)
+  flora-bench out/base --device ssh:pi@board.local --ssh-identity ~/.ssh/id_ed25519
+      on a Linux ARM board over ssh (flora-export installed there, or pass --runner)
+
+Artifacts are export directories (NAME=DIR names one; default name: the directory's
+name) or eager:MODEL[+ADAPTER] (a model directory or preset, run in PyTorch).
+Definitions (DESIGN.md §4): TTFT = request start to first generated token; TPOT =
+(t_last - t_first) / (n - 1); prefill tok/s = prompt tokens / TTFT; decode tok/s =
+1000 / TPOT; medians and min-max over --runs runs after --warmup. Prompt ids are
+fixed and generation is forced to --gen-len tokens (EOS ignored), except for the
+ExecuTorch LLM runner and native runners, which stop at EOS (counts are recorded).
+Each artifact runs in its own process; peak RSS is that process's. Writes
+bench.json, bench.md and bench.png (needs matplotlib: pip install 'flora-export[bench]').
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .runners import ENGINES
+
+    p = argparse.ArgumentParser(prog="flora-bench", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Measure exported models with their real runtimes "
+                                            "(ExecuTorch, ONNX Runtime GenAI, PyTorch), on this "
+                                            "machine, a phone (adb) or a board (ssh).")
+    p.add_argument("artifacts", nargs="+", metavar="[NAME=]DIR|eager:MODEL[+ADAPTER]")
+    p.add_argument("--baseline", help="artifact name the ratios refer to (default: the first)")
+    p.add_argument("--runs", type=int, default=5, help="measured runs per artifact (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up runs per artifact (default 1)")
+    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (default 64)")
+    p.add_argument("--gen-len", type=int, default=64, help="generated tokens (default 64)")
+    p.add_argument("--threads", type=int, default=2, help="runtime threads (default 2)")
+    p.add_argument("--engine", choices=sorted(ENGINES),
+                   help="force one engine for all artifacts (default: from each manifest)")
+    p.add_argument("--cooldown", type=float, default=0.0, metavar="S",
+                   help="idle seconds before each run (phones: 5-30)")
+    p.add_argument("--device", default="host", help="host (default), android[:SERIAL] or ssh:[USER@]HOST")
+    p.add_argument("--runner", help="native LLM runner to push and run on the device "
+                                    "(ExecuTorch's llama_main; required for android)")
+    p.add_argument("--ssh-port", type=int)
+    p.add_argument("--ssh-identity")
+    p.add_argument("--remote-python", default="python3",
+                   help="python on the ssh board that has flora-export installed")
+    p.add_argument("--out", type=Path, default=Path("bench-out"),
+                   help="directory for bench.json, bench.md, bench.png (default ./bench-out)")
+    p.add_argument("--name", default="bench", help="file stem of the outputs (default bench)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def parse_artifacts(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or name.startswith("eager:"):
+            name, spec = (Path(item).name if not item.startswith("eager:") else item), item
+        if name in out:
+            raise FloraError(f"two artifacts are named {name!r}", "name them: NAME=DIR")
+        if not spec.startswith("eager:") and not Path(spec).is_dir():
+            raise FloraError(f"artifact directory {spec} does not exist",
+                             "pass an export directory (flora-export --out DIR)")
+        out[name] = spec
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s [%(levelname)s] %(message)s")
+    try:
+        from .harness import BenchConfig, run_bench
+        from .report import markdown, write_all
+        from .transports import make_transport
+
+        artifacts = parse_artifacts(args.artifacts)
+        config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
+                             warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown,
+                             engine=args.engine)
+        transport = make_transport(args.device, args.runner, args.ssh_port, args.ssh_identity,
+                                   args.remote_python)
+        result = run_bench(artifacts, config, transport, args.baseline,
+                           progress=lambda m: print(m, file=sys.stderr, flush=True))
+        paths = write_all(result, args.out, args.name)
+    except FloraError as e:
+        print(f"flora-bench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("flora-bench: interrupted", file=sys.stderr)
+        return 130
+    print(markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

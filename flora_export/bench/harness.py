@@ -1,0 +1,156 @@
+"""Interleaved runs (A B A B ...), statistics and ratios to a baseline."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import FloraError
+from .machine import loadavg
+from .stats import METRICS, ratio, summarize
+
+log = logging.getLogger(__name__)
+
+PROMPT_TEXT = ("The quick brown fox jumps over the lazy dog while the farmer counts his sheep "
+               "at dawn; meanwhile, in a small village by the sea, children build sand castles, "
+               "fishermen mend their nets and an old lighthouse keeper writes letters to friends "
+               "far away about storms, ships and the changing colours of the evening sky. ")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    prompt_len: int = 64
+    gen_len: int = 64
+    runs: int = 5
+    warmup: int = 1
+    threads: int = 2
+    cooldown_s: float = 0.0          # idle time between runs (phones: let the SoC cool)
+    engine: str | None = None        # None: each artifact's default engine
+
+    def __post_init__(self):
+        if self.gen_len < 2 or self.prompt_len < 1:
+            raise FloraError("TPOT needs --gen-len >= 2 and TTFT --prompt-len >= 1",
+                             "raise --gen-len / --prompt-len")
+        if self.runs < 1 or self.threads < 1:
+            raise FloraError("--runs and --threads must be >= 1", "pass positive values")
+
+
+def prompt_for(specs: list[str], prompt_len: int) -> tuple[list[int], str]:
+    """Fixed prompt ids and the text they come from: PROMPT_TEXT (repeated) cut at exactly
+    `prompt_len` tokens of the first artifact's tokenizer. Without a tokenizer file
+    (eager presets) the ids are the first `prompt_len` byte values of the text."""
+    text = PROMPT_TEXT * (prompt_len // 8 + 1)
+    tok_file = next((p for s in specs for p in sorted(Path(s).glob("tokenizer.json"))
+                     if not s.startswith("eager:")), None)
+    if tok_file is None:
+        data = text.encode()[:prompt_len]
+        return list(data), data.decode(errors="ignore")
+    from tokenizers import Tokenizer
+
+    enc = Tokenizer.from_file(str(tok_file)).encode(text, add_special_tokens=False)
+    if len(enc.ids) < prompt_len:
+        raise FloraError(f"--prompt-len {prompt_len} is longer than the built-in prompt text",
+                         "use a shorter --prompt-len")
+    return enc.ids[:prompt_len], text[:enc.offsets[prompt_len - 1][1]]
+
+
+def run_bench(artifacts: dict[str, str], config: BenchConfig = BenchConfig(),
+              transport=None, baseline: str | None = None,
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Run every artifact `config.runs` times, interleaved, after `config.warmup` warm-up
+    runs each; returns the result (samples, medians and spread, ratios to `baseline`,
+    peak RSS of each artifact's own process, machine facts and load before/after)."""
+    from .transports import LocalTransport
+
+    transport = transport or LocalTransport()
+    say = progress or (lambda msg: log.info(msg))
+    if not artifacts:
+        raise FloraError("no artifacts to benchmark", "pass at least one export directory")
+    baseline = baseline or next(iter(artifacts))
+    if baseline not in artifacts:
+        raise FloraError(f"baseline {baseline!r} is not one of the artifacts {list(artifacts)}",
+                         "pass --baseline NAME with NAME one of the artifact names")
+    ids, text = prompt_for(list(artifacts.values()), config.prompt_len)
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    device_before, host_load_before = transport.describe(), loadavg()
+    sessions, samples, rss = {}, {name: [] for name in artifacts}, {}
+    try:
+        for name, spec in artifacts.items():
+            say(f"loading {name} ({spec})")
+            sessions[name] = transport.open(transport.stage(name, spec), config.engine,
+                                            config.threads)
+        order = list(artifacts)
+        for r in range(config.warmup + config.runs):
+            for name in order:
+                if config.cooldown_s:
+                    time.sleep(config.cooldown_s)
+                s = sessions[name].run(ids, text, config.gen_len)
+                if r >= config.warmup:
+                    samples[name].append(s)
+                    say(f"run {r - config.warmup + 1}/{config.runs} {name}: TTFT "
+                        f"{s['ttft_ms']:.1f} ms, TPOT {s['tpot_ms']:.2f} ms")
+                else:
+                    say(f"warm-up {r + 1}/{config.warmup} {name}")
+    finally:
+        for name, sess in sessions.items():
+            try:
+                rss[name] = sess.close()
+            except FloraError as e:
+                log.warning("closing %s: %s", name, e)
+        transport.close()
+    device_after, host_load_after = transport.describe(), loadavg()
+    return _result(artifacts, config, baseline, ids, samples, sessions, rss, started,
+                   transport, (device_before, device_after), (host_load_before, host_load_after))
+
+
+def _result(artifacts, config, baseline, ids, samples, sessions, rss, started, transport,
+            device, host_load) -> dict:
+    from .runners import read_manifest
+
+    out = {"format_version": 1, "started_utc": started, "config": asdict(config),
+           "baseline": baseline, "prompt_ids": ids, "transport": transport.name,
+           "device_before": device[0], "device_after": device[1],
+           "host_loadavg_before": host_load[0], "host_loadavg_after": host_load[1],
+           "artifacts": {}}
+    for name, spec in artifacts.items():
+        manifest = None if spec.startswith("eager:") else read_manifest(Path(spec))
+        out["artifacts"][name] = {
+            "spec": spec, "load": sessions[name].info, **rss.get(name, {}),
+            "export": _export_summary(manifest),
+            "summary": {m: summarize([s[m] for s in samples[name]]) for m in METRICS},
+            "samples": samples[name]}
+    out["ratios"] = ratios(out["artifacts"], baseline)
+    return out
+
+
+def ratios(arts: dict, baseline: str) -> dict:
+    """Per artifact: median TTFT/TPOT over the baseline's (and the median of the per-round
+    ratios, which pairs each run with the baseline's run of the same round)."""
+    import statistics
+
+    base = arts[baseline]
+    out = {}
+    for name, a in arts.items():
+        row = {}
+        for m in ("ttft_ms", "tpot_ms"):
+            key = m[:-3]
+            row[key] = ratio(a["summary"][m]["median"], base["summary"][m]["median"])
+            pairs = [s[m] / b[m] for s, b in zip(a["samples"], base["samples"]) if b[m]]
+            row[f"{key}_paired"] = round(statistics.median(pairs), 3) if pairs else None
+        out[name] = row
+    return out
+
+
+def _export_summary(manifest: dict | None) -> dict | None:
+    if not manifest:
+        return None
+    adapter = manifest.get("adapter") or {}
+    return {"target": manifest.get("target"), "backends": manifest.get("backends"),
+            "quant": (manifest.get("quantization") or {}).get("name"),
+            "adapter": adapter.get("adapter_type"), "adapter_state": adapter.get("state"),
+            "model": (manifest.get("model") or {}).get("name"),
+            "bytes": sum(f["bytes"] for f in (manifest.get("files") or {}).values())}

@@ -1,0 +1,91 @@
+"""Benchmark results as JSON, a markdown table and a PNG plot (matplotlib, optional)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(s: dict, digits: int = 1) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+
+def markdown(result: dict) -> str:
+    """One row per artifact: medians (min–max), throughputs, peak RSS, ratios to baseline."""
+    cfg, base = result["config"], result["baseline"]
+    lines = [f"prompt {cfg['prompt_len']} tokens, {cfg['gen_len']} generated, {cfg['runs']} "
+             f"interleaved runs after {cfg['warmup']} warm-up, {cfg['threads']} threads, on "
+             f"{result['transport']}; ratios to `{base}`",
+             "",
+             "| artifact | engine | TTFT ms median (min–max) | TPOT ms median (min–max) | "
+             "prefill tok/s | decode tok/s | peak RSS MB | TTFT × | TPOT × |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, a in result["artifacts"].items():
+        s, r = a["summary"], result["ratios"][name]
+        lines.append(f"| {name} | {a['load'].get('engine')} | {_fmt(s['ttft_ms'])} | "
+                     f"{_fmt(s['tpot_ms'], 2)} | {s['prefill_tps']['median']:.0f} | "
+                     f"{s['decode_tps']['median']:.1f} | {a.get('peak_rss_mb') or '–'} | "
+                     f"{r['ttft']:.3f} | {r['tpot']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_json(result: dict, path: Path) -> None:
+    """Atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def plot(result: dict, path: Path, title: str | None = None) -> bool:
+    """TTFT and TPOT medians with min–max bars per artifact; False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot (pip install 'flora-export[bench]')")
+        return False
+    names = list(result["artifacts"])
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) + 4), 4.2))
+    for ax, metric, label in zip(axes, ("ttft_ms", "tpot_ms"), ("TTFT (ms)", "TPOT (ms)")):
+        s = [result["artifacts"][n]["summary"][metric] for n in names]
+        med = [x["median"] for x in s]
+        err = [[m - x["min"] for m, x in zip(med, s)], [x["max"] - m for m, x in zip(med, s)]]
+        ax.bar(range(len(names)), med, yerr=err, capsize=4,
+               color=["#888" if n == result["baseline"] else "#3b7dd8" for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    cfg = result["config"]
+    fig.suptitle(title or f"{result['transport']}: prompt {cfg['prompt_len']}, gen "
+                 f"{cfg['gen_len']}, {cfg['runs']} runs, {cfg['threads']} threads "
+                 "(median, min–max)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def write_all(result: dict, out_dir: Path, stem: str = "bench", title: str | None = None) -> dict:
+    """`stem`.json, `stem`.md and `stem`.png in out_dir; returns their paths."""
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md",
+             "png": out_dir / f"{stem}.png"}
+    write_json(result, paths["json"])
+    paths["markdown"].write_text(markdown(result))
+    if not plot(result, paths["png"], title):
+        paths.pop("png")
+    return paths
