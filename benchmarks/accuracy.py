@@ -2,7 +2,7 @@
 what each keeps after the int4 ExecuTorch export.
 
 For every task x method x seed this trains the project's own recipe (recipes/
-ffba-reverse.yaml, lora-reverse.yaml, full-reverse.yaml, with --set overrides for the
+ffba-shift.yaml, lora-shift.yaml, full-shift.yaml, with --set overrides for the
 task, seed, variant and width), evaluates it eagerly on the held-out split, exports it
 with `flora-export`'s API (--target android, 8da4w: int8 dynamic activations, int4
 weights, group 32; FFBA fused, LoRA merged) and evaluates the `.pte` through the
@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = {"ffba": "ffba-reverse.yaml", "ffba-attn": "ffba-reverse.yaml",
-          "ffba-mlp": "ffba-reverse.yaml", "lora": "lora-reverse.yaml", "full": "full-reverse.yaml"}
+RECIPE = {"ffba": "ffba-shift.yaml", "ffba-attn": "ffba-shift.yaml",
+          "ffba-mlp": "ffba-shift.yaml", "lora": "lora-shift.yaml", "full": "full-shift.yaml"}
 
 
 def overrides(method: str, task: str, seed: int, steps: int, out: Path) -> list[str]:
@@ -162,7 +162,7 @@ def plot(rows: list[dict], methods: list[str], tasks: list[str], path: Path) -> 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", nargs="+", default=["reverse", "shift"])
+    p.add_argument("--tasks", nargs="+", default=["shift", "reverse"])
     p.add_argument("--methods", nargs="+", default=list(RECIPE), choices=list(RECIPE))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300, help="training steps per run")

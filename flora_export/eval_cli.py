@@ -12,13 +12,13 @@ from .errors import FloraError
 
 EPILOG = """\
 examples:
-  flora-eval --task reverse
+  flora-eval --task shift
       the embedded demo model (base + its FFBA adapter), eager PyTorch
-  flora-eval --task reverse --adapter none
-      the embedded base alone (it was never taught to reverse)
-  flora-eval --export ./flora-out/android --task reverse
+  flora-eval --task shift --adapter none
+      the embedded base alone (it was never taught to shift letters)
+  flora-eval --export ./flora-out/android --task shift
       the exported int4 .pte through the ExecuTorch runtime (prefill + decode steps)
-  flora-eval --model ./my-base --adapter runs/ffba-reverse --jsonl data/test.jsonl
+  flora-eval --model ./my-base --adapter runs/ffba-dates --jsonl recipes/data/dates.jsonl
 
 An answer counts when greedy decoding gives exactly the expected response and then
 the stop token. The loss is the mean negative log-likelihood per response token.

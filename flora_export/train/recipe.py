@@ -66,7 +66,7 @@ class MethodSpec:
 @dataclass
 class DataSpec:
     tasks: list[str] = doc("built-in generated tasks, mixed uniformly (see `flora-train "
-                           "--tasks`); empty when `jsonl` is given", factory=lambda: ["reverse"])
+                           "--tasks`); empty when `jsonl` is given", factory=lambda: ["shift"])
     jsonl: str = doc("JSONL file of {\"prompt\", \"response\"} records (relative to the recipe "
                      "file); replaces `tasks`", "")
     eval_jsonl: str = doc("held-out JSONL; default: every 10th record of `jsonl` by prompt "
