@@ -188,9 +188,9 @@ def _print_summary(m: dict, seconds: float, out: Path) -> None:
           if adapter.get("fused_width") else "")),
         ("quantization", m["quantization"]["name"]),
         ("fused linears", str(c["fused_linears"])),
-        *[(f"quantized linear ops ({name})", _op_summary(r["counts"]))
+        *[("quantized linear ops" + _which(m, name), _op_summary(r["counts"]))
           for name, r in m["results"].items()],
-        *[(f"parity vs eager ({name})", _parity_summary(r["parity"]))
+        *[("parity vs eager" + _which(m, name), _parity_summary(r["parity"]))
           for name, r in m["results"].items()],
         ("time / peak RSS", f"{seconds:.1f} s / {m['peak_rss_mb']:.0f} MB"),
     ]
@@ -198,6 +198,10 @@ def _print_summary(m: dict, seconds: float, out: Path) -> None:
     print("", file=console)
     for k, v in rows:
         print(f"  {k:<{width}}  {v}", file=console)
+
+
+def _which(m: dict, backend: str) -> str:
+    return f" ({backend})" if len(m["results"]) > 1 else ""
 
 
 def _op_summary(c: dict) -> str:

@@ -194,6 +194,18 @@ def test_int8_per_channel(tmp_path):
         assert data.dtype == np.int8
 
 
+def test_unmerged_lora_halves_stay_float(tmp_path):
+    """Unmerged LoRA (a baseline): the base projections are int4, the A/B halves float."""
+    from flora_export import LoraConfig, attach_lora
+    model = load_model("tiny")
+    attach_lora(model, LoraConfig(rank=16))
+    m = export(model, "coreml", tmp_path / "lora", ExportConfig(max_seq=MAX_SEQ))
+    c = m["counts"]
+    assert c["quantized_linear_ops"] == 4 * LAYERS + 1
+    assert c["float_weight_linear_ops"] == 2 * 7 * LAYERS            # A and B on 7 projections
+    assert all("_base_weight" in n or "lm_head" in n for n in c["quantized_linear_weights"])
+
+
 def test_parity_script_refuses_off_macos(int4_coreml, capfd):
     if sys.platform == "darwin":
         pytest.skip("on macOS the parity script runs (see the macOS test)")

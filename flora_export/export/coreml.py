@@ -151,7 +151,7 @@ def lora_consts(mlmodel) -> list[str]:
     """Const ops holding unmerged LoRA halves (kept in float, as in the other backends)."""
     return [op.name for fn in mlmodel._mil_program.functions.values()
             for op in fn.operations if op.op_type == "const"
-            and ("lora_A" in op.name or "lora_B" in op.name)]
+            and ("lora_a" in op.name.lower() or "lora_b" in op.name.lower())]
 
 
 def app_metadata(model, max_seq: int, bos: int, eos: list[int], quant) -> dict[str, str]:
