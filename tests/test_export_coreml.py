@@ -91,16 +91,16 @@ def test_one_int4_block32_linear_per_fused_projection(int4_coreml):
     weights = quantized_linears(int4_coreml / "model.mlpackage")
     expected = {f"p_model_layers_{i}_{p}_weight" for i in range(LAYERS) for p in PROJECTIONS}
     expected.add("p_model_lm_head_weight")
-    assert {n.split("_to_fp16")[0] for n in weights} == expected
+    assert {n.removesuffix("_quantized") for n in weights} == expected
     assert linear_count(int4_coreml / "model.mlpackage") == 4 * LAYERS + 1   # nothing in float
     for name, (data, scale) in weights.items():
         out_f, in_f = data.shape
         assert scale.shape == (out_f, in_f // 32), name           # one scale per 32 inputs
         assert data.min() >= -8 and data.max() <= 7, name         # int4 values
     # FFBA width 40 is padded to 64 and fused: qkv gains 64 rows, o_proj 64 input columns
-    assert weights["p_model_layers_0_self_attn_qkv_proj_weight_to_fp16_quantized"][0].shape \
+    assert weights["p_model_layers_0_self_attn_qkv_proj_weight_quantized"][0].shape \
         == (128 + 2 * 64 + 64, 128)
-    assert weights["p_model_layers_1_self_attn_o_proj_weight_to_fp16_quantized"][0].shape \
+    assert weights["p_model_layers_1_self_attn_o_proj_weight_quantized"][0].shape \
         == (128, 128 + 64)
     m = json.loads((int4_coreml / "manifest.json").read_text())
     c = m["counts"]
@@ -108,6 +108,7 @@ def test_one_int4_block32_linear_per_fused_projection(int4_coreml):
     assert c["quantized_weight_dtypes"] == {"int4": 4 * LAYERS + 1}
     assert c["fused_linears"] == 4 * LAYERS
     assert m["results"]["coreml"]["coreml"]["weights"]["block_size"] == 32
+    assert m["results"]["coreml"]["coreml"]["converted_from"] == "float16"
 
 
 def test_metadata_for_apps(int4_coreml):
@@ -146,13 +147,14 @@ def test_reference_holds_the_packages_weights(int4_coreml, tiny_base, tiny_ffba)
     model = load_model(tiny_base)
     load_adapter(model, tiny_ffba)
     fuse(model, pad_to=32)
+    model.half().float()                                      # the package stores fp16
     names = {f"p_model_{fqn.replace('.', '_')}_weight": m for fqn, m in model.named_modules()
              if isinstance(m, torch.nn.Linear)}
     with torch.no_grad():
         for name, (data, scale) in quantized_linears(int4_coreml / "model.mlpackage").items():
             w = (torch.tensor(data, dtype=torch.float32) * torch.tensor(
                 scale, dtype=torch.float32).repeat_interleave(32, dim=1)).half().float()  # as on device
-            names[name.split("_to_fp16")[0]].weight = torch.nn.Parameter(w)
+            names[name.removesuffix("_quantized")].weight = torch.nn.Parameter(w)
     model.embed_tokens.weight = model.lm_head.weight          # tied: one constant in the package
     ref = load_file(str(int4_coreml / "coreml_reference.safetensors"))
     tokens, n = ref["tokens"], ref["reference_logits"].shape[0]
@@ -204,6 +206,7 @@ def test_unmerged_lora_halves_stay_float(tmp_path):
     assert c["quantized_linear_ops"] == 4 * LAYERS + 1
     assert c["float_weight_linear_ops"] == 2 * 7 * LAYERS            # A and B on 7 projections
     assert all("_base_weight" in n or "lm_head" in n for n in c["quantized_linear_weights"])
+    assert m["results"]["coreml"]["coreml"]["converted_from"] in ("float16", "float32")
 
 
 def test_parity_script_refuses_off_macos(int4_coreml, capfd):

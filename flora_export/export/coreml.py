@@ -14,6 +14,8 @@ projection and the output head stay one `linear` op fed by one
 `constexpr_blockwise_shift_scale`. Core ML has no dynamic activation quantization:
 activations run in fp16 (the compute precision phones use, also for `fp32` weights).
 
+The fp32 program is captured and checked against the eager model first; the package is
+converted from an fp16 copy of the weights (the converter then holds no fp32 constants).
 Core ML predictions need macOS, so on Linux the package is checked by its spec (inputs,
 outputs, states, op counts) and the captured torch program by numbers; the package's own
 parity runs on a Mac with `python -m flora_export.export.coreml_parity OUT`.
@@ -81,7 +83,7 @@ def capture(model: nn.Module, max_seq: int) -> torch.export.ExportedProgram:
     slice); the Core ML inputs declare the full range [1, max_seq], which the converted
     program's slices handle.
     """
-    wrapper = CoreMLDecoder(model, max_seq).eval()
+    wrapper = CoreMLDecoder(model, max_seq).eval()   # fp32 buffers; the states are fp16
     seq = torch.export.Dim("query_length", min=1, max=max_seq - 1)
     total = torch.export.Dim("end_step_dim", min=1, max=max_seq - 1)
     example = (torch.zeros(1, 2, dtype=torch.int32), causal_mask(2, 3))
@@ -118,6 +120,21 @@ def convert(ep: torch.export.ExportedProgram, cfg, max_seq: int):
             inputs=[ct.TensorType(name=INPUTS[0], shape=(1, length), dtype=np.int32),
                     ct.TensorType(name=INPUTS[1], shape=(1, 1, length, total), dtype=np.float16)],
             outputs=[ct.TensorType(name=OUTPUTS[0], dtype=np.float16)], states=states)
+
+
+def convert_from_fp16(model: nn.Module, cfg, max_seq: int):
+    """Convert from fp16 weights (what the package stores; the converter then holds no fp32
+    copies). Returns (mlmodel, source dtype); the model is left with fp16-rounded fp32
+    weights. A graph that coremltools mistypes in fp16 (unmerged LoRA's zero segments) is
+    converted from those fp32 weights instead."""
+    model.half()
+    try:
+        return convert(capture(model, max_seq), cfg, max_seq), "float16"
+    except ValueError as e:
+        log.warning("fp16 conversion failed (%s); converting from fp32", str(e)[:200])
+    finally:
+        model.float()
+    return convert(capture(model, max_seq), cfg, max_seq), "float32"
 
 
 def weight_quantization(quant) -> dict | None:
@@ -216,6 +233,11 @@ def dequantized_weights(mlmodel) -> dict[str, torch.Tensor]:
     return out
 
 
+def _weight_name(const: str) -> str:
+    """The torch parameter a package constant came from (converter suffixes removed)."""
+    return const.removesuffix("_quantized").removesuffix("_to_fp16")
+
+
 def load_package_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> int:
     """Give the eager model the package's dequantized weights (matched by torch name)."""
     tied = model.lm_head.weight is model.embed_tokens.weight
@@ -224,7 +246,7 @@ def load_package_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> 
         if not isinstance(module, (nn.Linear, nn.Embedding)):
             continue
         key = "p_model_" + fqn.replace(".", "_") + "_weight"
-        match = next((w for name, w in weights.items() if name.startswith(key + "_to_fp16")), None)
+        match = next((w for name, w in weights.items() if _weight_name(name) == key), None)
         if match is None:
             continue
         param = nn.Parameter(match.reshape(module.weight.shape).to(module.weight.dtype),
@@ -263,18 +285,17 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
     _check_limits(model, ctx)
     model.set_attention_impl("sdpa")
     with st("coreml-capture"):
-        ep = capture(model, max_seq)
         program = check(compare(ctx.fp32_logits, run_steps(
-            program_step(ep), ctx.tokens, ctx.prompt_len, ctx.steps)), False, ctx.config.verify,
-            "the captured Core ML torch program")
+            program_step(capture(model, max_seq)), ctx.tokens, ctx.prompt_len, ctx.steps)),
+            False, ctx.config.verify, "the captured Core ML torch program")
     with st("coreml-convert"):
-        mlmodel = convert(ep, cfg, max_seq)
-        del ep
+        mlmodel, source = convert_from_fp16(model, cfg, max_seq)
     expected = 0
     if ctx.quant.quantizes:
         with st("coreml-quantize"):
             mlmodel = quantize(mlmodel, ctx.quant, lora_consts(mlmodel))
             expected = len(quantizable_linears(model))
+            weights = dequantized_weights(mlmodel)
     with st("coreml-save"):
         set_metadata(mlmodel, app_metadata(model, max_seq, ctx.bos, ctx.eos, ctx.quant))
         mlmodel.save(str(out / PACKAGE))
@@ -282,7 +303,11 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
     with st("coreml-reference"):
         reference = ctx.fp32_logits
         if ctx.quant.quantizes:
-            load_package_weights(model, dequantized_weights(mlmodel))
+            loaded = load_package_weights(model, weights)
+            if loaded < expected:
+                raise FloraError(f"only {loaded} of the package's {expected} quantized weights "
+                                 "map to the model's linears", "report this with the manifest inputs")
+            del weights
             reference = ctx.eager_logits(model)
         write_reference(out / REFERENCE, ctx, reference)
     interface = counts.pop("interface")
@@ -290,6 +315,7 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
             "parity": parity_record(program, reference, ctx),
             "coreml": {"package": PACKAGE, "minimum_deployment_target": "iOS18",
                        "compute_precision": "float16", "state_dtype": "float16",
+                       "converted_from": source,
                        "weights": weight_quantization(ctx.quant),
                        "activations": "float16 (Core ML has no dynamic activation quantization)",
                        "interface": interface, "metadata": app_metadata(
