@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "not given, else none. 'none' exports the base alone")
     p.add_argument("--quant", default="8da4w", metavar="MODE",
                    help=f"quantization: {', '.join(QUANT_MODES)} (default 8da4w: int8 dynamic "
-                        "activations, int4 weights in groups of 32)")
+                        "activations, int4 weights in groups of 32; in Core ML, which has no "
+                        "dynamic activation quantization: int4 weights in blocks of 32, fp16 "
+                        "activations)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default ./flora-out/TARGET); replaced atomically")
     p.add_argument("--max-seq", type=int, default=512, metavar="N",
