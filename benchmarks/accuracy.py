@@ -89,24 +89,38 @@ def eval_export(export_dir: Path, task: str, n: int) -> dict:
     return score_steps(step, encoder, eval_set([task], n)).to_dict()
 
 
+def run_cell(task: str, method: str, seed: int, steps: int, work: Path) -> dict:
+    """Train (or reuse), export and evaluate one cell; returns its row."""
+    t0 = time.perf_counter()
+    metrics = train_cell(method, task, seed, steps, work)
+    run_dir = work / f"{task}-{method}-s{seed}"
+    pte = eval_export(export_cell(method, run_dir), task, metrics["eval"]["n"])
+    return {"task": task, "method": method, "seed": seed,
+            "trainable_params": metrics["trainable_params"],
+            "base_accuracy": (metrics["eval_before"] or {}).get("accuracy"),
+            "eager_accuracy": metrics["eval"]["accuracy"], "eager_loss": metrics["eval"]["loss"],
+            "pte_accuracy": pte["accuracy"], "pte_loss": pte["loss"],
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def run(args) -> list[dict]:
-    rows = []
+    """Every cell, `args.jobs` at a time (one process per cell, one torch thread each)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
     cells = [(t, m, s) for t in args.tasks for m in args.methods for s in args.seeds]
-    for i, (task, method, seed) in enumerate(cells, 1):
-        t0 = time.perf_counter()
-        metrics = train_cell(method, task, seed, args.steps, args.work)
-        run_dir = args.work / f"{task}-{method}-s{seed}"
-        pte = eval_export(export_cell(method, run_dir), task, metrics["eval"]["n"])
-        rows.append({"task": task, "method": method, "seed": seed,
-                     "trainable_params": metrics["trainable_params"],
-                     "base_accuracy": (metrics["eval_before"] or {}).get("accuracy"),
-                     "eager_accuracy": metrics["eval"]["accuracy"],
-                     "eager_loss": metrics["eval"]["loss"],
-                     "pte_accuracy": pte["accuracy"], "pte_loss": pte["loss"]})
-        print(f"[{i}/{len(cells)}] {task:<8} {method:<9} seed {seed}: eager "
-              f"{rows[-1]['eager_accuracy']:.1%}, int4 .pte {pte['accuracy']:.1%} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    return rows
+    rows = []
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        futures = {pool.submit(run_cell, *c, args.steps, args.work): c for c in cells}
+        for i, fut in enumerate(as_completed(futures), 1):
+            r = fut.result()
+            rows.append(r)
+            print(f"[{i}/{len(cells)}] {r['task']:<8} {r['method']:<9} seed {r['seed']}: eager "
+                  f"{r['eager_accuracy']:.1%}, int4 .pte {r['pte_accuracy']:.1%} "
+                  f"({r['seconds']:.0f} s)", flush=True)
+    order = {c: i for i, c in enumerate(cells)}
+    return sorted(rows, key=lambda r: order[(r["task"], r["method"], r["seed"])])
 
 
 def mean_std(values: list[float]) -> str:
@@ -165,7 +179,8 @@ def main() -> int:
     p.add_argument("--tasks", nargs="+", default=["shift", "reverse"])
     p.add_argument("--methods", nargs="+", default=list(RECIPE), choices=list(RECIPE))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=300, help="training steps per run")
+    p.add_argument("--steps", type=int, default=400, help="training steps per run")
+    p.add_argument("--jobs", type=int, default=2, help="cells run in parallel (processes)")
     p.add_argument("--work", type=Path, default=ROOT / "bench-work" / "accuracy")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()

@@ -20,6 +20,8 @@ examples:
       the LoRA rank with the parameter count of that FFBA adapter
   accelerate launch -m flora_export.train.cli recipes/ffba-reverse.yaml
       the same recipe on several GPUs or nodes (DDP/FSDP as set by `accelerate config`)
+  ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m flora_export.train.cli RECIPE
+      two data-parallel CPU processes (gloo)
 
 A run writes to the recipe's `out`: the adapter (adapter_config.json +
 adapter_model.safetensors, what flora-export --adapter loads) or, for method.kind
