@@ -4,12 +4,13 @@ Builds a random-weight Hugging Face checkpoint of a preset (default llama3.2-1b)
 1. exports it with `python -m onnxruntime_genai.models.builder` (int4, block 32,
    accuracy level 4) and with `flora-export --target onnx` (8da4w -> MatMulNBits int4,
    block 32, accuracy level 4), recording wall time and peak RSS of each;
-2. runs both folders in ORT-GenAI, interleaved (A B A B ...), with the same prompt ids
-   and thread count, and reports TTFT and TPOT (DESIGN.md §4) as medians and ratios.
+2. runs both folders in ORT-GenAI with flora-bench's harness (one worker process per
+   folder, interleaved A B A B ..., the same prompt ids and thread count) and reports
+   TTFT and TPOT (DESIGN.md §4) as medians and ratios.
 
     python benchmarks/onnx_vs_builder.py --preset llama3.2-1b --runs 5 --out bench-out/onnx
 
-Prints a markdown table and writes results.json in --out.
+Prints a markdown table and writes results.json and latency.{json,md,png} in --out.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build_checkpoint(preset: str, path: Path) -> None:
@@ -51,50 +51,23 @@ def timed(cmd: list[str], log: Path) -> dict:
     return {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 1024 ** 2, 2)}
 
 
-def set_threads(folder: Path, threads: int) -> None:
-    path = folder / "genai_config.json"
-    cfg = json.loads(path.read_text())
-    opts = cfg["model"]["decoder"]["session_options"]
-    opts["intra_op_num_threads"] = threads
-    cfg["search"]["past_present_share_buffer"] = cfg["search"].get("past_present_share_buffer",
-                                                                   False)
-    path.write_text(json.dumps(cfg, indent=2))
+def latency(folders: dict[str, Path], args) -> dict:
+    """flora-bench's harness: one worker process per folder, interleaved runs."""
+    from flora_export.bench import BenchConfig, run_bench, write_all
+
+    config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
+                         threads=args.threads)
+    result = run_bench({k: str(v) for k, v in folders.items()}, config, baseline="builder",
+                       progress=lambda m: print(m, flush=True))
+    write_all(result, args.out, "latency")
+    return {name: {"ttft": _ms(a["summary"]["ttft_ms"]), "tpot": _ms(a["summary"]["tpot_ms"]),
+                   "peak_rss_mb": a.get("peak_rss_mb")}
+            for name, a in result["artifacts"].items()}
 
 
-def generate_once(model, prompt: list[int], n: int) -> tuple[float, float]:
-    import onnxruntime_genai as og
-
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt) + n, min_length=len(prompt) + n,
-                              do_sample=False)
-    t0 = time.perf_counter()
-    gen = og.Generator(model, params)
-    gen.append_tokens(np.array(prompt, dtype=np.int32))
-    stamps = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        gen.get_next_tokens()
-        stamps.append(time.perf_counter())
-    ttft = stamps[0] - t0
-    tpot = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-    return ttft, tpot
-
-
-def latency(folders: dict[str, Path], prompt: list[int], n: int, runs: int) -> dict:
-    import onnxruntime_genai as og
-
-    models = {name: og.Model(str(f)) for name, f in folders.items()}
-    for model in models.values():
-        generate_once(model, prompt, 4)                                # warm-up
-    samples = {name: {"ttft": [], "tpot": []} for name in models}
-    for _ in range(runs):
-        for name, model in models.items():                            # interleaved A B A B
-            ttft, tpot = generate_once(model, prompt, n)
-            samples[name]["ttft"].append(ttft * 1e3)
-            samples[name]["tpot"].append(tpot * 1e3)
-    return {name: {k: {"median_ms": round(statistics.median(v), 2),
-                       "min_ms": round(min(v), 2), "max_ms": round(max(v), 2)}
-                   for k, v in s.items()} for name, s in samples.items()}
+def _ms(s: dict) -> dict:
+    return {"median_ms": round(s["median"], 2), "min_ms": round(s["min"], 2),
+            "max_ms": round(s["max"], 2)}
 
 
 def main() -> None:
@@ -118,14 +91,10 @@ def main() -> None:
             "flora": timed(["flora-export", "--target", "onnx", "--model", str(hf),
                             "--adapter", "none", "--out", str(ours), "--max-seq",
                             str(args.max_seq), "--force"], args.out / "flora.log")}
-    for folder in (ours, theirs):
-        set_threads(folder, args.threads)
     cfg = json.loads((theirs / "genai_config.json").read_text())
     cfg["search"]["max_length"] = args.max_seq                   # a realistic KV buffer
     (theirs / "genai_config.json").write_text(json.dumps(cfg, indent=2))
-    rng = np.random.default_rng(0)
-    prompt = [int(x) for x in rng.integers(300, 5000, args.prompt_len)]
-    lat = latency({"flora": ours, "builder": theirs}, prompt, args.gen_len, args.runs)
+    lat = latency({"flora": ours, "builder": theirs}, args)
     size = {name: round(sum(f.stat().st_size for f in d.iterdir()) / 2 ** 20, 1)
             for name, d in (("flora", ours), ("builder", theirs))}
     result = {"preset": args.preset, "threads": args.threads, "prompt_len": args.prompt_len,

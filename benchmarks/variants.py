@@ -107,8 +107,11 @@ def build_error(work: Path, backend: str, variant: str) -> str | None:
 
 
 def run_measured(cmd: list[str], log: Path, cwd: Path | None = None) -> dict:
-    """Run a command; its wall time and its own peak RSS (wait4 rusage of that child)."""
+    """Run a command; its wall time and its own peak RSS (wait4 rusage of that child; it
+    counts the parent's peak at the fork, so callers keep their own process small), and
+    the load average before and after (other work on the machine)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
     with open(log, "w") as f:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -119,7 +122,8 @@ def run_measured(cmd: list[str], log: Path, cwd: Path | None = None) -> dict:
     if status:
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
         raise RuntimeError(f"{lines[-1] if lines else 'failed'} (log: {log})")
-    return {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 1024 ** 2, 2)}
+    return {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 1024 ** 2, 2),
+            "loadavg_before": load_before, "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
 if __name__ == "__main__":                       # one build, in its own process

@@ -65,7 +65,9 @@ class Runner:
         self.manifest = None if spec.startswith(EAGER_PREFIX) else read_manifest(Path(spec))
 
     def info(self) -> dict:
+        import os
         return {"engine": self.engine, "threads": self.threads, "vocab_size": self.vocab_size,
+                "pid": os.getpid(),
                 "bos_id": self.bos_id, "max_seq_len": self.max_seq}
 
     @property
@@ -121,11 +123,13 @@ class ExecuTorchRunner(Runner):
         t0 = time.perf_counter()
         logits = run([torch.tensor([prompt_ids], dtype=torch.long), torch.tensor([0])])[0]
         nxt, stamps, pos = _greedy(logits, self.vocab_size), [time.perf_counter()], len(prompt_ids)
+        tokens = [nxt]
         for _ in range(gen_len - 1):
             logits = run([torch.tensor([[nxt]], dtype=torch.long), torch.tensor([pos])])[0]
             nxt, pos = _greedy(logits, self.vocab_size), pos + 1
             stamps.append(time.perf_counter())
-        return sample(t0, stamps, len(prompt_ids))
+            tokens.append(nxt)
+        return {**sample(t0, stamps, len(prompt_ids)), "tokens": tokens}
 
 
 class ExecuTorchLLMRunner(Runner):
@@ -192,12 +196,12 @@ class OrtGenAIRunner(Runner):
         t0 = time.perf_counter()
         gen = self.og.Generator(self.model, params)
         gen.append_tokens(self.np.array(prompt_ids, dtype=self.np.int32))
-        stamps = []
+        stamps, tokens = [], []
         while not gen.is_done():
             gen.generate_next_token()
-            gen.get_next_tokens()
+            tokens.append(int(gen.get_next_tokens()[0]))
             stamps.append(time.perf_counter())
-        return sample(t0, stamps, len(prompt_ids))
+        return {**sample(t0, stamps, len(prompt_ids)), "tokens": tokens}
 
 
 class EagerRunner(Runner):
@@ -256,11 +260,13 @@ class EagerRunner(Runner):
             t0 = time.perf_counter()
             logits = self.model(torch.tensor([prompt_ids]), torch.tensor([0]), last_only=True)
             nxt, stamps, pos = _greedy(logits, self.vocab_size), [time.perf_counter()], len(prompt_ids)
+            tokens = [nxt]
             for _ in range(gen_len - 1):
                 logits = self.model(torch.tensor([[nxt]]), torch.tensor([pos]), last_only=True)
                 nxt, pos = _greedy(logits, self.vocab_size), pos + 1
                 stamps.append(time.perf_counter())
-        return sample(t0, stamps, len(prompt_ids))
+                tokens.append(nxt)
+        return {**sample(t0, stamps, len(prompt_ids)), "tokens": tokens}
 
 
 class CoreMLRunner(Runner):

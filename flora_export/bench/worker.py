@@ -5,7 +5,7 @@
 Protocol: one JSON object per line. Requests: {"op": "load", "spec", "engine",
 "threads"}, {"op": "run", "prompt_ids", "prompt_text", "gen_len"}, {"op": "rss"},
 {"op": "exit"}. Each gets one reply {"ok": true, ...} or {"ok": false, "error", "fix"}.
-One process per artifact makes its peak RSS (getrusage of this process) its own and
+One process per artifact makes its peak RSS (VmHWM of this process) its own and
 keeps runtimes from sharing thread pools or allocator state. Native runtimes print to
 stdout, so the protocol uses a private copy of the original stdout and fd 1 is pointed
 at stderr.
@@ -21,14 +21,20 @@ import time
 
 
 def _rss_mb() -> dict:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    current = None
+    """Peak and current RSS of this process. VmHWM/VmRSS from /proc (the peak of this
+    program only: getrusage's ru_maxrss survives exec, so it would report the parent's
+    peak if that was higher); ru_maxrss where /proc is missing."""
+    status = {}
     try:
-        with open("/proc/self/statm") as f:
-            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        with open("/proc/self/status") as f:
+            status = {k: v.split()[0] for k, _, v in (ln.partition(":") for ln in f)
+                      if k in ("VmHWM", "VmRSS")}
     except OSError:
         pass
-    return {"peak_rss_mb": round(peak, 1), "rss_mb": current and round(current, 1)}
+    peak = (int(status["VmHWM"]) if "VmHWM" in status
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    current = int(status["VmRSS"]) / 1024 if "VmRSS" in status else None
+    return {"peak_rss_mb": round(peak / 1024, 1), "rss_mb": current and round(current, 1)}
 
 
 def serve(inp, out) -> None:

@@ -1,0 +1,123 @@
+"""Wall time and peak RSS of each export stage, for the embedded default model and a
+preset (default llama3.2-1b, random weights, base, --max-seq 256), ExecuTorch and ONNX,
+next to ExecuTorch's own LLM exporter on the same architecture when it was built.
+
+Each export runs in its own process (wait4 gives its wall time and peak RSS); the
+per-stage seconds and the peak RSS after each stage come from the export's manifest.
+The preset's base exports are the same builds benchmarks/tpot.py uses: with the same
+--work they are reused, not rebuilt (their cost was recorded when they were built).
+
+    python benchmarks/export_cost.py --work bench-out/tpot [--with-executorch-peer]
+
+Prints a table; writes benchmarks/results/export_cost.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from variants import ROOT, build_all, run_measured  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {"executorch": "android", "onnx": "onnx"}
+
+
+def default_export(backend: str, work: Path) -> tuple[Path, dict]:
+    """flora-export --target T with the embedded default model, in its own process."""
+    out = work / "default" / backend
+    cost_file = work / "logs" / f"default-{backend}.cost.json"
+    if not cost_file.exists() or not (out / "manifest.json").exists():
+        print(f"exporting the embedded default model -> {out}", flush=True)
+        cost = run_measured([sys.executable, "-c", "import sys; from flora_export.cli import main; "
+                             "sys.exit(main())", "--target", TARGETS[backend], "--out", str(out),
+                             "--force"], work / "logs" / f"default-{backend}.log")
+        cost_file.write_text(json.dumps(cost))
+    return out, json.loads(cost_file.read_text())
+
+
+def row(name: str, out: Path, cost: dict) -> dict:
+    m = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+    size = sum(p.stat().st_size for p in out.iterdir() if p.is_file() and p.suffix != ".json")
+    return {"name": name, **cost, "output_mb": round(size / 2 ** 20, 1),
+            "stages_s": m.get("timings_s", {}), "rss_mb_after_stage": m.get("peak_rss_mb_after_stage", {})}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| export | wall time | peak RSS | output | stages (s; peak RSS GB after) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        stages = ", ".join(f"{k} {v:.1f} ({r['rss_mb_after_stage'].get(k, 0) / 1024:.1f})"
+                           for k, v in r["stages_s"].items()) or "–"
+        lines.append(f"| {r['name']} | {r['seconds']:.0f} s | {r['peak_rss_gb']:.2f} GB | "
+                     f"{r['output_mb']:.0f} MiB | {stages} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'flora-export[bench]')")
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = [r["name"] for r in rows]
+    stages = list(dict.fromkeys(k for r in rows for k in r["stages_s"]))
+    bottom = [0.0] * len(rows)
+    for st in stages:
+        vals = [r["stages_s"].get(st, 0.0) for r in rows]
+        ax1.barh(names, vals, left=bottom, label=st)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax1.barh(names, [max(0.0, r["seconds"] - b) for r, b in zip(rows, bottom)], left=bottom,
+             color="#ccc", label="other (load, process)")
+    ax1.set_xlabel("wall time (s)")
+    ax1.legend(fontsize=7)
+    ax2.barh(names, [r["peak_rss_gb"] for r in rows], color="#3b7dd8")
+    ax2.set_xlabel("peak RSS (GB)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="llama3.2-1b")
+    p.add_argument("--work", type=Path, default=Path("bench-out/tpot"))
+    p.add_argument("--backends", nargs="+", default=["executorch", "onnx"], choices=list(TARGETS))
+    p.add_argument("--max-seq", type=int, default=256)
+    p.add_argument("--with-executorch-peer", action="store_true",
+                   help="build ExecuTorch's own export of the preset if not in --work yet")
+    args = p.parse_args()
+    rows = []
+    for backend in args.backends:
+        rows.append(row(f"default, {backend}", *default_export(backend, args.work)))
+    dirs = build_all(args.preset, ["base"], args.backends, args.work, args.max_seq)
+    for backend in args.backends:
+        if "base" in dirs[backend]:
+            cost = json.loads((args.work / "logs" / f"{backend}-base.cost.json").read_text())
+            rows.append(row(f"{args.preset}, {backend}", dirs[backend]["base"], cost))
+    peer = args.work / "executorch-peer" / "et-export"
+    if args.with_executorch_peer and not (peer / "cost.json").exists():
+        from executorch_peer import build_peers
+        build_peers(args.preset, args.work, args.max_seq, ["et-export"])
+    if (peer / "cost.json").exists():
+        rows.append(row(f"{args.preset}, ExecuTorch export_llm", peer,
+                        json.loads((peer / "cost.json").read_text())))
+    RESULTS.mkdir(exist_ok=True)
+    result = {"rows": rows, "machine": {"cpus": os.cpu_count(), "root": str(ROOT)}}
+    (RESULTS / "export_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "export_cost.md").write_text(markdown(rows))
+    plot(rows, RESULTS / "export_cost.png")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""FFBA vs LoRA decode latency at a preset's shapes (random weights), one interleaved run
+per backend: base; LoRA r=16 on all 7 projections unmerged; LoRA merged; FFBA fused at
+LoRA r=16's trainable-parameter budget; FFBA unfused -- through ExecuTorch 8da4w
+(XNNPACK) and ONNX Runtime GenAI int4 (MatMulNBits), with flora-bench's harness.
+With --with-executorch-peer, ExecuTorch's own LLM export of the same architecture
+(with and without its unfused LoRA) runs in the ExecuTorch group.
+
+Also measures this machine's read bandwidth in the same run and prints each variant's
+TPOT as a multiple of the bandwidth bound (weight bytes read per decoded token /
+bandwidth; the weight bytes are the artifact's weight files minus the embedding table,
+of which a token reads one row).
+
+    python benchmarks/tpot.py --work bench-out/tpot --runs 5 --with-executorch-peer
+
+Exports are cached in --work (a directory holding a manifest is reused). Results:
+benchmarks/results/tpot-BACKEND.{json,md,png} and tpot-summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from variants import VARIANTS, build_all, build_error  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def embedding_bytes(cfg: dict, backend: str) -> int:
+    """Bytes of the quantized embedding table: int8 rows + one fp32 scale per row
+    (ExecuTorch); int4 blocks of 32 + one fp32 scale per block (ONNX GatherBlockQuantized)."""
+    v, h = cfg["vocab_size"], cfg["hidden_size"]
+    return v * h + 4 * v if backend == "executorch" else v * h // 2 + 4 * v * h // 32
+
+
+def weight_bytes(path: Path, backend: str, cfg: dict) -> int:
+    files = [p for p in path.iterdir() if p.suffix in (".pte", ".data", ".onnx")]
+    return sum(p.stat().st_size for p in files) - embedding_bytes(cfg, backend)
+
+
+def goals(result: dict, bound: dict) -> list[str]:
+    """The issue's goals, as measured in this run."""
+    s = {n: a["summary"] for n, a in result["artifacts"].items()}
+    r = result["ratios"]
+    out = []
+
+    def med(n, m):
+        return s[n][m]["median"]
+    if "ffba-fused" in s:
+        out.append(f"FFBA-fused TPOT {r['ffba-fused']['tpot']:.3f}x base (goal <= 1.03), "
+                   f"TTFT {r['ffba-fused']['ttft']:.3f}x base (goal <= 1.05)")
+    if {"ffba-fused", "lora", "base"} <= s.keys():
+        over = med("lora", "tpot_ms") - med("base", "tpot_ms")
+        removed = (med("lora", "tpot_ms") - med("ffba-fused", "tpot_ms")) / over if over > 0 else None
+        out.append("FFBA-fused removes " + (f"{100 * removed:.0f}%" if removed is not None else
+                                           "n/a (LoRA shows no overhead in this run)") +
+                   f" of unmerged LoRA's TPOT overhead ({over:+.2f} ms; goal >= 90%)")
+    for peer, ours in (("et-export", "base"), ("et-export-lora", "lora")):
+        if peer in s and ours in s:
+            out.append(f"ours/{peer}: TPOT {med(ours, 'tpot_ms') / med(peer, 'tpot_ms'):.3f}, "
+                       f"TTFT {med(ours, 'ttft_ms') / med(peer, 'ttft_ms'):.3f} (goal <= 1)")
+    if "et-export-lora" in s and "et-export" in s:
+        out.append(f"ExecuTorch's own LoRA/base TPOT: "
+                   f"{med('et-export-lora', 'tpot_ms') / med('et-export', 'tpot_ms'):.3f}")
+    if "base" in bound:
+        out.append(f"base TPOT = {bound['base']['x_bound']:.2f}x the bandwidth bound (goal <= 1.2)")
+    return out
+
+
+def run_backend(backend: str, dirs: dict, args, bandwidth: float) -> dict:
+    from flora_export.bench import BenchConfig, run_bench, write_all
+    from flora_export.bench.report import markdown
+
+    config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
+                         warmup=1, threads=args.threads)
+    result = run_bench({k: str(v) for k, v in dirs.items()}, config, baseline="base",
+                       progress=lambda m: print(m, flush=True))
+    cfg = json.loads((dirs["base"] / "manifest.json").read_text())["model"]["config"]
+    bound = {}
+    for name, path in dirs.items():
+        wb = weight_bytes(Path(path), backend, cfg)
+        bound_ms = wb / (bandwidth * 1e9) * 1e3
+        tpot = result["artifacts"][name]["summary"]["tpot_ms"]["median"]
+        bound[name] = {"weight_bytes_per_token": wb, "bound_ms": round(bound_ms, 2),
+                       "x_bound": round(tpot / bound_ms, 2)}
+    result["bandwidth_gbs"] = bandwidth
+    result["bandwidth_bound"] = bound
+    result["goals"] = goals(result, bound)
+    result["build_failures"] = {v: build_error(args.work, backend, v) for v in VARIANTS
+                                if v not in dirs}
+    title = f"{args.preset} {backend}: TTFT/TPOT (median, min-max), {args.runs} interleaved runs"
+    write_all(result, RESULTS, f"tpot-{backend}", title)
+    print(f"\n## {backend}\n")
+    print(markdown(result))
+    print("| artifact | weight MB read / token | bound ms | TPOT / bound |\n|---|---|---|---|")
+    for name, b in bound.items():
+        print(f"| {name} | {b['weight_bytes_per_token'] / 1e6:.0f} | {b['bound_ms']} | "
+              f"{b['x_bound']} |")
+    print(f"\nbandwidth {bandwidth} GB/s; " + "; ".join(result["goals"]))
+    for v, err in result["build_failures"].items():
+        print(f"not measured: {v} (export failed: {err})")
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="llama3.2-1b")
+    p.add_argument("--work", type=Path, default=Path("bench-out/tpot"),
+                   help="cache of the exports (reused when present)")
+    p.add_argument("--backends", nargs="+", default=["executorch", "onnx"],
+                   choices=["executorch", "onnx"])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--with-executorch-peer", action="store_true",
+                   help="also ExecuTorch's own export_llm (base and unfused LoRA r=16); "
+                        "~9 min and ~12 GB each for the 1B")
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--gen-len", type=int, default=64)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-seq", type=int, default=256)
+    p.add_argument("--build-only", action="store_true", help="build (or reuse) the exports, stop")
+    args = p.parse_args()
+    variants = ["base"] + [v for v in args.variants if v != "base"]
+    dirs = build_all(args.preset, variants, args.backends, args.work, args.max_seq)
+    if args.with_executorch_peer and "executorch" in args.backends:
+        from executorch_peer import build_peers
+        dirs["executorch"].update(build_peers(args.preset, args.work, args.max_seq))
+    if args.build_only:
+        return
+    from flora_export.bench.machine import memory_bandwidth_gbs
+
+    summary = {}
+    for backend in args.backends:
+        if "base" not in dirs[backend]:
+            print(f"{backend}: the base export failed; nothing to compare")
+            continue
+        bandwidth = memory_bandwidth_gbs(args.threads)
+        result = run_backend(backend, dirs[backend], args, bandwidth)
+        summary[backend] = {"goals": result["goals"], "ratios": result["ratios"],
+                            "bandwidth_bound": result["bandwidth_bound"],
+                            "build_failures": result["build_failures"]}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "tpot-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""flora-bench on host: runners in their real runtimes, the interleaved harness, reports, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flora_export.bench import BenchConfig, run_bench
+from flora_export.bench.cli import main as bench_main
+from flora_export.bench.runners import make_runner
+from flora_export.bench.stats import observer_sample, parse_observer, sample
+from flora_export.errors import FloraError
+
+from conftest import fp32_export
+
+pytest.importorskip("executorch")
+pytest.importorskip("onnxruntime_genai")
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_base, tiny_ffba, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    return {"executorch": fp32_export(tiny_base, tiny_ffba, "android", root / "et")[1],
+            "onnx": fp32_export(tiny_base, tiny_ffba, "onnx", root / "onnx")[1],
+            "base": tiny_base, "adapter": tiny_ffba}
+
+
+def test_figures_follow_the_design_definitions():
+    s = sample(10.0, [10.5, 10.6, 10.7, 10.9], prompt_tokens=50)
+    assert s["ttft_ms"] == pytest.approx(500.0)
+    assert s["tpot_ms"] == pytest.approx(400.0 / 3)          # (t_last - t_first) / (n - 1)
+    assert s["prefill_tps"] == pytest.approx(100.0) and s["generated_tokens"] == 4
+    line = ('noise PyTorchObserver {"prompt_tokens":8,"generated_tokens":3,"model_load_start_ms":0,'
+            '"model_load_end_ms":5,"inference_start_ms":100,"token_encode_end_ms":101,'
+            '"model_execution_start_ms":101,"model_execution_end_ms":190,"inference_end_ms":190,'
+            '"prompt_eval_end_ms":130,"first_token_ms":130,"aggregate_sampling_time_ms":1,'
+            '"SCALING_FACTOR_UNITS_PER_SECOND":1000}\n')
+    o = observer_sample(parse_observer(line))
+    assert o["ttft_ms"] == 30 and o["tpot_ms"] == 20 and o["generated_tokens"] == 4
+    with pytest.raises(ValueError):
+        parse_observer("no stats here")
+
+
+def test_all_runtimes_generate_the_eager_greedy_tokens(exports):
+    """fp32 exports: ExecuTorch runtime, ORT-GenAI and eager PyTorch (rebuilt from the
+    manifest, and from eager:MODEL+ADAPTER) decode the same greedy tokens, exact lengths."""
+    ids = list(range(40, 60))
+    got = {}
+    for name, spec, engine in [("et", exports["executorch"], None), ("ort", exports["onnx"], None),
+                               ("eager-manifest", exports["executorch"], "eager"),
+                               ("eager-spec", f"eager:{exports['base']}+{exports['adapter']}", None)]:
+        runner = make_runner(str(spec), engine, threads=1)
+        s = runner.generate(ids, "", 12)
+        assert s["generated_tokens"] == 12 and s["prompt_tokens"] == 20 and len(s["tokens"]) == 12
+        assert 0 < s["ttft_ms"] and 0 < s["tpot_ms"]
+        got[name] = s["tokens"]
+    assert got["et"] == got["ort"] == got["eager-manifest"] == got["eager-spec"], got
+
+
+def test_llm_runner_stats_are_the_real_observer_line(exports):
+    """ExecuTorch's TextLLMRunner in a subprocess prints PyTorchObserver; its parse equals the
+    figures the llm-runner engine derives from the same runner's Stats object."""
+    out = exports["executorch"]
+    proc = subprocess.run([sys.executable, "-m", "flora_export.bench.llama_main",
+                           f"--model_path={out}/model.pte", f"--tokenizer_path={out}/tokenizer.json",
+                           "--prompt=Hello there, how are you", "--max_new_tokens=6"],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = parse_observer(proc.stdout.decode(errors="replace"))
+    assert {"prompt_tokens", "generated_tokens", "inference_start_ms", "first_token_ms",
+            "inference_end_ms", "SCALING_FACTOR_UNITS_PER_SECOND"} <= stats.keys()
+    assert stats["prompt_tokens"] == len("Hello there, how are you".encode())  # byte tokenizer
+    s = make_runner(str(out), "executorch-llm-runner", 1).generate([], "Hello there, how are you", 6)
+    assert s["observer"].keys() == stats.keys() and s["prompt_tokens"] == stats["prompt_tokens"]
+    assert s["generated_tokens"] == stats["generated_tokens"] + 1 <= 6
+
+
+def test_interleaved_run_reports_each_artifact_in_its_own_process(exports, tmp_path):
+    arts = {"et": str(exports["executorch"]), "onnx": str(exports["onnx"]),
+            "et2": str(exports["executorch"])}
+    r = run_bench(arts, BenchConfig(prompt_len=12, gen_len=6, runs=3, warmup=1, threads=1),
+                  baseline="et")
+    assert list(r["artifacts"]) == ["et", "onnx", "et2"] and r["baseline"] == "et"
+    pids = {a["load"]["pid"] for a in r["artifacts"].values()}
+    assert len(pids) == 3                                   # one worker process each
+    for name, a in r["artifacts"].items():
+        assert len(a["samples"]) == 3 and a["summary"]["tpot_ms"]["n"] == 3
+        assert all(s["generated_tokens"] == 6 and s["prompt_tokens"] == 12 for s in a["samples"])
+        assert a["summary"]["tpot_ms"]["min"] <= a["summary"]["tpot_ms"]["median"] <= \
+            a["summary"]["tpot_ms"]["max"]
+        assert a["peak_rss_mb"] > 50
+    assert r["ratios"]["et"] == {"ttft": 1.0, "ttft_paired": 1.0, "tpot": 1.0, "tpot_paired": 1.0}
+    assert r["artifacts"]["et"]["samples"][0]["tokens"] == r["artifacts"]["et2"]["samples"][0]["tokens"]
+    assert len(r["prompt_ids"]) == 12 and r["host_loadavg_before"] is not None
+    assert r["device_before"]["logical_cores"] >= 1 and "cpu" in r["device_before"]
+
+
+def test_cli_writes_json_markdown_and_plot(exports, tmp_path, capsys):
+    rc = bench_main([f"a={exports['executorch']}", f"b={exports['onnx']}", "--runs", "2",
+                     "--prompt-len", "8", "--gen-len", "4", "--threads", "1",
+                     "--out", str(tmp_path), "--baseline", "b"])
+    assert rc == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["baseline"] == "b" and result["ratios"]["b"]["tpot"] == 1.0
+    assert result["config"]["threads"] == 1 and result["config"]["prompt_len"] == 8
+    table = (tmp_path / "bench.md").read_text()
+    assert "| a | executorch |" in table and "| b | ort-genai |" in table
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["/nonexistent/export"], "does not exist"),
+    (["{et}", "--baseline", "zzz"], "baseline 'zzz'"),
+    (["x={et}", "x={et}"], "two artifacts are named"),
+    (["{et}", "--gen-len", "1"], "--gen-len >= 2"),
+    (["{et}", "--device", "android"], "needs a native runner"),
+    (["{et}", "--device", "toaster"], "unknown device"),
+    (["{et}", "--gen-len", "200"], "exceed the export's max_seq_len"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(exports, tmp_path, capsys, argv, message):
+    argv = [a.format(et=exports["executorch"]) for a in argv] + ["--out", str(tmp_path)]
+    assert bench_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("flora-bench: error:") and message in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_coreml_engine_is_an_extension_point(exports):
+    with pytest.raises(FloraError, match="Core ML prediction needs macOS"):
+        make_runner(str(exports["executorch"]), "coreml", 1)
