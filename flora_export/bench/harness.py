@@ -139,7 +139,7 @@ def ratios(arts: dict, baseline: str) -> dict:
         for m in ("ttft_ms", "tpot_ms"):
             key = m[:-3]
             row[key] = ratio(a["summary"][m]["median"], base["summary"][m]["median"])
-            pairs = [s[m] / b[m] for s, b in zip(a["samples"], base["samples"]) if b[m]]
+            pairs = [s[m] / b[m] for s, b in zip(a["samples"], base["samples"]) if b[m] and s[m]]
             row[f"{key}_paired"] = round(statistics.median(pairs), 3) if pairs else None
         out[name] = row
     return out

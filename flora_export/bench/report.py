@@ -12,7 +12,13 @@ log = logging.getLogger(__name__)
 
 
 def _fmt(s: dict, digits: int = 1) -> str:
+    if s["median"] is None:
+        return "–"
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+
+
+def _num(x, digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def markdown(result: dict) -> str:
@@ -28,9 +34,9 @@ def markdown(result: dict) -> str:
     for name, a in result["artifacts"].items():
         s, r = a["summary"], result["ratios"][name]
         lines.append(f"| {name} | {a['load'].get('engine')} | {_fmt(s['ttft_ms'])} | "
-                     f"{_fmt(s['tpot_ms'], 2)} | {s['prefill_tps']['median']:.0f} | "
-                     f"{s['decode_tps']['median']:.1f} | {a.get('peak_rss_mb') or '–'} | "
-                     f"{r['ttft']:.3f} | {r['tpot']:.3f} |")
+                     f"{_fmt(s['tpot_ms'], 2)} | {_num(s['prefill_tps']['median'], 0)} | "
+                     f"{_num(s['decode_tps']['median'], 1)} | {a.get('peak_rss_mb') or '–'} | "
+                     f"{_num(r['ttft'], 3)} | {_num(r['tpot'], 3)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -58,8 +64,9 @@ def plot(result: dict, path: Path, title: str | None = None) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(names) + 4), 4.2))
     for ax, metric, label in zip(axes, ("ttft_ms", "tpot_ms"), ("TTFT (ms)", "TPOT (ms)")):
         s = [result["artifacts"][n]["summary"][metric] for n in names]
-        med = [x["median"] for x in s]
-        err = [[m - x["min"] for m, x in zip(med, s)], [x["max"] - m for m, x in zip(med, s)]]
+        med = [x["median"] or 0.0 for x in s]
+        err = [[m - (x["min"] or m) for m, x in zip(med, s)],
+               [(x["max"] or m) - m for m, x in zip(med, s)]]
         ax.bar(range(len(names)), med, yerr=err, capsize=4,
                color=["#888" if n == result["baseline"] else "#3b7dd8" for n in names])
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")

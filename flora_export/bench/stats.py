@@ -29,9 +29,10 @@ def sample(t_start: float, stamps: list[float], prompt_tokens: int) -> dict:
 
 
 def _figures(ttft_ms: float, tpot_ms: float, prompt_tokens: int, generated: int) -> dict:
+    # A 0 ms interval (ms-resolution runner stats on a tiny model) has no finite rate.
     return {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms,
-            "prefill_tps": prompt_tokens / ttft_ms * 1e3 if ttft_ms > 0 else math.inf,
-            "decode_tps": 1e3 / tpot_ms if tpot_ms > 0 else math.inf,
+            "prefill_tps": prompt_tokens / ttft_ms * 1e3 if ttft_ms > 0 else None,
+            "decode_tps": 1e3 / tpot_ms if tpot_ms > 0 else None,
             "prompt_tokens": prompt_tokens, "generated_tokens": generated}
 
 
@@ -71,9 +72,12 @@ def runner_peak_rss_mb(text: str) -> float | None:
     return max(values) if values and max(values) > 0 else None
 
 
-def summarize(values: list[float]) -> dict:
-    """Median and spread of one metric over the measured runs."""
-    vals = sorted(values)
+def summarize(values: list[float | None]) -> dict:
+    """Median and spread of one metric over the measured runs (undefined values skipped)."""
+    vals = sorted(v for v in values if v is not None and math.isfinite(v))
+    if not vals:
+        return {"median": None, "min": None, "max": None, "stdev": None, "spread_pct": None,
+                "n": 0}
     med = statistics.median(vals)
     return {"median": round(med, 3), "min": round(vals[0], 3), "max": round(vals[-1], 3),
             "stdev": round(statistics.stdev(vals), 3) if len(vals) > 1 else 0.0,
@@ -81,5 +85,5 @@ def summarize(values: list[float]) -> dict:
             "n": len(vals)}
 
 
-def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b else None
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
