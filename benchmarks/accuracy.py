@@ -7,10 +7,10 @@ task, seed, variant and width), evaluates it eagerly on the held-out split, expo
 with `flora-export`'s API (--target android, 8da4w: int8 dynamic activations, int4
 weights, group 32; FFBA fused, LoRA merged) and evaluates the `.pte` through the
 ExecuTorch runtime on the same examples. Budgets: LoRA r=8 on all 7 projections,
-FFBA width 38 on both sub-blocks, width 76 on one (77,824 trainable parameters each,
-checked below); full fine-tuning trains every weight.
+FFBA width 38 on both sub-blocks, width 76 on one (77,824 trainable parameters each);
+full fine-tuning trains every weight. `--methods` also takes ffba-attn.
 
-    python benchmarks/accuracy.py                        # 2 tasks x 5 methods x 3 seeds
+    python benchmarks/accuracy.py --jobs 3               # 2 tasks x 4 methods x 3 seeds
     python benchmarks/accuracy.py --tasks reverse --seeds 0 --methods ffba lora
 
 Trained runs and exports are cached in --work; the table (mean +- std over seeds)
@@ -177,7 +177,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["shift", "reverse"])
-    p.add_argument("--methods", nargs="+", default=list(RECIPE), choices=list(RECIPE))
+    p.add_argument("--methods", nargs="+", default=["ffba", "ffba-mlp", "lora", "full"],
+                   choices=list(RECIPE))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400, help="training steps per run")
     p.add_argument("--jobs", type=int, default=2, help="cells run in parallel (processes)")

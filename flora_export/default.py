@@ -64,10 +64,20 @@ def make_default_assets(base_dir: Path = DEFAULT_BASE, adapter_dir: Path = DEFAU
     adapter = load_recipe(RECIPES / "default-adapter.yaml",
                           [f"model.base={work / 'base'}", f"out={work / 'adapter'}", *overrides])
     adapter_metrics = train(adapter, progress=progress)
-    for src, dst in ((work / "base", Path(base_dir)), (work / "adapter", Path(adapter_dir))):
-        _replace_dir(src, dst)
+    for name, dst in (("base", Path(base_dir)), ("adapter", Path(adapter_dir))):
+        _record_recipe(work / name, f"default-{name}.yaml", overrides)
+        _replace_dir(work / name, dst)
     shutil.rmtree(work, ignore_errors=True)
     return {"base": base_metrics, "adapter": adapter_metrics}
+
+
+def _record_recipe(run_dir: Path, recipe: str, overrides) -> None:
+    """recipe.yaml as a user runs it (`flora-train recipes/...`), without temp paths."""
+    from .model.checkpoint import write_atomic
+    from .train.recipe import dump_recipe, load_recipe
+
+    write_atomic(run_dir / "recipe.yaml",
+                 dump_recipe(load_recipe(RECIPES / recipe, list(overrides))).encode())
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -262,7 +262,7 @@ class LlamaModel(nn.Module):
             if self.rope_cos is None:
                 raise RuntimeError("call setup_cache(max_seq) before cached inference")
             start = input_pos[0].item()
-            torch._check_is_size(start)
+            torch._check(start >= 0)
             torch._check(start + seq <= self.max_seq)
             cos = torch.narrow(self.rope_cos, 0, start, seq)
             sin = torch.narrow(self.rope_sin, 0, start, seq)
