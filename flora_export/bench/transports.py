@@ -272,7 +272,7 @@ class AdbTransport(_RemoteTransport):
         return proc
 
     def shell(self, cmd: str, check: bool = True) -> tuple[int, str]:
-        proc = self._adb("shell", f"{cmd}; echo __rc=$?", check=check)
+        proc = self._adb("shell", f"( {cmd} ) 2>&1; echo __rc=$?", check=check)
         out = proc.stdout + proc.stderr
         rc_line = out.rstrip().rsplit("__rc=", 1)
         rc = int(rc_line[1].split()[0]) if len(rc_line) == 2 and rc_line[1].split() else proc.returncode
