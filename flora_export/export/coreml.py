@@ -124,16 +124,15 @@ def convert(ep: torch.export.ExportedProgram, cfg, max_seq: int):
 
 def convert_from_fp16(model: nn.Module, cfg, max_seq: int):
     """Convert from fp16 weights (what the package stores; the converter then holds no fp32
-    copies). Returns (mlmodel, source dtype); the model is left with fp16-rounded fp32
-    weights. A graph that coremltools mistypes in fp16 (unmerged LoRA's zero segments) is
-    converted from those fp32 weights instead."""
+    copies). Returns (mlmodel, source dtype); the model's weights are left fp16-rounded
+    (call `model.float()` before running it). A graph that coremltools mistypes in fp16
+    (unmerged LoRA's zero segments) is converted from those weights in fp32 instead."""
     model.half()
     try:
         return convert(capture(model, max_seq), cfg, max_seq), "float16"
     except ValueError as e:
         log.warning("fp16 conversion failed (%s); converting from fp32", str(e)[:200])
-    finally:
-        model.float()
+    model.float()
     return convert(capture(model, max_seq), cfg, max_seq), "float32"
 
 
@@ -249,7 +248,7 @@ def load_package_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> 
         match = next((w for name, w in weights.items() if _weight_name(name) == key), None)
         if match is None:
             continue
-        param = nn.Parameter(match.reshape(module.weight.shape).to(module.weight.dtype),
+        param = nn.Parameter(match.reshape(module.weight.shape).float(),
                              requires_grad=False)
         module.weight = param
         if tied and module in (model.lm_head, model.embed_tokens):
@@ -295,12 +294,13 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
         with st("coreml-quantize"):
             mlmodel = quantize(mlmodel, ctx.quant, lora_consts(mlmodel))
             expected = len(quantizable_linears(model))
-            weights = dequantized_weights(mlmodel)
     with st("coreml-save"):
         set_metadata(mlmodel, app_metadata(model, max_seq, ctx.bos, ctx.eos, ctx.quant))
         mlmodel.save(str(out / PACKAGE))
         counts = check_package(out / PACKAGE, cfg, max_seq, expected)
     with st("coreml-reference"):
+        weights = dequantized_weights(mlmodel) if ctx.quant.quantizes else {}
+        del mlmodel
         reference = ctx.fp32_logits
         if ctx.quant.quantizes:
             loaded = load_package_weights(model, weights)
@@ -308,8 +308,9 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
                 raise FloraError(f"only {loaded} of the package's {expected} quantized weights "
                                  "map to the model's linears", "report this with the manifest inputs")
             del weights
-            reference = ctx.eager_logits(model)
+            reference = ctx.eager_logits(model.float())
         write_reference(out / REFERENCE, ctx, reference)
+    model.float()
     interface = counts.pop("interface")
     return {"files": [PACKAGE, REFERENCE], "counts": counts,
             "parity": parity_record(program, reference, ctx),
