@@ -80,3 +80,9 @@ def max_step_error(step, model, seed: int, prompt: int = 10, total: int = 20) ->
     got = [step(tokens[:, :prompt], torch.tensor([0]))]
     got += [step(tokens[:, i:i + 1], torch.tensor([i])) for i in range(prompt, total)]
     return (torch.stack(got) - ref[prompt - 1:]).abs().max().item()
+
+
+@pytest.fixture(scope="session")
+def bench_et_export(tiny_base, tiny_ffba, tmp_path_factory) -> Path:
+    """An fp32 ExecuTorch export of tiny_base + tiny_ffba, shared by the flora-bench tests."""
+    return fp32_export(tiny_base, tiny_ffba, "android", tmp_path_factory.mktemp("bench_et") / "et")[1]

@@ -21,9 +21,9 @@ pytest.importorskip("onnxruntime_genai")
 
 
 @pytest.fixture(scope="module")
-def exports(tiny_base, tiny_ffba, tmp_path_factory):
+def exports(tiny_base, tiny_ffba, bench_et_export, tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
-    return {"executorch": fp32_export(tiny_base, tiny_ffba, "android", root / "et")[1],
+    return {"executorch": bench_et_export,
             "onnx": fp32_export(tiny_base, tiny_ffba, "onnx", root / "onnx")[1],
             "base": tiny_base, "adapter": tiny_ffba}
 

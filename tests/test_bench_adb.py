@@ -23,7 +23,6 @@ import pytest
 
 from flora_export.bench import AdbTransport, BenchConfig, run_bench
 
-from conftest import fp32_export
 from fake_adbd import FakeAdbd
 
 pytest.importorskip("executorch")
@@ -71,10 +70,9 @@ def test_real_adb_client_talks_to_the_test_double(fake_phone, tmp_path):
     assert digest[0] == digest[1]
 
 
-def test_bench_over_adb_parses_the_runner_observer_line(fake_phone, tiny_base, tiny_ffba,
-                                                         tmp_path):
+def test_bench_over_adb_parses_the_runner_observer_line(fake_phone, bench_et_export, tmp_path):
     serial, daemon = fake_phone
-    out = fp32_export(tiny_base, tiny_ffba, "android", tmp_path / "et")[1]
+    out = bench_et_export
     runner = tmp_path / "llama_main"
     runner.write_text(f"#!/bin/sh\nexec env PYTHONPATH={ROOT} {sys.executable} -m "
                       "flora_export.bench.llama_main \"$@\"\n")

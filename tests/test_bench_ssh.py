@@ -21,8 +21,6 @@ import pytest
 
 from flora_export.bench import BenchConfig, SshTransport, run_bench
 
-from conftest import fp32_export
-
 pytest.importorskip("executorch")
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +72,8 @@ def loopback_sshd(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def et_export(tiny_base, tiny_ffba, tmp_path_factory):
-    return fp32_export(tiny_base, tiny_ffba, "android", tmp_path_factory.mktemp("ssh") / "et")[1]
+def et_export(bench_et_export):
+    return bench_et_export
 
 
 def _transport(sshd, **kw) -> SshTransport:
