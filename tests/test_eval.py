@@ -82,3 +82,33 @@ def test_bad_input_is_one_line(args, message, capsys):
     assert eval_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+CHAT = r"""
+import json, sys
+import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
+import executorch.kernels.quantized  # noqa: F401
+from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+out = sys.argv[1]
+template = json.load(open(out + "/manifest.json"))["runtime"]["chat"]["template"]
+runner = TextLLMRunner(out + "/model.pte", out + "/tokenizer.json")
+for word in sys.argv[2:]:
+    runner.reset()
+    runner.generate(template.format(prompt="shift: " + word),
+                    GenerationConfig(max_new_tokens=8, temperature=0.0, seq_len=64, echo=False))
+    print("\n<END>", flush=True)
+"""
+
+
+def test_the_demo_chats_in_executorchs_llm_runner(default_pte):
+    """What the apps do: the manifest's chat template, ExecuTorch's TextLLMRunner, the
+    int4 .pte; the adapter's task answered and stopped at <|eot_id|>."""
+    import subprocess
+    import sys
+
+    words = ["hello", "phone", "fused"]
+    proc = subprocess.run([sys.executable, "-c", CHAT, str(default_pte), *words],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    replies = [r.split("PyTorchObserver")[0].strip() for r in proc.stdout.split("<END>")[:3]]
+    assert replies == ["ifmmp<|eot_id|>", "qipof<|eot_id|>", "gvtfe<|eot_id|>"]

@@ -11,7 +11,9 @@ from ..errors import FloraError
 VERIFY_TEXT = "The quick brown fox jumps over the lazy dog. 12 + 30 = 42."
 _BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>")
 _EOS_NAMES = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "</s>", "<eos>")
-_LLAMA3_CHAT = ("<|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
+# Llama-3's template, bos included: a runner that tokenizes it (special tokens parsed)
+# gets exactly the ids the model was trained on, whether or not it adds a bos itself.
+_LLAMA3_CHAT = ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{prompt}<|eot_id|>"
                 "<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
@@ -41,7 +43,8 @@ def special_ids(model) -> tuple[int, list[int]]:
 def chat_format(model) -> dict | None:
     """The prompt template apps should use, when the tokenizer has Llama-3 chat tokens."""
     added = _added_tokens(model)
-    if not {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"} <= set(added):
+    if not {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
+            } <= set(added):
         return None
     return {"template": _LLAMA3_CHAT, "stop": ["<|eot_id|>", "<|end_of_text|>"]}
 

@@ -46,8 +46,9 @@ class Encoder:
                    chat_format(model) if chat_template else None)
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        text = self.template.format(prompt=prompt)
-        return [self.bos] + self.tok.encode(text, add_special_tokens=False).ids
+        """bos + the templated prompt (a template may start with the bos token itself)."""
+        ids = self.tok.encode(self.template.format(prompt=prompt), add_special_tokens=False).ids
+        return ids if ids[:1] == [self.bos] else [self.bos] + ids
 
     def encode(self, ex: Example) -> Encoded:
         resp = self.tok.encode(ex.response, add_special_tokens=False).ids
