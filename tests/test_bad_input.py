@@ -249,6 +249,11 @@ def test_no_base_check_accepts_foreign_adapter(capfd, base, foreign_adapter, out
     assert "another base" not in line
 
 
+def test_max_seq_too_short_for_verification(capfd, base, out):
+    refuse(capfd, out, "--model", str(base), "--max-seq", "24",
+           expect=("max_seq 24 cannot hold the verification sequence", "--max-seq"))
+
+
 def test_adapter_wrong_width(capfd, base, adapter, out):
     edit_json(adapter / ADAPTER_CONFIG, lambda c: c.update(width=16))
     refuse(capfd, out, "--model", str(base), "--adapter", str(adapter),

@@ -75,8 +75,8 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     qcfg = quant_config(config.quant)
     out = Path(out)
     check_out_dir(out, config.force)
-    _check_max_seq(model, config)
     bos, eos = special_ids(model)
+    _check_max_seq(model, config, len(verify_prompt(model, bos)))
     st = Stages(stage_names(target), progress)
     with st("fuse"):
         if isinstance(getattr(model, "adapter_config", None), FFBAConfig) and config.fuse_adapters:
@@ -99,11 +99,16 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     return manifest
 
 
-def _check_max_seq(model, config: ExportConfig) -> None:
+def _check_max_seq(model, config: ExportConfig, prompt_len: int) -> None:
     limit = model.config.max_position_embeddings
     if not 16 <= config.max_seq <= limit:
         raise FloraError(f"max_seq {config.max_seq} is outside [16, {limit}] for this model",
                          f"pass --max-seq between 16 and {limit}")
+    need = prompt_len + config.verify.decode_steps + 1
+    if config.max_seq < need:
+        raise FloraError(f"max_seq {config.max_seq} cannot hold the verification sequence "
+                         f"({prompt_len} prompt + {config.verify.decode_steps} decode tokens)",
+                         f"pass --max-seq {need} or more")
 
 
 def _manifest(model, row, qcfg, config, tmp: Path, fused: int, results: dict, st, bos, eos
