@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
+from .console import run_command
 from .errors import FloraError
 
 EPILOG = """\
@@ -56,13 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = run(args)
-    except FloraError as e:
-        print(f"flora-eval: error: {e}", file=sys.stderr)
-        return 2
+    return run_command("flora-eval", args.verbose, lambda: _evaluate(args))
+
+
+def _evaluate(args) -> int:
+    result = run(args)
     _print(result)
     if args.json:
         from .model.checkpoint import write_atomic

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from ..console import run_command
 from ..errors import FloraError
 
 EPILOG = """\
@@ -66,17 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _dispatch(args)
-    except FloraError as e:
-        print(f"flora-train: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("flora-train: interrupted; start the same command again to resume from the "
-              "last checkpoint", file=sys.stderr)
-        return 130
+    return run_command("flora-train", args.verbose, lambda: _dispatch(args),
+                       "interrupted; start the same command again to resume from the last "
+                       "checkpoint")
 
 
 def _dispatch(args) -> int:
