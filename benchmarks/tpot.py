@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from variants import VARIANTS, build_all, build_error  # noqa: E402
+from variants import VARIANTS, build_all, build_error  # noqa: E402,F401
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -77,7 +77,7 @@ def run_backend(backend: str, dirs: dict, args, bandwidth: float) -> dict:
     from flora_export.bench.report import markdown
 
     config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
-                         warmup=1, threads=args.threads)
+                         warmup=1, threads=args.threads, passes=args.passes)
     result = run_bench({k: str(v) for k, v in dirs.items()}, config, baseline="base",
                        progress=lambda m: print(m, flush=True))
     cfg = json.loads((dirs["base"] / "manifest.json").read_text())["model"]["config"]
@@ -91,9 +91,10 @@ def run_backend(backend: str, dirs: dict, args, bandwidth: float) -> dict:
     result["bandwidth_gbs"] = bandwidth
     result["bandwidth_bound"] = bound
     result["goals"] = goals(result, bound)
-    result["build_failures"] = {v: build_error(args.work, backend, v) for v in VARIANTS
+    result["build_failures"] = {v: build_error(args.work, backend, v) for v in args.variants
                                 if v not in dirs}
-    title = f"{args.preset} {backend}: TTFT/TPOT (median, min-max), {args.runs} interleaved runs"
+    title = (f"{args.preset} {backend}: TTFT/TPOT (median, min-max), {args.passes} x {args.runs} "
+             "interleaved runs")
     write_all(result, RESULTS, f"tpot-{backend}", title)
     print(f"\n## {backend}\n")
     print(markdown(result))
@@ -119,7 +120,12 @@ def main() -> None:
     p.add_argument("--with-executorch-peer", action="store_true",
                    help="also ExecuTorch's own export_llm (base and unfused LoRA r=16); "
                         "~9 min and ~12 GB each for the 1B")
+    p.add_argument("--peers", nargs="+", default=["et-export", "et-export-lora"],
+                   choices=["et-export", "et-export-lora"],
+                   help="which ExecuTorch peer exports --with-executorch-peer builds and runs")
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--passes", type=int, default=2,
+                   help="fresh workers per pass, load order reversed (default 2)")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--gen-len", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
@@ -130,7 +136,7 @@ def main() -> None:
     dirs = build_all(args.preset, variants, args.backends, args.work, args.max_seq)
     if args.with_executorch_peer and "executorch" in args.backends:
         from executorch_peer import build_peers
-        dirs["executorch"].update(build_peers(args.preset, args.work, args.max_seq))
+        dirs["executorch"].update(build_peers(args.preset, args.work, args.max_seq, args.peers))
     if args.build_only:
         return
     from flora_export.bench.machine import memory_bandwidth_gbs

@@ -87,6 +87,10 @@ def build_all(preset: str, variants, backends, work: Path, max_seq: int) -> dict
         dirs[backend] = {}
         for variant in variants:
             out, logs = work / backend / variant, work / "logs" / f"{backend}-{variant}"
+            if logs.with_suffix(".error").exists() and not (out / "manifest.json").exists():
+                print(f"skipping {backend}/{variant}: its export failed before "
+                      f"(delete {logs.with_suffix('.error')} to retry)", flush=True)
+                continue
             if not (out / "manifest.json").exists():
                 print(f"building {backend}/{variant} -> {out}", flush=True)
                 try:

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="artifact name the ratios refer to (default: the first)")
     p.add_argument("--runs", type=int, default=5, help="measured runs per artifact (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs per artifact (default 1)")
+    p.add_argument("--passes", type=int, default=1,
+                   help="repeat with fresh worker processes, load order reversed each pass "
+                        "(cancels load-order effects; samples are pooled; default 1)")
     p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (default 64)")
     p.add_argument("--gen-len", type=int, default=64, help="generated tokens (default 64)")
     p.add_argument("--threads", type=int, default=2, help="runtime threads (default 2)")
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = parse_artifacts(args.artifacts)
         config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
                              warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown,
+                             passes=args.passes,
                              engine=args.engine)
         transport = make_transport(args.device, args.runner, args.ssh_port, args.ssh_identity,
                                    args.remote_python)

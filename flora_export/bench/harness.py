@@ -1,4 +1,4 @@
-"""Interleaved runs (A B A B ...), statistics and ratios to a baseline."""
+"""Interleaved runs (A B C, C B A, A B C ...), statistics and ratios to a baseline."""
 
 from __future__ import annotations
 
@@ -29,14 +29,15 @@ class BenchConfig:
     warmup: int = 1
     threads: int = 2
     cooldown_s: float = 0.0          # idle time between runs (phones: let the SoC cool)
+    passes: int = 1                  # >1: fresh workers per pass, load order reversed each pass
     engine: str | None = None        # None: each artifact's default engine
 
     def __post_init__(self):
         if self.gen_len < 2 or self.prompt_len < 1:
             raise FloraError("TPOT needs --gen-len >= 2 and TTFT --prompt-len >= 1",
                              "raise --gen-len / --prompt-len")
-        if self.runs < 1 or self.threads < 1:
-            raise FloraError("--runs and --threads must be >= 1", "pass positive values")
+        if self.runs < 1 or self.threads < 1 or self.passes < 1:
+            raise FloraError("--runs, --threads and --passes must be >= 1", "pass positive values")
 
 
 def prompt_for(specs: list[str], prompt_len: int) -> tuple[list[int], str]:
@@ -77,37 +78,55 @@ def run_bench(artifacts: dict[str, str], config: BenchConfig = BenchConfig(),
     ids, text = prompt_for(list(artifacts.values()), config.prompt_len)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     device_before, host_load_before = transport.describe(), loadavg()
-    sessions, samples, rss = {}, {name: [] for name in artifacts}, {}
+    samples, rss, infos = {name: [] for name in artifacts}, {}, {}
+    staged = {name: transport.stage(name, spec) for name, spec in artifacts.items()}
     try:
-        for name, spec in artifacts.items():
-            say(f"loading {name} ({spec})")
-            sessions[name] = transport.open(transport.stage(name, spec), config.engine,
-                                            config.threads)
-        order = list(artifacts)
+        for p in range(config.passes):
+            names = list(artifacts) if p % 2 == 0 else list(artifacts)[::-1]
+            _one_pass(names, staged, config, transport, (ids, text), samples, rss, infos, say,
+                      f"pass {p + 1}/{config.passes} " if config.passes > 1 else "")
+    finally:
+        transport.close()
+    device_after, host_load_after = transport.describe(), loadavg()
+    return _result(artifacts, config, baseline, ids, samples, infos, rss, started,
+                   transport, (device_before, device_after), (host_load_before, host_load_after))
+
+
+def _one_pass(names, staged, config, transport, prompt, samples, rss, infos, say, tag) -> None:
+    """Load every artifact in `names` order in its own session, run warm-up + runs
+    interleaved (A B C, C B A, ...), close the sessions (peak RSS: max over passes)."""
+    ids, text = prompt
+    sessions = {}
+    try:
+        for name in names:
+            say(f"{tag}loading {name} ({staged[name]})")
+            sessions[name] = transport.open(staged[name], config.engine, config.threads)
+            infos[name] = sessions[name].info
         for r in range(config.warmup + config.runs):
-            for name in order:
+            # A B C, C B A, A B C ...: each artifact takes every position in turn, so a
+            # penalty for running first (or last) in a round does not land on one artifact.
+            for name in (names if r % 2 == 0 else names[::-1]):
                 if config.cooldown_s:
                     time.sleep(config.cooldown_s)
                 s = sessions[name].run(ids, text, config.gen_len)
                 if r >= config.warmup:
                     samples[name].append(s)
-                    say(f"run {r - config.warmup + 1}/{config.runs} {name}: TTFT "
+                    say(f"{tag}run {r - config.warmup + 1}/{config.runs} {name}: TTFT "
                         f"{s['ttft_ms']:.1f} ms, TPOT {s['tpot_ms']:.2f} ms")
                 else:
-                    say(f"warm-up {r + 1}/{config.warmup} {name}")
+                    say(f"{tag}warm-up {r + 1}/{config.warmup} {name}")
     finally:
         for name, sess in sessions.items():
             try:
-                rss[name] = sess.close()
+                peak = sess.close().get("peak_rss_mb")
             except FloraError as e:
                 log.warning("closing %s: %s", name, e)
-        transport.close()
-    device_after, host_load_after = transport.describe(), loadavg()
-    return _result(artifacts, config, baseline, ids, samples, sessions, rss, started,
-                   transport, (device_before, device_after), (host_load_before, host_load_after))
+                continue
+            old = rss.get(name, {}).get("peak_rss_mb")
+            rss[name] = {"peak_rss_mb": max(filter(None, [old, peak]), default=None)}
 
 
-def _result(artifacts, config, baseline, ids, samples, sessions, rss, started, transport,
+def _result(artifacts, config, baseline, ids, samples, infos, rss, started, transport,
             device, host_load) -> dict:
     from .runners import read_manifest
 
@@ -119,7 +138,7 @@ def _result(artifacts, config, baseline, ids, samples, sessions, rss, started, t
     for name, spec in artifacts.items():
         manifest = None if spec.startswith("eager:") else read_manifest(Path(spec))
         out["artifacts"][name] = {
-            "spec": spec, "load": sessions[name].info, **rss.get(name, {}),
+            "spec": spec, "load": infos.get(name, {}), **rss.get(name, {}),
             "export": _export_summary(manifest),
             "summary": {m: summarize([s[m] for s in samples[name]]) for m in METRICS},
             "samples": samples[name]}
