@@ -44,37 +44,56 @@ def weight_bytes(path: Path, backend: str, cfg: dict) -> int:
 
 
 def goals(result: dict, bound: dict) -> list[str]:
-    """The issue's goals, as measured in this run."""
-    s = {n: a["summary"] for n, a in result["artifacts"].items()}
+    """The issue's goals, from this run's load-order-balanced ratios (plain ratios of
+    medians with a single pass)."""
     r = result["ratios"]
-    out = []
 
-    def med(n, m):
-        return s[n][m]["median"]
-    if "ffba-fused" in s:
-        out.append(f"FFBA-fused TPOT {r['ffba-fused']['tpot']:.3f}x base (goal <= 1.03), "
-                   f"TTFT {r['ffba-fused']['ttft']:.3f}x base (goal <= 1.05)")
-    if {"ffba-fused", "lora", "base"} <= s.keys():
-        over = med("lora", "tpot_ms") - med("base", "tpot_ms")
-        removed = (med("lora", "tpot_ms") - med("ffba-fused", "tpot_ms")) / over if over > 0 else None
-        out.append("FFBA-fused removes " + (f"{100 * removed:.0f}%" if removed is not None else
-                                           "n/a (LoRA shows no overhead in this run)") +
-                   f" of unmerged LoRA's TPOT overhead ({over:+.2f} ms; goal >= 90%)")
-    for peer, ours in (("et-export", "base"), ("et-export-lora", "lora")):
-        if peer in s and ours in s:
-            out.append(f"ours/{peer}: TPOT {med(ours, 'tpot_ms') / med(peer, 'tpot_ms'):.3f}, "
-                       f"TTFT {med(ours, 'ttft_ms') / med(peer, 'ttft_ms'):.3f} (goal <= 1)")
-    if "et-export-lora" in s and "et-export" in s:
+    def q(name, key):                     # name's TTFT/TPOT over base
+        return r[name].get(f"{key}_balanced") or r[name][key]
+    out = []
+    if "ffba-fused" in r:
+        out.append(f"FFBA-fused TPOT {q('ffba-fused', 'tpot'):.3f}x base (goal <= 1.03), "
+                   f"TTFT {q('ffba-fused', 'ttft'):.3f}x base (goal <= 1.05)")
+    if {"ffba-fused", "lora"} <= r.keys():
+        over = q("lora", "tpot") - 1
+        removed = (q("lora", "tpot") - q("ffba-fused", "tpot")) / over if over > 0 else None
+        out.append(f"unmerged LoRA TPOT {q('lora', 'tpot'):.3f}x base; FFBA-fused removes " +
+                   (f"{100 * removed:.0f}%" if removed is not None else "n/a") +
+                   " of its overhead (goal >= 90%)")
+    if "et-export" in r:
+        out.append(f"our base / ExecuTorch's export: TPOT {1 / q('et-export', 'tpot'):.3f}, "
+                   f"TTFT {1 / q('et-export', 'ttft'):.3f} (goal <= 1)")
+    if {"et-export-lora", "et-export"} <= r.keys():
         out.append(f"ExecuTorch's own LoRA/base TPOT: "
-                   f"{med('et-export-lora', 'tpot_ms') / med('et-export', 'tpot_ms'):.3f}")
+                   f"{q('et-export-lora', 'tpot') / q('et-export', 'tpot'):.3f}")
     if "base" in bound:
         out.append(f"base TPOT = {bound['base']['x_bound']:.2f}x the bandwidth bound (goal <= 1.2)")
     return out
 
 
-def run_backend(backend: str, dirs: dict, args, bandwidth: float) -> dict:
-    from flora_export.bench import BenchConfig, run_bench, write_all
+def report(backend: str, result: dict, args) -> None:
+    """Write tpot-BACKEND.{json,md,png} and print the tables."""
+    from flora_export.bench import write_all
     from flora_export.bench.report import markdown
+
+    result["goals"] = goals(result, result["bandwidth_bound"])
+    cfg = result["config"]
+    title = (f"{args.preset} {backend}: TTFT/TPOT (median, min-max), {cfg['passes']} x "
+             f"{cfg['runs']} interleaved runs")
+    write_all(result, RESULTS, f"tpot-{backend}", title)
+    print(f"\n## {backend}\n")
+    print(markdown(result))
+    print("| artifact | weight MB read / token | bound ms | TPOT / bound |\n|---|---|---|---|")
+    for name, b in result["bandwidth_bound"].items():
+        print(f"| {name} | {b['weight_bytes_per_token'] / 1e6:.0f} | {b['bound_ms']} | "
+              f"{b['x_bound']} |")
+    print(f"\nbandwidth {result['bandwidth_gbs']} GB/s; " + "; ".join(result["goals"]))
+    for v, err in result["build_failures"].items():
+        print(f"not measured: {v} (export failed: {err})")
+
+
+def run_backend(backend: str, dirs: dict, args, bandwidth: float) -> dict:
+    from flora_export.bench import BenchConfig, run_bench
 
     config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
                          warmup=1, threads=args.threads, passes=args.passes)
@@ -90,21 +109,21 @@ def run_backend(backend: str, dirs: dict, args, bandwidth: float) -> dict:
                        "x_bound": round(tpot / bound_ms, 2)}
     result["bandwidth_gbs"] = bandwidth
     result["bandwidth_bound"] = bound
-    result["goals"] = goals(result, bound)
     result["build_failures"] = {v: build_error(args.work, backend, v) for v in args.variants
                                 if v not in dirs}
-    title = (f"{args.preset} {backend}: TTFT/TPOT (median, min-max), {args.passes} x {args.runs} "
-             "interleaved runs")
-    write_all(result, RESULTS, f"tpot-{backend}", title)
-    print(f"\n## {backend}\n")
-    print(markdown(result))
-    print("| artifact | weight MB read / token | bound ms | TPOT / bound |\n|---|---|---|---|")
-    for name, b in bound.items():
-        print(f"| {name} | {b['weight_bytes_per_token'] / 1e6:.0f} | {b['bound_ms']} | "
-              f"{b['x_bound']} |")
-    print(f"\nbandwidth {bandwidth} GB/s; " + "; ".join(result["goals"]))
-    for v, err in result["build_failures"].items():
-        print(f"not measured: {v} (export failed: {err})")
+    report(backend, result, args)
+    return result
+
+
+def rereport(backend: str, args) -> dict:
+    """Recompute ratios and goals from a saved tpot-BACKEND.json (same samples, no runs)."""
+    from flora_export.bench.harness import ratios
+
+    result = json.loads((RESULTS / f"tpot-{backend}.json").read_text())
+    cfg = result["config"]
+    result["ratios"] = ratios(result["artifacts"], result["baseline"], cfg["runs"],
+                              cfg.get("passes", 1))
+    report(backend, result, args)
     return result
 
 
@@ -131,7 +150,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-seq", type=int, default=256)
     p.add_argument("--build-only", action="store_true", help="build (or reuse) the exports, stop")
+    p.add_argument("--report-only", action="store_true",
+                   help="recompute ratios, goals, tables and plots from the saved results")
     args = p.parse_args()
+    if args.report_only:
+        summarize({b: rereport(b, args) for b in args.backends
+                   if (RESULTS / f"tpot-{b}.json").exists()})
+        return
     variants = ["base"] + [v for v in args.variants if v != "base"]
     dirs = build_all(args.preset, variants, args.backends, args.work, args.max_seq)
     if args.with_executorch_peer and "executorch" in args.backends:
@@ -141,16 +166,20 @@ def main() -> None:
         return
     from flora_export.bench.machine import memory_bandwidth_gbs
 
-    summary = {}
+    results = {}
     for backend in args.backends:
         if "base" not in dirs[backend]:
             print(f"{backend}: the base export failed; nothing to compare")
             continue
         bandwidth = memory_bandwidth_gbs(args.threads)
-        result = run_backend(backend, dirs[backend], args, bandwidth)
-        summary[backend] = {"goals": result["goals"], "ratios": result["ratios"],
-                            "bandwidth_bound": result["bandwidth_bound"],
-                            "build_failures": result["build_failures"]}
+        results[backend] = run_backend(backend, dirs[backend], args, bandwidth)
+    summarize(results)
+
+
+def summarize(results: dict) -> None:
+    summary = {b: {k: r[k] for k in ("goals", "ratios", "bandwidth_gbs", "bandwidth_bound",
+                                     "build_failures", "host_loadavg_before",
+                                     "host_loadavg_after")} for b, r in results.items()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "tpot-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 

@@ -81,13 +81,13 @@ def test_llm_runner_stats_are_the_real_observer_line(exports):
 def test_interleaved_run_reports_each_artifact_in_its_own_process(exports, tmp_path):
     arts = {"et": str(exports["executorch"]), "onnx": str(exports["onnx"]),
             "et2": str(exports["executorch"])}
-    r = run_bench(arts, BenchConfig(prompt_len=12, gen_len=6, runs=3, warmup=1, threads=1),
-                  baseline="et")
+    r = run_bench(arts, BenchConfig(prompt_len=12, gen_len=6, runs=2, warmup=1, threads=1,
+                                    passes=2), baseline="et")
     assert list(r["artifacts"]) == ["et", "onnx", "et2"] and r["baseline"] == "et"
     pids = {a["load"]["pid"] for a in r["artifacts"].values()}
     assert len(pids) == 3                                   # one worker process each
     for name, a in r["artifacts"].items():
-        assert len(a["samples"]) == 3 and a["summary"]["tpot_ms"]["n"] == 3
+        assert len(a["samples"]) == 4 and a["summary"]["tpot_ms"]["n"] == 4   # 2 passes x 2
         assert all(s["generated_tokens"] == 6 and s["prompt_tokens"] == 12 for s in a["samples"])
         assert a["summary"]["tpot_ms"]["min"] <= a["summary"]["tpot_ms"]["median"] <= \
             a["summary"]["tpot_ms"]["max"]

@@ -142,13 +142,17 @@ def _result(artifacts, config, baseline, ids, samples, infos, rss, started, tran
             "export": _export_summary(manifest),
             "summary": {m: summarize([s[m] for s in samples[name]]) for m in METRICS},
             "samples": samples[name]}
-    out["ratios"] = ratios(out["artifacts"], baseline)
+    out["ratios"] = ratios(out["artifacts"], baseline, config.runs, config.passes)
     return out
 
 
-def ratios(arts: dict, baseline: str) -> dict:
-    """Per artifact: median TTFT/TPOT over the baseline's (and the median of the per-round
-    ratios, which pairs each run with the baseline's run of the same round)."""
+def ratios(arts: dict, baseline: str, runs: int | None = None, passes: int = 1) -> dict:
+    """Per artifact, TTFT and TPOT over the baseline's: the ratio of the medians; the median
+    of the per-round paired ratios (each run against the baseline's run of the same round);
+    with several passes, the ratio of medians within each pass and their geometric mean
+    (`*_balanced`), which cancels a penalty that depends on the load order (reversed
+    between passes), since each artifact is loaded first as often as last."""
+    import math
     import statistics
 
     base = arts[baseline]
@@ -160,6 +164,16 @@ def ratios(arts: dict, baseline: str) -> dict:
             row[key] = ratio(a["summary"][m]["median"], base["summary"][m]["median"])
             pairs = [s[m] / b[m] for s, b in zip(a["samples"], base["samples"]) if b[m] and s[m]]
             row[f"{key}_paired"] = round(statistics.median(pairs), 3) if pairs else None
+            if passes > 1 and runs:
+                per = []
+                for p in range(passes):
+                    mine = [s[m] for s in a["samples"][p * runs:(p + 1) * runs] if s[m]]
+                    ref = [s[m] for s in base["samples"][p * runs:(p + 1) * runs] if s[m]]
+                    if mine and ref:
+                        per.append(statistics.median(mine) / statistics.median(ref))
+                row[f"{key}_per_pass"] = [round(x, 3) for x in per]
+                row[f"{key}_balanced"] = (round(math.exp(sum(map(math.log, per)) / len(per)), 3)
+                                          if len(per) == passes else None)
         out[name] = row
     return out
 

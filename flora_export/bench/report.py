@@ -21,22 +21,32 @@ def _num(x, digits: int) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def _per_pass(r: dict) -> str:
+    per = r.get("tpot_per_pass")
+    if not per:
+        return "–"
+    return " / ".join(f"{x:.3f}" for x in per) + f" ({_num(r.get('tpot_balanced'), 3)})"
+
+
 def markdown(result: dict) -> str:
     """One row per artifact: medians (min–max), throughputs, peak RSS, ratios to baseline."""
     cfg, base = result["config"], result["baseline"]
-    lines = [f"prompt {cfg['prompt_len']} tokens, {cfg['gen_len']} generated, {cfg['runs']} "
+    passes = cfg.get("passes", 1)
+    runs = f"{passes} passes x {cfg['runs']}" if passes > 1 else f"{cfg['runs']}"
+    lines = [f"prompt {cfg['prompt_len']} tokens, {cfg['gen_len']} generated, {runs} "
              f"interleaved runs after {cfg['warmup']} warm-up, {cfg['threads']} threads, on "
-             f"{result['transport']}; ratios to `{base}`",
+             f"{result['transport']}; ratios (of medians) to `{base}`",
              "",
              "| artifact | engine | TTFT ms median (min–max) | TPOT ms median (min–max) | "
-             "prefill tok/s | decode tok/s | peak RSS MB | TTFT × | TPOT × |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "prefill tok/s | decode tok/s | peak RSS MB | TTFT × | TPOT × | TPOT × per pass "
+             "(balanced) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, a in result["artifacts"].items():
         s, r = a["summary"], result["ratios"][name]
         lines.append(f"| {name} | {a['load'].get('engine')} | {_fmt(s['ttft_ms'])} | "
                      f"{_fmt(s['tpot_ms'], 2)} | {_num(s['prefill_tps']['median'], 0)} | "
                      f"{_num(s['decode_tps']['median'], 1)} | {a.get('peak_rss_mb') or '–'} | "
-                     f"{_num(r['ttft'], 3)} | {_num(r['tpot'], 3)} |")
+                     f"{_num(r['ttft'], 3)} | {_num(r['tpot'], 3)} | {_per_pass(r)} |")
     return "\n".join(lines) + "\n"
 
 
