@@ -181,7 +181,9 @@ def summarize(results: dict) -> None:
                                      "build_failures", "host_loadavg_before",
                                      "host_loadavg_after")} for b, r in results.items()}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tpot-summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    path = RESULTS / "tpot-summary.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**old, **summary}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

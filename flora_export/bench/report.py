@@ -58,6 +58,7 @@ def write_json(result: dict, path: Path) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
