@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from ..console import run_command
 from ..errors import FloraError
 
 EPILOG = """\
@@ -88,29 +88,23 @@ def parse_artifacts(items: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s [%(levelname)s] %(message)s")
-    try:
-        from .harness import BenchConfig, run_bench
-        from .report import markdown, write_all
-        from .transports import make_transport
+    return run_command("flora-bench", args.verbose, lambda: _bench(args))
 
-        artifacts = parse_artifacts(args.artifacts)
-        config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
-                             warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown,
-                             passes=args.passes,
-                             engine=args.engine)
-        transport = make_transport(args.device, args.runner, args.ssh_port, args.ssh_identity,
-                                   args.remote_python)
-        result = run_bench(artifacts, config, transport, args.baseline,
-                           progress=lambda m: print(m, file=sys.stderr, flush=True))
-        paths = write_all(result, args.out, args.name)
-    except FloraError as e:
-        print(f"flora-bench: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("flora-bench: interrupted", file=sys.stderr)
-        return 130
+
+def _bench(args) -> int:
+    from .harness import BenchConfig, run_bench
+    from .report import markdown, write_all
+    from .transports import make_transport
+
+    artifacts = parse_artifacts(args.artifacts)
+    config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
+                         warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown,
+                         passes=args.passes, engine=args.engine)
+    transport = make_transport(args.device, args.runner, args.ssh_port, args.ssh_identity,
+                               args.remote_python)
+    result = run_bench(artifacts, config, transport, args.baseline,
+                       progress=lambda m: print(m, file=sys.stderr, flush=True))
+    paths = write_all(result, args.out, args.name)
     print(markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0

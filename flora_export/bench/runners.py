@@ -88,6 +88,19 @@ def _greedy(logits, vocab: int) -> int:
     return int(logits.reshape(-1, vocab)[-1].argmax())
 
 
+def _timed_greedy(step, prompt_ids: list[int], gen_len: int, vocab: int) -> dict:
+    """Prefill, then greedy decode steps; `step(ids, pos)` returns logits. Time stamps are
+    taken as each token is known (DESIGN.md §4)."""
+    t0 = time.perf_counter()
+    nxt, pos = _greedy(step(prompt_ids, 0), vocab), len(prompt_ids)
+    stamps, tokens = [time.perf_counter()], [nxt]
+    for _ in range(gen_len - 1):
+        nxt, pos = _greedy(step([nxt], pos), vocab), pos + 1
+        stamps.append(time.perf_counter())
+        tokens.append(nxt)
+    return {**sample(t0, stamps, len(prompt_ids)), "tokens": tokens}
+
+
 class ExecuTorchRunner(Runner):
     """The .pte through the ExecuTorch runtime; greedy argmax in Python (~0.1 ms/token)."""
 
@@ -120,16 +133,9 @@ class ExecuTorchRunner(Runner):
     def generate(self, prompt_ids, prompt_text, gen_len):
         torch, run = self.torch, self.method.execute
         self._check_length(len(prompt_ids) + gen_len)
-        t0 = time.perf_counter()
-        logits = run([torch.tensor([prompt_ids], dtype=torch.long), torch.tensor([0])])[0]
-        nxt, stamps, pos = _greedy(logits, self.vocab_size), [time.perf_counter()], len(prompt_ids)
-        tokens = [nxt]
-        for _ in range(gen_len - 1):
-            logits = run([torch.tensor([[nxt]], dtype=torch.long), torch.tensor([pos])])[0]
-            nxt, pos = _greedy(logits, self.vocab_size), pos + 1
-            stamps.append(time.perf_counter())
-            tokens.append(nxt)
-        return {**sample(t0, stamps, len(prompt_ids)), "tokens": tokens}
+        return _timed_greedy(
+            lambda ids, pos: run([torch.tensor([ids], dtype=torch.long), torch.tensor([pos])])[0],
+            prompt_ids, gen_len, self.vocab_size)
 
 
 class ExecuTorchLLMRunner(Runner):
@@ -257,16 +263,10 @@ class EagerRunner(Runner):
         torch = self.torch
         self._check_length(len(prompt_ids) + gen_len)
         with torch.inference_mode():
-            t0 = time.perf_counter()
-            logits = self.model(torch.tensor([prompt_ids]), torch.tensor([0]), last_only=True)
-            nxt, stamps, pos = _greedy(logits, self.vocab_size), [time.perf_counter()], len(prompt_ids)
-            tokens = [nxt]
-            for _ in range(gen_len - 1):
-                logits = self.model(torch.tensor([[nxt]]), torch.tensor([pos]), last_only=True)
-                nxt, pos = _greedy(logits, self.vocab_size), pos + 1
-                stamps.append(time.perf_counter())
-                tokens.append(nxt)
-        return {**sample(t0, stamps, len(prompt_ids)), "tokens": tokens}
+            return _timed_greedy(
+                lambda ids, pos: self.model(torch.tensor([ids]), torch.tensor([pos]),
+                                            last_only=True),
+                prompt_ids, gen_len, self.vocab_size)
 
 
 class CoreMLRunner(Runner):
