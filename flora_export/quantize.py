@@ -56,13 +56,13 @@ def quant_config(name: str) -> QuantConfig:
     return QUANT_MODES[name]
 
 
-def _is_lora_half(fqn: str) -> bool:
+def is_lora_half(fqn: str) -> bool:
     return ".lora_A." in f".{fqn}." or ".lora_B." in f".{fqn}."
 
 
 def quantizable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [(fqn, m) for fqn, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not _is_lora_half(fqn)]
+            if isinstance(m, nn.Linear) and not is_lora_half(fqn)]
 
 
 def check_quantizable(model: nn.Module, cfg: QuantConfig) -> None:
@@ -100,7 +100,7 @@ def quantize(model: nn.Module, cfg: QuantConfig) -> nn.Module:
                if cfg.dynamic_activations else
                IntxWeightOnlyConfig(weight_dtype=wdtype, granularity=granularity))
     quantize_(model, lin_cfg,
-              filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and not _is_lora_half(fqn))
+              filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and not is_lora_half(fqn))
     if cfg.group_size:
         _round_group_scales_to_bf16(model)
     log.info("quantized %d linears (%s)", count_quantized_linears(model), cfg.name)

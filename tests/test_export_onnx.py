@@ -131,6 +131,20 @@ def test_int8_onnx(tmp_path):
     assert m["parity"]["passed"]
 
 
+def test_unmerged_lora_onnx_keeps_lora_halves_float(tmp_path):
+    """As on ExecuTorch: one MatMulNBits per base projection + head, LoRA A/B in float."""
+    from flora_export.adapters import LoraConfig, attach_lora
+    from conftest import randomize_adapter
+
+    model = load_model("tiny")
+    attach_lora(model, LoraConfig(rank=16, alpha=32.0))
+    randomize_adapter(model, std=0.02)
+    m = export(model, "onnx", tmp_path / "lora", ExportConfig(quant="8da4w", max_seq=64))
+    assert m["counts"]["matmulnbits"] == 4 * LAYERS + 1
+    assert m["counts"]["float_weight_matmuls"] == 2 * 7 * LAYERS
+    assert m["parity"]["passed"] and m["adapter"]["state"] == "unmerged"
+
+
 @pytest.mark.parametrize("breakage", ["nan-weights", "foreign-adapter", "bad-quant"])
 def test_onnx_target_bad_input_fails_cleanly(breakage, tiny_ffba, tmp_path, capfd):
     """The ONNX target shares the loading checks: one clear line, exit 2, nothing written."""

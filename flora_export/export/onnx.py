@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..model.llama import ExplicitKV
+from ..quantize import is_lora_half
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +210,10 @@ def weight_owners(path: Path) -> dict[str, str]:
     return owners
 
 
-def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4) -> None:
-    """Replace constant-weight MatMuls (and the embedding Gather) with N-bit block ops."""
+def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
+             keep_float: tuple[str, ...] = ()) -> None:
+    """Replace constant-weight MatMuls (and the embedding Gather) with N-bit block ops,
+    except the nodes named in `keep_float` (unmerged LoRA halves, as on ExecuTorch)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -219,7 +222,8 @@ def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4) ->
     quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=block_size,
                                      is_symmetric=True, accuracy_level=accuracy_level,
                                      op_types_to_quantize=ops,
-                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
+                                     quant_axes=(("MatMul", 0), ("Gather", 1)),
+                                     nodes_to_exclude=list(keep_float))
     quantizer.process()
     _save(quantizer.model.model, path)
 
@@ -389,7 +393,8 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
                  "accuracy_level": 4, "embedding": "GatherBlockQuantized" if bits == 4 else None}
         with st("quantize"):
             _drop_weights(model)           # refilled from the file below: frees one copy
-            quantize(path, bits, block)
+            quantize(path, bits, block, keep_float=tuple(
+                node for node, owner in owners.items() if is_lora_half(owner)))
             counts = node_counts(path)
             check_quantized_count(counts["matmulnbits"], expected, "ONNX model")
         with st("quant-reference"):
