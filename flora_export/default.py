@@ -54,8 +54,12 @@ def write_architecture(path: Path, seed: int = 0) -> Path:
 def make_default_assets(base_dir: Path = DEFAULT_BASE, adapter_dir: Path = DEFAULT_ADAPTER,
                         overrides: list[str] = (), progress: bool = True) -> dict:
     """Train the base and the adapter with the committed recipes; install them."""
+    from .errors import FloraError
     from .train import load_recipe, train
 
+    if not (RECIPES / "default-base.yaml").is_file():
+        raise FloraError(f"the recipes are not at {RECIPES}",
+                         "run this from a source checkout (pip install -e .)")
     work = Path(tempfile.mkdtemp(prefix="flora-default-"))
     arch = write_architecture(work / "arch")
     base = load_recipe(RECIPES / "default-base.yaml",
