@@ -98,13 +98,23 @@ def _replace_dir(src: Path, dst: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-if __name__ == "__main__":
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="recipe override applied to both runs")
     args = parser.parse_args()
-    m = make_default_assets(overrides=args.overrides)
-    print(f"wrote {DEFAULT_BASE} (held-out accuracy {m['base']['eval']['accuracy']:.1%}) and "
-          f"{DEFAULT_ADAPTER} (base {m['adapter']['eval_before']['accuracy']:.1%} -> adapter "
-          f"{m['adapter']['eval']['accuracy']:.1%} on its task)")
+
+    def body() -> int:
+        m = make_default_assets(overrides=args.overrides)
+        print(f"wrote {DEFAULT_BASE} (held-out accuracy {m['base']['eval']['accuracy']:.1%}) "
+              f"and {DEFAULT_ADAPTER} (base {m['adapter']['eval_before']['accuracy']:.1%} -> "
+              f"adapter {m['adapter']['eval']['accuracy']:.1%} on its task)")
+        return 0
+
+    from .console import run_command
+    return run_command("python -m flora_export.default", False, body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
