@@ -12,7 +12,6 @@ peak RSS are its own; a directory that already holds a manifest is reused.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -26,22 +25,12 @@ LORA_RANK = 16
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def trainable(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def budget_width(preset: str, rank: int = LORA_RANK) -> int:
     """The FFBA width whose trainable parameters match LoRA r=`rank` on all 7 projections."""
-    from flora_export import FFBAConfig, LoraConfig, attach_ffba, attach_lora
-    from flora_export.model import PRESETS, random_model
+    from flora_export.model import PRESETS
+    from flora_export.train.budget import ffba_width_for_lora
 
-    cfg = dataclasses.replace(PRESETS[preset], num_hidden_layers=1, vocab_size=256,
-                              bos_token_id=0, eos_token_ids=(1,))
-    lora = random_model(cfg)
-    attach_lora(lora, LoraConfig(rank=rank, alpha=2.0 * rank))
-    ffba = random_model(cfg)
-    attach_ffba(ffba, FFBAConfig(width=1))
-    return round(trainable(lora) / trainable(ffba))
+    return ffba_width_for_lora(PRESETS[preset], rank).ffba_width
 
 
 def _randomize(model, seed: int = 1, std: float = 0.02) -> None:
