@@ -22,6 +22,15 @@ def write_base(path: Path, cfg=None, seed: int = 0, dtype=None) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def randomize_adapter(model, seed: int = 0, std: float = 0.05) -> None:
     """Give every adapter weight random values (a fresh adapter is a no-op: B = 0)."""
     gen = torch.Generator().manual_seed(seed)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 
 from flora_export.bench import AdbTransport, BenchConfig, run_bench
 
+from conftest import free_port
 from fake_adbd import FakeAdbd
 
 pytest.importorskip("executorch")
@@ -31,17 +31,11 @@ pytestmark = pytest.mark.skipif(shutil.which("adb") is None,
                                 reason="needs the adb client (apt-get install adb; .ci/run does)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def fake_phone(tmp_path_factory):
     """(serial, fake adbd) with a private adb server; the 'device' is this host."""
     daemon = FakeAdbd(tmp_path_factory.mktemp("fake-device"))
-    env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(_free_port())}
+    env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(free_port())}
     mp = pytest.MonkeyPatch()
     mp.setenv("ANDROID_ADB_SERVER_PORT", env["ANDROID_ADB_SERVER_PORT"])
     subprocess.run(["adb", "start-server"], env=env, capture_output=True, timeout=60)
