@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .errors import FloraError
 from .train.data import IGNORE, Encoder
 from .train.tasks import Example
-from .verify import Step, eager_step
+from .verify import Step, eager_step, run_steps
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,9 @@ def score_steps(step: Step, encoder: Encoder, examples: list[Example], show: int
 
 
 def _teacher_forced(step: Step, prompt: list[int], target: list[int]) -> torch.Tensor:
-    out = [step(torch.tensor([prompt]), torch.tensor([0]))]
-    for i, tok in enumerate(target[:-1]):
-        out.append(step(torch.tensor([[tok]]), torch.tensor([len(prompt) + i])))
-    return torch.stack(out).float()
+    """Logits predicting each target token: a prefill, then one decode step per token."""
+    tokens = torch.tensor([prompt + target])
+    return torch.stack(run_steps(step, tokens, len(prompt), len(target) - 1)).float()
 
 
 def generate(step: Step, prompt: list[int], max_new: int, stop_ids: set[int]) -> list[int]:
