@@ -1,0 +1,33 @@
+package dev.flora.chat.core
+
+/**
+ * The model behind the chat and the benchmark: ExecuTorch's LlmModule in the app
+ * (ExecuTorchEngine), a scripted engine in unit tests. Calls come from one worker
+ * thread, except `stop`, which the UI thread may call during `generate`.
+ */
+interface LlmEngine : AutoCloseable {
+    /** Load the program; returns the load time in milliseconds. */
+    fun load(): Double
+
+    /**
+     * Generate up to `maxNewTokens` tokens after `prompt` (blocking). Pieces of text
+     * stream to `listener` on the calling thread; the runner's stats JSON arrives last.
+     * Starts from an empty context (the whole conversation is in `prompt`).
+     */
+    fun generate(
+        prompt: String,
+        maxNewTokens: Int,
+        listener: GenerationListener,
+    )
+
+    /** Ask a running `generate` to return early (thread-safe). */
+    fun stop()
+}
+
+interface GenerationListener {
+    fun onToken(piece: String)
+
+    fun onStats(json: String) {}
+
+    fun onError(message: String) {}
+}
