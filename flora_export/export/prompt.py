@@ -46,7 +46,10 @@ def chat_format(model) -> dict | None:
     if not {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
             } <= set(added):
         return None
-    return {"template": _LLAMA3_CHAT, "stop": ["<|eot_id|>", "<|end_of_text|>"]}
+    # `bos` starts only the first turn: apps that send a whole conversation repeat the
+    # template without it after each reply + stop[0] (android_demo's ChatFormat does).
+    return {"template": _LLAMA3_CHAT, "stop": ["<|eot_id|>", "<|end_of_text|>"],
+            "bos": "<|begin_of_text|>"}
 
 
 def verify_prompt(model, bos: int) -> list[int]:
