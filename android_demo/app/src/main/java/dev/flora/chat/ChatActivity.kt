@@ -38,6 +38,7 @@ class ChatActivity : Activity() {
     private var session: ChatSession? = null
     private var entries: List<ModelEntry> = emptyList()
     private var stopRequested = false
+    private var loadedDir: String? = null
 
     private lateinit var picker: Spinner
     private lateinit var info: TextView
@@ -96,6 +97,7 @@ class ChatActivity : Activity() {
             info.text = entry.label
             return
         }
+        if (entry.dir.path == loadedDir && engine != null) return
         engine?.stop()
         val old = engine
         engine = null
@@ -111,6 +113,7 @@ class ChatActivity : Activity() {
                 result
                     .onSuccess { ms ->
                         engine = next
+                        loadedDir = entry.dir.path
                         session = ChatSession(manifest.chat, manifest.maxSeqLen)
                         info.text = getString(R.string.loaded, manifest.label, ms)
                         newChat()
