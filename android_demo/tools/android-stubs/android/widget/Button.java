@@ -1,0 +1,8 @@
+// Compile-only stub of the Android framework API (real signatures, no behaviour): see android_demo/tools/README.md.
+package android.widget;
+
+import android.content.Context;
+
+public class Button extends TextView {
+    public Button(Context context) { super(context); throw new RuntimeException("Stub!"); }
+}

@@ -1,0 +1,9 @@
+// Compile-only stub of the Android framework API (real signatures, no behaviour): see android_demo/tools/README.md.
+package android.widget;
+
+import android.content.Context;
+
+public class ScrollView extends FrameLayout {
+    public ScrollView(Context context) { super(context); throw new RuntimeException("Stub!"); }
+    public boolean fullScroll(int direction) { throw new RuntimeException("Stub!"); }
+}

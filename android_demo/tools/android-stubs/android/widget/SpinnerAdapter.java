@@ -1,0 +1,5 @@
+// Compile-only stub of the Android framework API (real signatures, no behaviour): see android_demo/tools/README.md.
+package android.widget;
+
+public interface SpinnerAdapter extends Adapter {
+}
