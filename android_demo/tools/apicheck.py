@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import zipfile
@@ -52,7 +53,9 @@ class FrameworkDB:
             with tempfile.TemporaryDirectory() as tmp:
                 run(["javac", "-nowarn", "-cp", tools.jadx_jar, "-d", tmp, DUMPER], "javac ApiDump")
                 text = run(["java", "-cp", f"{tools.jadx_jar}:{tmp}", "ApiDump"], "ApiDump").stdout
-            DB_CACHE.write_text(f"# {stamp}\n{text}")
+            tmp_file = DB_CACHE.with_name(f".{DB_CACHE.name}.{os.getpid()}")
+            tmp_file.write_text(f"# {stamp}\n{text}")
+            tmp_file.replace(DB_CACHE)  # atomic: a concurrent reader never sees half a file
         return cls.parse(DB_CACHE.read_text())
 
     @classmethod
@@ -237,12 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("path", type=Path, help="an .apk or a .dex")
     ap.add_argument("--app-package",
                     help="package of the app's own classes (default: namespace in app/build.gradle.kts)")
+    ap.add_argument("--activity", action="append", default=None, metavar="CLASS",
+                    help="check this activity class instead of the manifest's (repeatable)")
     ap.add_argument("--no-manifest", action="store_true", help="skip the manifest activity check")
     ap.add_argument("--json", type=Path, help="also write the report as JSON here")
     ap.add_argument("-v", "--verbose", action="store_true", help="list every android ref")
     args = ap.parse_args(argv)
     try:
-        report = check(args.path, args.app_package, () if args.no_manifest else None)
+        activities = () if args.no_manifest else tuple(args.activity) if args.activity else None
+        report = check(args.path, args.app_package, activities)
     except ToolError as e:
         return fail("apicheck", e)
     if args.verbose:
