@@ -95,3 +95,30 @@ def max_step_error(step, model, seed: int, prompt: int = 10, total: int = 20) ->
 def bench_et_export(tiny_base, tiny_ffba, tmp_path_factory) -> Path:
     """An fp32 ExecuTorch export of tiny_base + tiny_ffba, shared by the flora-bench tests."""
     return fp32_export(tiny_base, tiny_ffba, "android", tmp_path_factory.mktemp("bench_et") / "et")[1]
+
+
+@pytest.fixture(scope="session")
+def fake_phone(tmp_path_factory):
+    """(serial, FakeAdbd): the real `adb` client, on a private adb server port, connected to
+    tests/fake_adbd.py, a TEST DOUBLE of a device whose shell commands run on this host."""
+    import os
+    import shutil
+    import subprocess
+
+    from fake_adbd import FakeAdbd
+
+    if shutil.which("adb") is None:
+        pytest.skip("needs the adb client (apt-get install adb; .ci/run does)")
+    daemon = FakeAdbd(tmp_path_factory.mktemp("fake-device"))
+    env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(free_port())}
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ANDROID_ADB_SERVER_PORT", env["ANDROID_ADB_SERVER_PORT"])
+    subprocess.run(["adb", "start-server"], env=env, capture_output=True, timeout=60)
+    serial = f"127.0.0.1:{daemon.port}"
+    out = subprocess.run(["adb", "connect", serial], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert "connected" in out.stdout, out.stdout + out.stderr
+    yield serial, daemon
+    subprocess.run(["adb", "kill-server"], env=env, capture_output=True, timeout=60)
+    mp.undo()
+    daemon.close()

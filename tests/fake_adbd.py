@@ -6,7 +6,8 @@ SEND/DATA/DONE, RECV, QUIT) for the real Debian `adb` client to `connect`, `shel
 `push` and `pull` against 127.0.0.1. Shell commands run on THIS machine with /bin/sh,
 with a fake `getprop` (canned "FakePhone" properties) first on PATH. It exists to test
 flora-bench's adb transport end to end on a machine that has no phone or emulator;
-every figure it yields is this host's, not a phone's.
+every figure it yields is this host's, not a phone's. `add_command` puts more fake
+device commands on that PATH (tests/fake_flora_app.py installs `am`, `pm`, `pidof`).
 """
 
 from __future__ import annotations
@@ -38,18 +39,24 @@ class FakeAdbd:
 
     def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
-        bindir = self.workdir / "fake-bin"
-        bindir.mkdir(parents=True, exist_ok=True)
+        self.bindir = self.workdir / "fake-bin"
+        self.bindir.mkdir(parents=True, exist_ok=True)
         cases = "".join(f'  {k}) echo "{v}";;\n' for k, v in PROPS.items())
-        (bindir / "getprop").write_text(f'#!/bin/sh\ncase "$1" in\n{cases}  *) echo;;\nesac\n')
-        (bindir / "getprop").chmod(0o755)
-        self.env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+        self.add_command("getprop", f'#!/bin/sh\ncase "$1" in\n{cases}  *) echo;;\nesac\n')
+        self.env = {**os.environ, "PATH": f"{self.bindir}:{os.environ['PATH']}"}
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(4)
         self.port = self.sock.getsockname()[1]
         self.shell_commands: list[str] = []
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def add_command(self, name: str, script: str) -> Path:
+        """An executable `name` (script text with its #! line) first on the device's PATH."""
+        path = self.bindir / name
+        path.write_text(script)
+        path.chmod(0o755)
+        return path
 
     def close(self) -> None:
         self.sock.close()

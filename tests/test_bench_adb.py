@@ -22,31 +22,10 @@ import pytest
 
 from flora_export.bench import AdbTransport, BenchConfig, run_bench
 
-from conftest import free_port
-from fake_adbd import FakeAdbd
-
 pytest.importorskip("executorch")
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("adb") is None,
                                 reason="needs the adb client (apt-get install adb; .ci/run does)")
-
-
-@pytest.fixture(scope="module")
-def fake_phone(tmp_path_factory):
-    """(serial, fake adbd) with a private adb server; the 'device' is this host."""
-    daemon = FakeAdbd(tmp_path_factory.mktemp("fake-device"))
-    env = {**os.environ, "ANDROID_ADB_SERVER_PORT": str(free_port())}
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ANDROID_ADB_SERVER_PORT", env["ANDROID_ADB_SERVER_PORT"])
-    subprocess.run(["adb", "start-server"], env=env, capture_output=True, timeout=60)
-    serial = f"127.0.0.1:{daemon.port}"
-    out = subprocess.run(["adb", "connect", serial], env=env, capture_output=True, text=True,
-                         timeout=60)
-    assert "connected" in out.stdout, out.stdout + out.stderr
-    yield serial, daemon
-    subprocess.run(["adb", "kill-server"], env=env, capture_output=True, timeout=60)
-    mp.undo()
-    daemon.close()
 
 
 def test_real_adb_client_talks_to_the_test_double(fake_phone, tmp_path):

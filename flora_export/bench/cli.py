@@ -20,6 +20,9 @@ examples:
   flora-bench base=out/base ffba=out/ffba --device android:R58M12345 \\
       --runner build-android/llama_main --cooldown 10
       on a phone over adb with ExecuTorch's llama_main (figures from PyTorchObserver)
+  flora-bench base=out/base ffba=out/ffba --device android --runner app --passes 2
+      on a phone with the flora chat app's benchmark mode (install android_demo's APK
+      first); one app launch per artifact and pass, load order reversed in pass 2
   flora-bench out/base --device ssh:pi@board.local --ssh-identity ~/.ssh/id_ed25519
       on a Linux ARM board over ssh (flora-export installed there, or pass --runner)
 
@@ -32,6 +35,15 @@ fixed and generation is forced to --gen-len tokens (EOS ignored), except for the
 ExecuTorch LLM runner and native runners, which stop at EOS (counts are recorded).
 Each artifact runs in its own process; peak RSS is that process's. Writes
 bench.json, bench.md and bench.png (needs matplotlib: pip install 'flora-export[bench]').
+
+--runner app (android): the export is pushed to /data/local/tmp/flora-bench and made
+readable (chmod -R a+rX), the prompt goes to a JSON file next to it, and
+dev.flora.chat/.BenchmarkActivity runs warm-up + runs in ONE launch per artifact
+(fresh process, model loaded once; contract: android_demo/README.md "Benchmark mode").
+Runs are therefore not interleaved across artifacts: use --passes 2 (or more) so
+each artifact runs first as often as last, and --cooldown for the phone's heat.
+Figures come from ExecuTorch's runner stats the app forwards (else the app's clock);
+peak RSS is the app process's VmHWM. The app picks its own thread count.
 """
 
 
@@ -58,8 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cooldown", type=float, default=0.0, metavar="S",
                    help="idle seconds before each run (phones: 5-30)")
     p.add_argument("--device", default="host", help="host (default), android[:SERIAL] or ssh:[USER@]HOST")
-    p.add_argument("--runner", help="native LLM runner to push and run on the device "
-                                    "(ExecuTorch's llama_main; required for android)")
+    p.add_argument("--runner", metavar="PATH|app",
+                   help="a native LLM runner to push and run on the device (ExecuTorch's "
+                        "llama_main; ssh: optional), or 'app' (android only): the flora chat "
+                        "app's benchmark mode (install android_demo's APK first). android "
+                        "needs one of the two")
+    p.add_argument("--app-timeout", type=float, metavar="S",
+                   help="--runner app: seconds to wait for one artifact's result (default "
+                        "600 + 0.5 s per prompt and generated token of every run)")
     p.add_argument("--ssh-port", type=int)
     p.add_argument("--ssh-identity")
     p.add_argument("--remote-python", default="python3",
@@ -101,7 +119,7 @@ def _bench(args) -> int:
                          warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown,
                          passes=args.passes, engine=args.engine)
     transport = make_transport(args.device, args.runner, args.ssh_port, args.ssh_identity,
-                               args.remote_python)
+                               args.remote_python, app_timeout_s=args.app_timeout)
     result = run_bench(artifacts, config, transport, args.baseline,
                        progress=lambda m: print(m, file=sys.stderr, flush=True))
     paths = write_all(result, args.out, args.name)

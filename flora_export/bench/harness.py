@@ -1,4 +1,10 @@
-"""Interleaved runs (A B C, C B A, A B C ...), statistics and ratios to a baseline."""
+"""Interleaved runs (A B C, C B A, A B C ...), statistics and ratios to a baseline.
+
+Sessions that can only run a whole batch (warm-up + runs in one go, like the flora chat
+app's benchmark mode: one launch per artifact) have `run_batch`; their artifacts run one
+batch after the other in the pass's load order instead of interleaved, and `--passes`
+(order reversed each pass) is what balances the order for them.
+"""
 
 from __future__ import annotations
 
@@ -94,7 +100,8 @@ def run_bench(artifacts: dict[str, str], config: BenchConfig = BenchConfig(),
 
 def _one_pass(names, staged, config, transport, prompt, samples, rss, infos, say, tag) -> None:
     """Load every artifact in `names` order in its own session, run warm-up + runs
-    interleaved (A B C, C B A, ...), close the sessions (peak RSS: max over passes)."""
+    interleaved (A B C, C B A, ...), close the sessions (peak RSS: max over passes).
+    Batch sessions (`run_batch`) run their whole batch each, in `names` order, first."""
     ids, text = prompt
     sessions = {}
     try:
@@ -102,7 +109,18 @@ def _one_pass(names, staged, config, transport, prompt, samples, rss, infos, say
             say(f"{tag}loading {name} ({staged[name]})")
             sessions[name] = transport.open(staged[name], config.engine, config.threads)
             infos[name] = sessions[name].info
-        for r in range(config.warmup + config.runs):
+        batch = [n for n in names if hasattr(sessions[n], "run_batch")]
+        for name in batch:
+            say(f"{tag}{name}: {config.warmup} warm-up + {config.runs} runs in one launch")
+            got = sessions[name].run_batch(ids, text, config.gen_len, config.warmup, config.runs,
+                                           config.cooldown_s)
+            samples[name].extend(got)
+            infos[name] = {**sessions[name].info, "schedule": "batch"}
+            for i, s in enumerate(got):
+                say(f"{tag}run {i + 1}/{config.runs} {name}: TTFT {_ms(s['ttft_ms'], 1)} ms, "
+                    f"TPOT {_ms(s['tpot_ms'], 2)} ms")
+        names = [n for n in names if n not in batch]
+        for r in range(config.warmup + config.runs if names else 0):
             # A B C, C B A, A B C ...: each artifact takes every position in turn, so a
             # penalty for running first (or last) in a round does not land on one artifact.
             for name in (names if r % 2 == 0 else names[::-1]):
@@ -124,6 +142,10 @@ def _one_pass(names, staged, config, transport, prompt, samples, rss, infos, say
                 continue
             old = rss.get(name, {}).get("peak_rss_mb")
             rss[name] = {"peak_rss_mb": max(filter(None, [old, peak]), default=None)}
+
+
+def _ms(x: float | None, digits: int) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def _result(artifacts, config, baseline, ids, samples, infos, rss, started, transport,

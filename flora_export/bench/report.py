@@ -33,8 +33,11 @@ def markdown(result: dict) -> str:
     cfg, base = result["config"], result["baseline"]
     passes = cfg.get("passes", 1)
     runs = f"{passes} passes x {cfg['runs']}" if passes > 1 else f"{cfg['runs']}"
+    batch = all(a["load"].get("schedule") == "batch" for a in result["artifacts"].values())
+    how = ("runs (one launch per artifact)" if batch else "interleaved runs")
+    threads = "the app's threads" if batch else f"{cfg['threads']} threads"
     lines = [f"prompt {cfg['prompt_len']} tokens, {cfg['gen_len']} generated, {runs} "
-             f"interleaved runs after {cfg['warmup']} warm-up, {cfg['threads']} threads, on "
+             f"{how} after {cfg['warmup']} warm-up, {threads}, on "
              f"{result['transport']}; ratios (of medians) to `{base}`",
              "",
              "| artifact | engine | TTFT ms median (min–max) | TPOT ms median (min–max) | "

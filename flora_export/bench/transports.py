@@ -7,6 +7,8 @@ load). Sessions:
                   locally or through `ssh HOST python3 -m flora_export.bench.worker`
   CommandSession  a native LLM runner (ExecuTorch's `llama_main` built for the device)
                   started once per run; its PyTorchObserver stats line gives the figures
+  AppSession      (android, `--runner app`) the flora chat app's benchmark mode: one
+                  launch per artifact runs warm-up + runs (a batch session, bench/app.py)
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from ..adb import AdbDevice
 from ..errors import FloraError
+from .app import RESULT_DIR, AppSession, check_installed
 from .machine import host_facts, loadavg
 from .runners import EAGER_PREFIX, read_manifest
 from .stats import observer_sample, parse_observer, runner_peak_rss_mb
 
 _ROOT = Path(__file__).resolve().parents[2]      # the directory that holds flora_export/
+APP_RUNNER = "app"                                # --runner app: the flora chat app (android)
 
 
 class WorkerSession:
@@ -163,7 +168,7 @@ class _RemoteTransport:
         self.shell(f"rm -rf {shlex.quote(remote)} && mkdir -p {shlex.quote(remote)}")
         self.push(Path(spec), remote)
         self.staged[remote] = Path(spec)
-        if self.runner and self.runner_remote is None:
+        if self.runner and self.runner != APP_RUNNER and self.runner_remote is None:
             self.runner_remote = f"{self.remote_dir}/{Path(self.runner).name}"
             self.push(Path(self.runner), self.runner_remote)
             self.shell(f"chmod 755 {shlex.quote(self.runner_remote)}")
@@ -244,50 +249,42 @@ class SshTransport(_RemoteTransport):
 
 
 class AdbTransport(_RemoteTransport):
-    """An Android device over adb: artifacts and the runner go to /data/local/tmp; each run
-    starts the runner (ExecuTorch's llama_main built with the NDK) and parses its
-    PyTorchObserver line. Device facts come from getprop and sysfs."""
+    """An Android device over adb: artifacts (and a native runner) go to /data/local/tmp.
+    With a runner binary (ExecuTorch's llama_main built with the NDK) each run starts it
+    and parses its PyTorchObserver line; with runner "app" the flora chat app's
+    benchmark mode runs each artifact (AppSession). Device facts: getprop and sysfs."""
 
     remote_dir = "/data/local/tmp/flora-bench"
+    app_result_dir = RESULT_DIR          # where the app writes its reports
+    app_poll_s = 1.0                     # how often to look for a report
     PROPS = ("ro.product.manufacturer", "ro.product.model", "ro.soc.manufacturer", "ro.soc.model",
              "ro.board.platform", "ro.product.cpu.abi", "ro.build.version.release",
              "ro.build.version.sdk")
 
     def __init__(self, serial: str | None = None, runner: str | None = None,
-                 runner_args: str = RUNNER_ARGS, adb: str = "adb"):
+                 runner_args: str = RUNNER_ARGS, adb: str = "adb",
+                 app_timeout_s: float | None = None):
         if not runner:
-            raise FloraError("--device android needs a native runner binary",
-                             "pass --runner PATH/TO/llama_main (built for arm64-v8a with the "
-                             "NDK; see benchmarks/README.md)")
+            raise FloraError("--device android needs a native runner or the flora chat app",
+                             "pass --runner app (the flora chat app, android_demo/README.md) or "
+                             "--runner PATH/TO/llama_main (built for arm64-v8a with the NDK; see "
+                             "benchmarks/README.md)")
         super().__init__(runner, runner_args)
-        self.base = [adb] + (["-s", serial] if serial else [])
+        self.device = AdbDevice(serial, adb)
         self.name = f"android:{serial}" if serial else "android"
-
-    def _adb(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*self.base, *args], capture_output=True, text=True, errors="replace")
-        if check and proc.returncode != 0:
-            raise FloraError(f"adb {' '.join(args[:2])} failed: "
-                             f"{(proc.stderr or proc.stdout).strip()[-300:]}",
-                             "check `adb devices` and --device android:SERIAL")
-        return proc
+        self.app_timeout_s, self.app_apk = app_timeout_s, None
 
     def shell(self, cmd: str, check: bool = True) -> tuple[int, str]:
-        proc = self._adb("shell", f"( {cmd} ) 2>&1; echo __rc=$?", check=check)
-        out = proc.stdout + proc.stderr
-        rc_line = out.rstrip().rsplit("__rc=", 1)
-        rc = int(rc_line[1].split()[0]) if len(rc_line) == 2 and rc_line[1].split() else proc.returncode
-        if check and rc != 0:
-            raise FloraError(f"adb shell failed (exit {rc}): {out.strip()[-300:]}",
-                             "check the device and its free space")
-        return rc, rc_line[0]
+        return self.device.shell(cmd, check)
 
     def push(self, local: Path, remote: str) -> None:
-        if local.is_dir():
-            for f in sorted(local.iterdir()):
-                if f.is_file():
-                    self._adb("push", str(f), f"{remote}/{f.name}")
-        else:
-            self._adb("push", str(local), remote)
+        self.device.push(local, remote)
+
+    def stage(self, name: str, spec: str) -> str:
+        remote = super().stage(name, spec)
+        if self.runner == APP_RUNNER:
+            self.device.chmod_readable(self.remote_dir)      # the app reads it as another user
+        return remote
 
     def describe(self) -> dict:
         _, props = self.shell("; ".join(f"echo {p}=$(getprop {p})" for p in self.PROPS))
@@ -295,17 +292,27 @@ class AdbTransport(_RemoteTransport):
         return {"kind": "android", **facts, **super().describe()}
 
     def open(self, spec: str, engine: str | None, threads: int):
-        return self.command_session(spec, threads)
+        if self.runner != APP_RUNNER:
+            return self.command_session(spec, threads)
+        if self.app_apk is None:
+            self.app_apk = check_installed(self.device)
+        manifest = read_manifest(self.staged[spec]) or {}
+        return AppSession(self.device, spec, self.app_result_dir, self.app_timeout_s,
+                          self.app_poll_s, max_seq_len=manifest.get("runtime", {}).get("max_seq_len"))
 
 
 def make_transport(device: str, runner: str | None = None, ssh_port: int | None = None,
-                   ssh_identity: str | None = None, remote_python: str = "python3"):
-    """`host` | `android[:SERIAL]` | `ssh:[USER@]HOST`."""
+                   ssh_identity: str | None = None, remote_python: str = "python3",
+                   app_timeout_s: float | None = None):
+    """`host` | `android[:SERIAL]` | `ssh:[USER@]HOST`; runner "app" only for android."""
+    kind, _, target = device.partition(":")
+    if runner == APP_RUNNER and kind != "android":
+        raise FloraError("--runner app (the flora chat app) runs only on an Android device",
+                         "pass --device android[:SERIAL]")
     if device == "host":
         return LocalTransport()
-    kind, _, target = device.partition(":")
     if kind == "android":
-        return AdbTransport(target or None, runner)
+        return AdbTransport(target or None, runner, app_timeout_s=app_timeout_s)
     if kind == "ssh" and target:
         return SshTransport(target, ssh_port, ssh_identity, remote_python, runner)
     raise FloraError(f"unknown device {device!r}", "use host, android[:SERIAL] or ssh:HOST")
