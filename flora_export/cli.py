@@ -28,6 +28,9 @@ examples:
       ExecuTorch model.pte in one folder (needs: pip install -e ".[coreml]")
   flora-export --target coreml      the Core ML package alone
   flora-export --target onnx        ONNX + an ONNX Runtime GenAI folder
+  flora-export --target android --out ./phone --push
+      export, then copy it to the connected phone (/data/local/tmp/flora/phone) and
+      print the adb command that opens it in the flora chat app (android_demo/)
 
 Targets: android (ExecuTorch .pte), ios (Core ML .mlpackage + .pte), coreml
 (.mlpackage), onnx (model.onnx, genai_config.json).
@@ -85,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for preset random weights")
     p.add_argument("--force", action="store_true",
                    help="replace an existing non-empty --out that is not a flora-export output")
+    p.add_argument("--push", action="store_true",
+                   help="android: after the export, copy it to the connected device with adb "
+                        "(checked file by file, readable by apps) for the flora chat app")
+    p.add_argument("--serial", metavar="SERIAL",
+                   help="--push: the device (`adb devices`) when several are connected")
+    p.add_argument("--push-to", metavar="DEVICE_DIR",
+                   help="--push: directory on the device (default /data/local/tmp/flora/NAME, "
+                        "NAME = the output directory's name); replaced")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="show library and runtime logs (otherwise kept in a log file)")
     return p
@@ -92,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        device = _push_device(args)          # before the export: fail fast
+    except FloraError as e:
+        print(f"flora-export: error: {e}", file=sys.stderr)
+        return 2
     with _native_logs(args.verbose) as log_path:
         try:
             manifest, seconds = _run(args)
@@ -110,7 +126,39 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if log_path:
                 Path(log_path).unlink(missing_ok=True)
-    _print_summary(manifest, seconds, Path(args.out or f"flora-out/{args.target}"))
+    out = Path(args.out or f"flora-out/{args.target}")
+    _print_summary(manifest, seconds, out)
+    return _push(args, device, out) if device else 0
+
+
+def _push_device(args):
+    """The checked device for --push (adb present, exactly one device or --serial), or None."""
+    if not args.push:
+        if args.serial or args.push_to:
+            raise FloraError("--serial and --push-to only apply with --push", "add --push")
+        return None
+    from .adb import AdbDevice
+    from .export.push import check_pushable
+
+    check_pushable(args.target)
+    device = AdbDevice(args.serial)
+    device.select()
+    return device
+
+
+def _push(args, device, out: Path) -> int:
+    from .export.push import open_command, push_export, remote_dir_for
+
+    try:
+        remote = remote_dir_for(out, args.push_to)
+        print(f"\npushing {out} to {device.serial}:{remote} ...", flush=True)
+        got = push_export(out, device, remote, progress=StageProgress(sys.stdout))
+    except FloraError as e:
+        print(f"flora-export: error: {e} (the export in {out} is complete)", file=sys.stderr)
+        return 2
+    print(f"  on the device  {got['remote']} ({got['files']} files, {got['bytes'] / 1e6:.2f} MB, "
+          f"{got['check']} checked)")
+    print("  open it in the flora chat app:\n    " + open_command(got["remote"], args.serial))
     return 0
 
 
