@@ -122,6 +122,16 @@ def test_framework_calls_exist(android_build):
     assert re.search(r"^PASS apicheck: \d+ android refs, \d+ framework refs, 0 not found", r.stdout, re.M)
 
 
+def test_api_check_of_apk_and_stubs(android_build):
+    out = android_build[0]
+    r, result = _check(out, "api")
+    assert r.returncode == 0, r.stdout[-3000:]
+    api = result["checks"][0]["details"]
+    assert api["not_found"] == [] and api["stub_problems"] == []
+    assert api["stub_methods"] >= 50  # every public/protected method of android-stubs/
+    assert set(api["activities"]) == ACTIVITIES
+
+
 def test_api_check_catches_bad_activity(android_build):
     apk = android_build[0] / "flora-chat-debug.apk"
     r = _run(sys.executable, TOOLS / "apicheck.py", apk, "--activity", f"{PACKAGE}.NoSuchActivity",
@@ -155,11 +165,18 @@ def test_api_check_catches_wrong_stub_descriptor(tmp_path):
               "--lib", java_home, "--lib", stub_classes, "--output", dex_dir,
               app_classes / "dev" / "flora" / "chat" / "Clock.class")
     assert d8.returncode == 0, d8.stderr
-    r = _run(sys.executable, TOOLS / "apicheck.py", "-v", "--no-manifest", dex_dir / "classes.dex")
+    stub_jar = tmp_path / "stubs.jar"
+    with zipfile.ZipFile(stub_jar, "w") as z:
+        z.write(stub_classes / "android" / "os" / "SystemClock.class", "android/os/SystemClock.class")
+    r = _run(sys.executable, TOOLS / "apicheck.py", "-v", "--no-manifest", "--stubs", stub_jar,
+             dex_dir / "classes.dex")
     assert r.returncode == 1
     assert f"MISSING android.os.SystemClock.elapsedRealtime()I (missing) from {PACKAGE}.Clock" in r.stdout
     assert "OK      Landroid/os/SystemClock;->uptimeMillis()J" in r.stdout
     assert "FAIL apicheck: 1 android refs" in r.stdout
+    # the stub jar itself: the wrong method is named, the right one passes
+    assert "STUB    stub method android.os.SystemClock.elapsedRealtime()I is not in the framework" in r.stdout
+    assert re.search(r"^FAIL stubs: \d+ stub methods checked, 1 problems$", r.stdout, re.M)
 
 
 def test_core_unit_tests_pass(tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import zipfile
@@ -156,6 +157,18 @@ class Resolver:
                 return True
         return False
 
+    def extends_any(self, cls: str, base: str) -> bool:
+        """`base` is `cls` or one of its supertypes (superclasses and interfaces) in the DB."""
+        todo, seen = [cls], set()
+        while todo:
+            c = todo.pop()
+            if c == base:
+                return True
+            if c not in seen:
+                seen.add(c)
+                todo += self.db.parents.get(c, [])
+        return base == OBJECT
+
     def extends(self, cls: str, base: str) -> bool:
         seen = set()
         while cls and cls not in seen:
@@ -203,6 +216,40 @@ def check_dex(dex_files: list[bytes], db: FrameworkDB, app_package: str,
     return report
 
 
+def check_stubs(stub_jar: Path, db: FrameworkDB) -> tuple[int, list[str]]:
+    """Every public/protected method of the stub jar (android.R aside) must exist in the framework
+    DB on that class or a supertype, and each stub class must have the framework's supertypes.
+    Returns (methods checked, problems)."""
+    with zipfile.ZipFile(stub_jar) as z:
+        names = sorted(n[:-6].replace("/", ".") for n in z.namelist()
+                       if n.endswith(".class") and not n.startswith("android/R"))
+    text = run(["javap", "-protected", "-s", "-cp", stub_jar, *names], "javap (stubs)").stdout
+    resolver = Resolver({}, db)
+    problems, checked, cls, member = [], 0, None, None
+    for line in text.splitlines():
+        while "<" in line and re.search(r"<[^<>]*>", line):  # drop type parameters (a class header)
+            line = re.sub(r"<[^<>]*>", "", line)
+        head = re.match(r"^(?:public |protected |abstract |final |static )*(?:class|interface) (\S+)"
+                        r"(?: extends ([^{]+?))?(?: implements ([^{]+?))? \{", line)
+        if head:
+            cls = _desc(head.group(1))
+            supers = [_desc(t.strip()) for g in (head.group(2), head.group(3)) if g for t in g.split(",")]
+            if cls not in db.methods:
+                problems.append(f"stub class {head.group(1)} is not a framework class")
+            for sup in supers:
+                if cls in db.methods and not resolver.extends_any(cls, sup):
+                    problems.append(f"stub {head.group(1)} extends {_java(sup)}, the framework's does not")
+            continue
+        desc = re.match(r"^\s+descriptor: (\(.*)$", line)
+        if desc and member and cls in db.methods:
+            checked += 1
+            if resolver.resolve(cls, member, desc.group(1)).status != "framework":
+                problems.append(f"stub method {_java(cls)}.{member}{desc.group(1)} is not in the framework")
+        m = re.match(r"^\s+[^(]*?(\S+)\(", line)
+        member = None if not m else "<init>" if _desc(m.group(1)) == cls else m.group(1)
+    return checked, problems
+
+
 def _java(desc: str) -> str:
     return desc[1:-1].replace("/", ".") if desc.startswith("L") else desc
 
@@ -243,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--activity", action="append", default=None, metavar="CLASS",
                     help="check this activity class instead of the manifest's (repeatable)")
     ap.add_argument("--no-manifest", action="store_true", help="skip the manifest activity check")
+    ap.add_argument("--stubs", type=Path, metavar="JAR",
+                    help="also check a stub android.jar's methods and supertypes against the DB")
     ap.add_argument("--json", type=Path, help="also write the report as JSON here")
     ap.add_argument("-v", "--verbose", action="store_true", help="list every android ref")
     args = ap.parse_args(argv)
@@ -251,6 +300,16 @@ def main(argv: list[str] | None = None) -> int:
         report = check(args.path, args.app_package, activities)
     except ToolError as e:
         return fail("apicheck", e)
+    stub_problems = []
+    if args.stubs:
+        try:
+            checked, stub_problems = check_stubs(args.stubs, FrameworkDB.load(Tools.locate()))
+        except ToolError as e:
+            return fail("apicheck", e)
+        for line in stub_problems:
+            print(f"STUB    {line}")
+        print(("PASS" if not stub_problems else "FAIL") + f" stubs: {checked} stub methods checked, "
+              f"{len(stub_problems)} problems")
     if args.verbose:
         for ref in report.android_calls:
             print(f"OK      {ref}")
@@ -262,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(vars(report), indent=2) + "\n")
     print(("PASS" if report.ok else "FAIL") + f" apicheck: {report.summary()}")
-    return 0 if report.ok else 1
+    return 0 if report.ok and not stub_problems else 1
 
 
 if __name__ == "__main__":

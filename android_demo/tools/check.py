@@ -10,8 +10,9 @@ Checks (in order; --only picks some):
              tests, then run them with org.junit.runner.JUnitCore
   apk        build the debug APK (build.py), apksigner verify, zipalign -c, aapt dump badging
              (package, SDK levels, launchable activity, arm64-v8a native code)
-  api        every framework method the dex calls exists in jadx's framework signature DB, and
-             every manifest activity is a dex class extending android.app.Activity (apicheck.py)
+  api        every framework method the dex calls exists in jadx's framework signature DB, so does
+             every method of the stub android.jar, and every manifest activity is a dex class
+             extending android.app.Activity (apicheck.py)
 
 Each check prints PASS or FAIL with a reason; the exit code is 1 when any check fails, 2 when the
 toolchain is missing (bash android_demo/tools/fetch-tools.sh installs it).
@@ -182,12 +183,18 @@ def check_api(ctx: Context) -> Result:
         return Result("api", False, f"no APK at {apk}; run the apk check first")
     try:
         report = apicheck.check(apk, ctx.cfg.namespace, ctx.cfg.activities, ctx.tools)
+        stub_methods, stub_problems = apicheck.check_stubs(ctx.out / "android-stubs.jar",
+                                                           apicheck.FrameworkDB.load(ctx.tools))
     except ToolError as e:
         return Result("api", False, e.problem, output=_tail(e.detail))
     details = {"android_refs": len(report.android_calls), "framework_refs": len(report.framework_calls),
-               "not_found": report.missing + report.component_errors, "activities": report.components}
-    return Result("api", report.ok, report.summary(), details=details,
-                  output="\n".join("MISSING " + m for m in report.missing + report.component_errors))
+               "not_found": report.missing + report.component_errors, "activities": report.components,
+               "stub_methods": stub_methods, "stub_problems": stub_problems}
+    output = ["MISSING " + m for m in report.missing + report.component_errors]
+    output += ["STUB " + m for m in stub_problems]
+    return Result("api", report.ok and not stub_problems,
+                  f"{report.summary()}; {stub_methods} stub methods, {len(stub_problems)} unknown",
+                  details=details, output="\n".join(output))
 
 
 CHECKS = {"xml": check_xml, "resources": check_resources, "ktlint": check_ktlint, "unit": check_unit,
