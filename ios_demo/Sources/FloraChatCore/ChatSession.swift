@@ -130,3 +130,14 @@ public final class ChatSession {
         Int((Double(prompt.utf16.count) * tokensPerChar * Self.safety).rounded(.up))
     }
 }
+
+/// The lines under a reply: the app clock's figures, the runner's own figures when it
+/// reported stats, how much history the prompt carried, and a note ("stopped", an error).
+public func replyLines(app: Figures?, runner: Figures?, note: String?, turnsKept: Int) -> [String] {
+    var lines: [String] = []
+    if let app { lines.append(app.summary()) }
+    if let runner { lines.append("runner: \(runner.summary())") }
+    if turnsKept > 0 { lines.append("context: \(turnsKept) earlier exchange(s)") }
+    if let note { lines.append(note) }
+    return lines
+}

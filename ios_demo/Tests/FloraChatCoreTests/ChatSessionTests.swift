@@ -78,3 +78,17 @@ final class ChatSessionTests: XCTestCase {
         XCTAssertEqual(Set(s.messages.map(\.id)).count, 2)
     }
 }
+
+final class ReplyLinesTests: XCTestCase {
+    func testLinesShowBothClocksTheHistoryAndTheNote() {
+        let app = Figures(ttftMs: 95.4, tpotMs: 21.3, promptTokens: 64, generatedTokens: 64)
+        let runner = Figures(ttftMs: 90, tpotMs: 20, promptTokens: 64, generatedTokens: 64)
+        XCTAssertEqual(replyLines(app: app, runner: runner, note: "stopped", turnsKept: 2), [
+            "TTFT 95 ms · TPOT 21.3 ms · 46.9 tok/s · 64 tokens",
+            "runner: TTFT 90 ms · TPOT 20.0 ms · 50.0 tok/s · 64 tokens",
+            "context: 2 earlier exchange(s)",
+            "stopped",
+        ])
+        XCTAssertEqual(replyLines(app: nil, runner: nil, note: nil, turnsKept: 0), [])
+    }
+}

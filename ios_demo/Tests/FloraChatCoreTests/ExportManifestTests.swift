@@ -7,7 +7,8 @@ final class ExportManifestTests: XCTestCase {
          "model": {"name": "base"}, "adapter": {"adapter_type": "ffba", "state": "fused"},
          "quantization": {"name": "8da4w"},
          "runtime": {"max_seq_len": 512, "bos_id": 896, "eos_ids": [897, 905],
-           "chat": {"template": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\n{prompt}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n",
+           "chat": {"template": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\n{prompt}<|eot_id|>\
+        <|start_header_id|>assistant<|end_header_id|>\\n\\n",
                     "stop": ["<|eot_id|>", "<|end_of_text|>"]}}}
         """
     static let iosManifest = manifest
