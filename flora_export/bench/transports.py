@@ -287,6 +287,8 @@ class AdbTransport(_RemoteTransport):
         return remote
 
     def describe(self) -> dict:
+        if self.device.serial is None:          # one clear error for none or several devices
+            self.device.select()
         _, props = self.shell("; ".join(f"echo {p}=$(getprop {p})" for p in self.PROPS))
         facts = {k: v for k, _, v in (ln.partition("=") for ln in props.splitlines()) if k}
         return {"kind": "android", **facts, **super().describe()}
