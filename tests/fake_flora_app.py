@@ -206,7 +206,8 @@ def _run(extras: dict, cfg: dict, report: dict) -> None:
     text_out = _TextChunks()
     for i in range(cfg["warmup"] + cfg["runs"]):
         time.sleep(cfg["cooldown_ms"] / 1e3)
-        prompt = prompts[i % len(prompts)]
+        prompt_index = (i if i < cfg["warmup"] else i - cfg["warmup"]) % len(prompts)
+        prompt = prompts[prompt_index]
         stats = []
         start = time.perf_counter()
         runner.generate(prompt, GenerationConfig(max_new_tokens=cfg["max_new_tokens"],
@@ -221,7 +222,7 @@ def _run(extras: dict, cfg: dict, report: dict) -> None:
         tpot = (stamps[-1] - stamps[0]) * 1e3 / (n - 1) if n > 1 else None
         prompt_tokens = observer["prompt_tokens"] if observer else None
         report["runs"].append({
-            "index": i, "warmup": i < cfg["warmup"], "prompt_index": i % len(prompts),
+            "index": i, "warmup": i < cfg["warmup"], "prompt_index": prompt_index,
             "ttft_ms": ttft, "tpot_ms": tpot,
             "prefill_tps": prompt_tokens / ttft * 1e3 if prompt_tokens and ttft else None,
             "decode_tps": 1e3 / tpot if tpot else None, "prompt_tokens": prompt_tokens,

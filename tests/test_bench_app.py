@@ -11,6 +11,7 @@ here describes a phone.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from flora_export.bench import AdbTransport, BenchConfig, run_bench
 from flora_export.bench.app import (APP_FIGURES, REPORT_FORMAT, RESULT_DIR, parse_app_report,
-                                    run_sample)
+                                    run_id_for, run_sample)
 from flora_export.bench.cli import main as bench_main
 from flora_export.bench.harness import prompt_for
 from flora_export.bench.stats import observer_sample
@@ -79,6 +80,11 @@ def test_report_errors_are_one_line_with_the_app_message():
         run_sample({"index": 3, "observer": None})
     broken = run_sample(_run(1, observer={"prompt_tokens": 3}))    # unusable stats: app clock
     assert broken["source"] == "app-clock" and broken["ttft_ms"] == 40.0
+
+
+def test_run_ids_are_names_the_app_accepts():
+    rid = run_id_for("ffba 8da4w/é" + "x" * 100)
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,80}", rid) and rid.startswith("flora-bench-ffba_8da4w__")
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,8 @@ BENCH_PROCESS = f"{APP_PACKAGE}:bench"
 RESULT_DIR = f"/sdcard/Android/data/{APP_PACKAGE}/files/bench"
 REPORT_FORMAT = "flora-chat-bench/1"
 LOG_TAG = "FloraBench"
-INSTALL_FIX = "build and install it: android_demo/README.md (adb install -r " \
-              "android_demo/build/flora-chat-debug.apk)"
+INSTALL_FIX = ("build and install it: android_demo/README.md (cd android_demo && ./gradlew "
+               "installDebug, or adb install -r android_demo/build/flora-chat-debug.apk)")
 APP_FIGURES = ("ttft_ms", "tpot_ms", "prefill_tps", "decode_tps", "prompt_tokens",
                "generated_tokens")
 _LOGCAT = f"see what the app did: adb logcat -s {LOG_TAG}"
@@ -94,8 +94,8 @@ def default_timeout_s(generations: int, prompt_tokens: int, gen_len: int,
 
 
 def run_id_for(name: str) -> str:
-    """A result-file name the contract accepts (letters, digits, '.', '_', '-')."""
-    return f"flora-bench-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}-{int(time.time() * 1e3)}"
+    """A result-file name the app accepts: letters, digits, '.', '_', '-', at most 80."""
+    return f"flora-bench-{re.sub(r'[^A-Za-z0-9._-]', '_', name)[:40]}-{int(time.time() * 1e3)}"
 
 
 def check_installed(device) -> str:
