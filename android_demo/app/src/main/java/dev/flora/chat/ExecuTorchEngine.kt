@@ -21,7 +21,13 @@ class ExecuTorchEngine(
     override fun load(): Double {
         val started = SystemClock.elapsedRealtimeNanos()
         val m = LlmModule(manifest.pte.path, manifest.tokenizer.path, TEMPERATURE)
-        m.load()
+        // Upstream's load() returns an error code, react-native-executorch's build returns
+        // nothing; reading it as Any compiles against both.
+        val status: Any = m.load()
+        if (status is Int && status != 0) {
+            m.resetNative()
+            throw IllegalStateException("ExecuTorch could not load ${manifest.pte.name} (error $status)")
+        }
         module = m
         return (SystemClock.elapsedRealtimeNanos() - started) / 1e6
     }
@@ -42,11 +48,20 @@ class ExecuTorchEngine(
                 .seqLen(manifest.maxSeqLen)
                 .temperature(TEMPERATURE)
                 .build()
+        // LlmModule passes seqLen on to the runner but not maxNewTokens (checked in the
+        // bytecode of react-native-executorch 0.9.3 and upstream's source), so the limit is
+        // enforced here: stop the runner at the limit and drop what it still emits.
+        var pieces = 0
         m.generate(
             prompt,
             config,
             object : LlmCallback {
-                override fun onResult(result: String) = listener.onToken(result)
+                override fun onResult(result: String) {
+                    if (pieces >= maxNewTokens) return
+                    pieces++
+                    listener.onToken(result)
+                    if (pieces == maxNewTokens) m.stop()
+                }
 
                 override fun onStats(stats: String) = listener.onStats(stats)
 
@@ -63,7 +78,8 @@ class ExecuTorchEngine(
     }
 
     override fun close() {
-        module?.close()
+        // resetNative() frees the native runner in every LlmModule release (close() is newer).
+        module?.resetNative()
         module = null
     }
 
