@@ -36,7 +36,7 @@ final class ExecuTorchEngine: LlmEngine {
         r.reset()
         let seqLen = manifest.maxSeqLen
         let config = Config {
-            $0.echoEnabled = false
+            $0.isEchoEnabled = false        // ObjC `echoEnabled` (getter isEchoEnabled)
             $0.maximumNewTokens = maxNewTokens
             $0.sequenceLength = seqLen
             $0.temperature = 0

@@ -86,13 +86,14 @@ public final class BenchmarkRunner {
         return head.merging(figures.toJSON()).merging(tail)
     }
 
-    /// The report's first fields: who ran what, where and when. `engine` and
-    /// `computeUnits` are the iOS additions to `model` (see ios_demo/README.md).
+    /// The report's first fields: who ran what, where and when. `model.pte` names the
+    /// program that runs (null on Core ML); `engine`, `mlpackage` and `compute_units` are the
+    /// iOS additions to `model` (see ios_demo/README.md).
     public static func header(runId: String, modelDir: String, manifest: ExportManifest?, engine: EngineKind?,
                               computeUnits: String?, app: JSONObject, device: JSONObject, startedMs: Int64) -> JSONObject {
         let model: JSONObject = [
             "dir": JSONValue(modelDir),
-            "pte": JSONValue(manifest?.pte?.lastPathComponent),
+            "pte": JSONValue(engine == .coreML ? nil : manifest?.pte?.lastPathComponent),
             "tokenizer": JSONValue(manifest?.tokenizer.lastPathComponent),
             "target": JSONValue(manifest?.target),
             "quant": JSONValue(manifest?.quant),

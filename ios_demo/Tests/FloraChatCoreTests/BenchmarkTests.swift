@@ -138,6 +138,7 @@ final class BenchmarkTests: XCTestCase {
                                                          computeUnits: "ane", app: [:], device: [:], startedMs: 0).obj("model"))
         XCTAssertEqual(model.keys, ["dir", "pte", "tokenizer", "target", "quant", "engine", "mlpackage", "compute_units"])
         XCTAssertEqual(model.string("engine"), "coreml")
+        XCTAssertEqual(model["pte"], .null)
         XCTAssertEqual(model.string("mlpackage"), "model.mlpackage")
         XCTAssertEqual(model.string("compute_units"), "ane")
         let et = try XCTUnwrap(BenchmarkRunner.header(runId: "r", modelDir: "ios", manifest: m, engine: .executorch,
