@@ -47,8 +47,10 @@ class BenchmarkActivity : Activity() {
                 BenchmarkRunner.failed(header(runId, extras, started), e.message ?: "bad extras")
             } catch (e: ManifestException) {
                 BenchmarkRunner.failed(header(runId, extras, started), e.message ?: "bad export")
-            } catch (e: java.io.IOException) {
-                BenchmarkRunner.failed(header(runId, extras, started), "I/O error: ${e.message}")
+            } catch (e: Throwable) {
+                // Also Errors: a missing native library (UnsatisfiedLinkError) must still
+                // end in a report that names it, not in a silent crash.
+                BenchmarkRunner.failed(header(runId, extras, started), "${e::class.java.simpleName}: ${e.message}")
             }
         val done =
             LinkedHashMap(report).apply {

@@ -32,7 +32,8 @@ class BenchmarkRunner(
             }
             report["status"] = "ok"
             report["error"] = null
-        } catch (e: Exception) {
+        } catch (e: Throwable) {
+            // Errors too (e.g. UnsatisfiedLinkError from the runtime): the report says what failed.
             report["status"] = "error"
             report["error"] = e.message ?: e.toString()
         }
