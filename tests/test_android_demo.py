@@ -179,14 +179,40 @@ def test_api_check_catches_wrong_stub_descriptor(tmp_path):
     assert re.search(r"^FAIL stubs: \d+ stub methods checked, 1 problems$", r.stdout, re.M)
 
 
-def test_core_unit_tests_pass(tmp_path):
-    r, result = _check(tmp_path, "unit")
+@pytest.fixture(scope="module")
+def unit_check(tmp_path_factory):
+    """`check.py --only unit`: core/ + its JUnit tests compiled and run once per module."""
+    return _check(tmp_path_factory.mktemp("android-unit"), "unit")
+
+
+def test_core_unit_tests_pass(unit_check):
+    r, result = unit_check
     assert r.returncode == 0, r.stdout[-4000:]
     unit = result["checks"][0]
     assert unit["ok"] and unit["details"]["failures"] == 0
     assert unit["details"]["test_classes"] >= 5
     assert unit["details"]["tests"] >= 20
     assert re.search(r"^PASS unit: JUnit OK \(\d+ tests in \d+ classes\)", r.stdout, re.M)
+
+
+def test_report_written_by_the_app_code_reads_in_flora_bench(unit_check):
+    """The contract end to end on the app's side: the Kotlin BenchmarkRunner's report (a
+    scripted engine: 100 ms prefill, 20 ms per token, 5 pieces; 1 warm-up + 3 runs)
+    parsed by flora-bench's reader gives the figures the runner's stats imply."""
+    from flora_export.bench.app import parse_app_report
+
+    r, result = unit_check
+    assert r.returncode == 0, r.stdout[-4000:]
+    report = json.loads(Path(result["checks"][0]["details"]["bench_report"]).read_text())
+    samples, _, info = parse_app_report(report)
+    assert len(samples) == 3                         # the warm-up is not a sample
+    for s in samples:
+        assert s["ttft_ms"] == pytest.approx(100.0)
+        assert s["tpot_ms"] == pytest.approx(20.0)
+        assert s["generated_tokens"] == 5
+        assert s["app"]["text"] == "abcde"
+    assert info["load_s"] == 0.042
+    assert info["config"]["runs"] == 3 and info["run_id"] == "r1"
 
 
 def test_xml_resources_and_ktlint(tmp_path):

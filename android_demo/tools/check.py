@@ -116,11 +116,16 @@ def check_unit(ctx: Context) -> Result:
     names = sorted(str(p.relative_to(classes).with_suffix("")).replace("/", ".")
                    for p in classes.rglob("*Test.class") if "$" not in p.name)
     cp = ":".join(map(str, [classes, ctx.tools.kotlin_stdlib, *libs]))
-    r = run(["java", "-cp", cp, "org.junit.runner.JUnitCore", *names], "JUnit", ok_codes=(0, 1))
+    # BenchmarkTest writes the report its scripted run produced here, so the host side
+    # (flora_export.bench.app.parse_app_report) can be checked on what the app's code writes.
+    report = ctx.out / "unit-tests" / "bench-report.json"
+    r = run(["java", f"-Dflora.report.out={report}", "-cp", cp, "org.junit.runner.JUnitCore", *names],
+            "JUnit", ok_codes=(0, 1))
     ok = re.search(r"^OK \((\d+) tests?\)", r.stdout, re.M)
     bad = re.search(r"^Tests run: (\d+),\s+Failures: (\d+)", r.stdout, re.M)
     details = {"test_classes": len(names), "tests": int(ok.group(1) if ok else bad.group(1) if bad else 0),
-               "failures": int(bad.group(2)) if bad else 0}
+               "failures": int(bad.group(2)) if bad else 0,
+               "bench_report": str(report) if report.exists() else None}
     if r.returncode or not ok:
         return Result("unit", False, f"JUnit: {details['failures']} of {details['tests']} tests failed",
                       details=details, output=_tail(r.stdout, 60))
