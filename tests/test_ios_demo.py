@@ -190,7 +190,40 @@ def test_swift_core_reads_a_real_export(bench_et_export):
 
 
 @needs_swift
-def test_app_files_pass_swiftc_parse_and_swiftlint():
-    r = _check("parse", "lint")
+def test_swift_core_reads_a_real_core_ml_export(tiny_base, tiny_ffba, tmp_path):
+    """A `--target coreml` manifest: Core ML only, and Python's `Infinity` (the lossless
+    torch-program check's SQNR), which strict JSON readers reject."""
+    pytest.importorskip("coremltools", reason="pip install -e '.[coreml]'")
+    from flora_export.cli import main
+    out = tmp_path / "coreml"
+    assert main(["--target", "coreml", "--model", str(tiny_base), "--adapter", str(tiny_ffba),
+                 "--out", str(out), "--max-seq", "64", "--quant", "fp32"]) == 0
+    text = (out / "manifest.json").read_text()
+    assert "Infinity" in text
+    r = _check("inspect", str(out), timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert "[check] all passed (parse lint)" in r.stdout
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    manifest = json.loads(text)
+    runtime = manifest["runtime"]
+    assert seen["engines"] == ["coreml"] and seen["pte"] is None
+    assert seen["mlpackage"] == runtime["coreml"]["package"] == "model.mlpackage"
+    assert seen["max_seq_len"] == runtime["max_seq_len"] == runtime["coreml"]["max_context"] == 64
+    assert seen["eos_ids"] == runtime["eos_ids"]
+    assert seen["label"] == f"coreml · {manifest['model']['name']} + ffba (fused) · fp32"
+
+
+@needs_swift
+def test_app_files_pass_swiftc_parse():
+    r = _check("parse")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "[check] all passed (parse)" in r.stdout
+
+
+@needs_swift
+@pytest.mark.skipif(not (SWIFT_ROOT / "usr/local/bin/swiftlint").exists(),
+                    reason="SwiftLint is not in the Swift chroot (npm was missing when "
+                           "swift-toolchain.sh ran)")
+def test_swift_sources_pass_swiftlint_strict():
+    r = _check("lint")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "[check] all passed (lint)" in r.stdout

@@ -97,7 +97,10 @@ public struct JSONError: Error, Equatable, CustomStringConvertible, LocalizedErr
     public var errorDescription: String? { message }
 }
 
-/// Reads and writes JSON text (the same dialect as the Kotlin core's `Json`).
+/// Reads and writes JSON text (the same dialect as the Kotlin core's `Json`). Reading also
+/// accepts `NaN`, `Infinity` and `-Infinity`, which Python's `json` module writes for
+/// non-finite floats (flora-export manifests hold them, e.g. an SQNR of a lossless check);
+/// writing turns non-finite numbers into null, so what the app writes is strict JSON.
 public enum Json {
     public static func parse(_ text: String) throws -> JSONValue {
         var reader = Reader(Array(text.utf8))
@@ -196,6 +199,10 @@ public enum Json {
             case UInt8(ascii: "t"): return try literal("true", .bool(true))
             case UInt8(ascii: "f"): return try literal("false", .bool(false))
             case UInt8(ascii: "n"): return try literal("null", .null)
+            case UInt8(ascii: "N"): return try literal("NaN", .number(.nan))
+            case UInt8(ascii: "I"): return try literal("Infinity", .number(.infinity))
+            case UInt8(ascii: "-") where bytes[(pos + 1)...].starts(with: "Infinity".utf8):
+                return try literal("-Infinity", .number(-.infinity))
             case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try number())
             default: throw error("unexpected '\(Character(Unicode.Scalar(bytes[pos])))'")
             }

@@ -31,6 +31,18 @@ final class JsonTests: XCTestCase {
         }
     }
 
+    func testPythonsNonFiniteNumbersAreReadAndWrittenAsNull() throws {
+        // json.dumps(float("inf")) gives Infinity: flora-export manifests contain it.
+        let v = try Json.parseObject(#"{"a": Infinity, "b": -Infinity, "c": NaN, "d": -2}"#)
+        XCTAssertEqual(v.number("a"), .infinity)
+        XCTAssertEqual(v.number("b"), -.infinity)
+        XCTAssertTrue(try XCTUnwrap(v.number("c")).isNaN)
+        XCTAssertEqual(v.number("d"), -2)
+        XCTAssertEqual(Json.write(v), #"{"a": null, "b": null, "c": null, "d": -2}"#)
+        XCTAssertThrowsError(try Json.parse("-Inf"))
+        XCTAssertThrowsError(try Json.parse("Nan"))
+    }
+
     func testTypedReadsReturnNilOnWrongType() throws {
         let v = try Json.parseObject(#"{"a": "1", "b": 2}"#)
         XCTAssertNil(v.int("a"))
