@@ -191,15 +191,15 @@ def test_swift_core_reads_a_real_export(bench_et_export):
 
 @needs_swift
 def test_swift_core_reads_a_real_core_ml_export(tiny_base, tiny_ffba, tmp_path):
-    """A `--target coreml` manifest: Core ML only, and Python's `Infinity` (the lossless
-    torch-program check's SQNR), which strict JSON readers reject."""
+    """A `--target coreml` manifest: Core ML only, written as strict JSON (the lossless
+    torch-program check's infinite SQNR is null, not Python's bare `Infinity`)."""
     pytest.importorskip("coremltools", reason="pip install -e '.[coreml]'")
     from flora_export.cli import main
     out = tmp_path / "coreml"
     assert main(["--target", "coreml", "--model", str(tiny_base), "--adapter", str(tiny_ffba),
                  "--out", str(out), "--max-seq", "64", "--quant", "fp32"]) == 0
     text = (out / "manifest.json").read_text()
-    assert "Infinity" in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     r = _check("inspect", str(out), timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     seen = json.loads(r.stdout.strip().splitlines()[-1])
