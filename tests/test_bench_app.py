@@ -11,6 +11,7 @@ here describes a phone.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -223,3 +224,30 @@ def test_cli_runner_app_needs_android_and_reports_errors(capsys, bench_et_export
     assert bench_main([str(bench_et_export), "--runner", "app"]) == 2
     assert "runs only on an Android device" in capsys.readouterr().err
     assert bench_main([str(bench_et_export), "--device", "ssh:x", "--runner", "app"]) == 2
+
+
+def test_cli_tabulates_reports_pulled_from_the_app(tmp_path, capsys):
+    """`flora-bench --reports`: app reports (iOS has no adb transport) become the same
+    bench.json / .md / .png as a run, with ratios to the baseline."""
+    from flora_export.bench.cli import main
+
+    fast = _report([_run(0, warmup=True), _run(1, ttft=40.0, tpot=20.0),
+                    _run(2, ttft=44.0, tpot=22.0)])
+    slow = _report([_run(0, warmup=True), _run(1, ttft=80.0, tpot=30.0),
+                    _run(2, ttft=88.0, tpot=33.0)])
+    for name, rep in (("fast", fast), ("slow", slow)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(rep))
+    out = tmp_path / "out"
+    assert main(["--reports", f"coreml={tmp_path / 'fast.json'}", str(tmp_path / "slow.json"),
+                 "--baseline", "slow", "--out", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert list(result["artifacts"]) == ["coreml", "slow"]
+    assert result["artifacts"]["coreml"]["summary"]["tpot_ms"]["median"] == 21.0
+    assert result["ratios"]["coreml"]["tpot"] == round(21.0 / 31.5, 3)
+    assert result["ratios"]["coreml"]["ttft"] == round(42.0 / 84.0, 3)
+    assert result["artifacts"]["slow"]["peak_rss_mb"] == 1290.5
+    printed = capsys.readouterr().out
+    assert "one launch per artifact" in printed and "| coreml |" in printed
+    assert (out / "bench.md").exists()
+    assert main(["--reports", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err

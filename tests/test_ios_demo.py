@@ -152,19 +152,17 @@ def test_swift_core_report_parses_with_flora_bench(swift_test):
 
 
 @needs_swift
-def test_pulled_reports_summarize_with_flora_benchs_reader(swift_test, tmp_path, capsys):
+def test_pulled_reports_tabulate_with_flora_bench(swift_test, tmp_path, capsys):
     pytest.importorskip("flora_export.bench.app", reason="flora-bench's app-report reader")
-    spec = importlib.util.spec_from_file_location("bench_report", IOS / "tools" / "bench_report.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from flora_export.bench.cli import main as bench_main
     good, bad = tmp_path / "r1.json", tmp_path / "bad.json"
     good.write_text(json.dumps(swift_test[1]))
     bad.write_text(json.dumps({**swift_test[1], "status": "error", "error": "x lacks a .pte program"}))
-    assert tool.main([str(good), "--json", str(tmp_path / "s.json")]) == 0
-    row = json.loads((tmp_path / "s.json").read_text())[0]
-    assert row["runs"] == 3 and row["source"] == ["observer"] and row["engine"] == "executorch"
-    assert row["ttft_ms"]["median"] == 100.0 and row["decode_tps"]["median"] == 50.0
-    assert tool.main([str(good), str(bad)]) == 2
+    assert bench_main(["--reports", f"swift={good}", "--out", str(tmp_path / "out")]) == 0
+    art = json.loads((tmp_path / "out" / "bench.json").read_text())["artifacts"]["swift"]
+    assert len(art["samples"]) == 3 and {s["source"] for s in art["samples"]} == {"observer"}
+    assert art["summary"]["ttft_ms"]["median"] == 100.0 and art["summary"]["decode_tps"]["median"] == 50.0
+    assert bench_main(["--reports", str(good), str(bad)]) == 2
     assert "x lacks a .pte program" in capsys.readouterr().err
 
 

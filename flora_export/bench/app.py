@@ -35,8 +35,8 @@ BENCH_PROCESS = f"{APP_PACKAGE}:bench"
 RESULT_DIR = f"/sdcard/Android/data/{APP_PACKAGE}/files/bench"
 REPORT_FORMAT = "flora-chat-bench/1"
 LOG_TAG = "FloraBench"
-INSTALL_FIX = ("build and install it: android_demo/README.md (cd android_demo && ./gradlew "
-               "installDebug, or adb install -r android_demo/build/flora-chat-debug.apk)")
+INSTALL_FIX = ("build and install it with Gradle: cd android_demo && ./gradlew installDebug "
+               "(android_demo/README.md)")
 APP_FIGURES = ("ttft_ms", "tpot_ms", "prefill_tps", "decode_tps", "prompt_tokens",
                "generated_tokens")
 _LOGCAT = f"see what the app did: adb logcat -s {LOG_TAG}"
@@ -194,3 +194,45 @@ class AppSession:
 
     def close(self) -> dict:
         return {"peak_rss_mb": self.peak}
+
+
+def result_from_reports(reports: dict[str, dict], baseline: str | None = None) -> dict:
+    """A flora-bench result (bench.json / .md / .png, ratios to `baseline`) from app
+    reports pulled by hand: the iOS app's, or Android's. Each report is one artifact; its
+    runs were one launch, so the schedule is `batch`."""
+    import datetime as dt
+
+    from .harness import ratios
+    from .stats import METRICS, summarize
+
+    if not reports:
+        raise FloraError("no reports given", "pass NAME=REPORT.json for each app report")
+    baseline = baseline or next(iter(reports))
+    if baseline not in reports:
+        raise FloraError(f"baseline {baseline!r} is not one of {list(reports)}",
+                         "pass --baseline NAME with NAME one of the report names")
+    arts = {}
+    for name, report in reports.items():
+        samples, peak, info = parse_app_report(report)
+        model = info.get("model") or {}
+        arts[name] = {"spec": model.get("dir"), "load": {**info, "schedule": "batch"},
+                      "peak_rss_mb": peak, "export": None,
+                      "summary": {m: summarize([s.get(m) for s in samples]) for m in METRICS},
+                      "samples": samples}
+    first = next(iter(reports.values()))
+    cfg = first.get("config") or {}
+    started = first.get("started_ms")
+    prompt_tokens = next((s.get("prompt_tokens") for a in arts.values() for s in a["samples"]), None)
+    device = first.get("device") or {}
+    return {"format_version": 1,
+            "started_utc": (dt.datetime.fromtimestamp(started / 1e3, dt.timezone.utc)
+                            .isoformat(timespec="seconds") if started else None),
+            "config": {"prompt_len": prompt_tokens, "gen_len": cfg.get("max_new_tokens"),
+                       "runs": cfg.get("runs"), "warmup": cfg.get("warmup"), "threads": None,
+                       "cooldown_s": (cfg.get("cooldown_ms") or 0) / 1e3, "passes": 1,
+                       "engine": "app"},
+            "baseline": baseline, "prompt_ids": None,
+            "transport": f"app reports ({device.get('model') or 'device'})",
+            "device_before": device, "device_after": device,
+            "host_loadavg_before": None, "host_loadavg_after": None,
+            "artifacts": arts, "ratios": ratios(arts, baseline)}

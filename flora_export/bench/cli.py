@@ -17,6 +17,8 @@ examples:
       three exports interleaved (base ffba lora base ffba lora ...), ratios to base
   flora-bench out/onnx eager=eager:llama3.2-1b --threads 2 --out bench-out
       ONNX Runtime GenAI vs the eager PyTorch model
+  flora-bench --reports coreml=r-coreml.json executorch=r-et.json --baseline executorch
+      reports pulled from the iOS (or Android) app's benchmark mode: table, plot, ratios
   flora-bench base=out/base ffba=out/ffba --device android:R58M12345 \\
       --runner build-android/llama_main --cooldown 10
       on a phone over adb with ExecuTorch's llama_main (figures from PyTorchObserver)
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(ExecuTorch, ONNX Runtime GenAI, PyTorch), on this "
                                             "machine, a phone (adb) or a board (ssh).")
     p.add_argument("artifacts", nargs="+", metavar="[NAME=]DIR|eager:MODEL[+ADAPTER]")
+    p.add_argument("--reports", action="store_true",
+                   help="the arguments are NAME=REPORT.json files pulled from the flora chat "
+                        "app (iOS or Android benchmark mode): tabulate, plot and compare them "
+                        "instead of running anything")
     p.add_argument("--baseline", help="artifact name the ratios refer to (default: the first)")
     p.add_argument("--runs", type=int, default=5, help="measured runs per artifact (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs per artifact (default 1)")
@@ -114,6 +120,8 @@ def _bench(args) -> int:
     from .report import markdown, write_all
     from .transports import make_transport
 
+    if args.reports:
+        return _from_reports(args)
     artifacts = parse_artifacts(args.artifacts)
     config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
                          warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown,
@@ -123,6 +131,34 @@ def _bench(args) -> int:
     result = run_bench(artifacts, config, transport, args.baseline,
                        progress=lambda m: print(m, file=sys.stderr, flush=True))
     paths = write_all(result, args.out, args.name)
+    print(markdown(result))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _from_reports(args) -> int:
+    import json
+
+    from .app import result_from_reports
+    from .report import markdown, write_all
+
+    reports = {}
+    for item in args.artifacts:
+        name, sep, path = item.partition("=")
+        name, path = (name, Path(path)) if sep else (Path(item).stem, Path(item))
+        if not path.is_file():
+            raise FloraError(f"report {path} does not exist",
+                             "pass the JSON files the app wrote (Documents/bench/ on iOS, "
+                             "files/bench/ on Android)")
+        try:
+            reports[name] = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise FloraError(f"report {path} is not JSON ({e})", "pass the app's report file")
+    result = result_from_reports(reports, args.baseline)
+    cfg = result["config"]
+    title = (f"{result['transport']}: prompt {cfg['prompt_len']}, up to {cfg['gen_len']} new, "
+             f"{cfg['runs']} runs (median, min–max)")
+    paths = write_all(result, args.out, args.name, title)
     print(markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
