@@ -205,7 +205,7 @@ def test_missing_app_crash_and_timeout_are_clear_errors(fake_app, bench_et_expor
     apk = fake_flora_app.apk(daemon.workdir)
     apk.rename(apk.with_suffix(".gone"))
     try:
-        with pytest.raises(FloraError, match=r"\(dev.flora.chat\) is not installed.*adb install"):
+        with pytest.raises(FloraError, match=r"\(dev.flora.chat\) is not installed.*gradlew installDebug"):
             run_bench(art, cfg, transport=_transport(fake_app, "fb-missing"))
     finally:
         apk.with_suffix(".gone").rename(apk)

@@ -202,15 +202,10 @@ def result_from_reports(reports: dict[str, dict], baseline: str | None = None) -
     runs were one launch, so the schedule is `batch`."""
     import datetime as dt
 
-    from .harness import ratios
+    from .harness import pick_baseline, ratios
     from .stats import METRICS, summarize
 
-    if not reports:
-        raise FloraError("no reports given", "pass NAME=REPORT.json for each app report")
-    baseline = baseline or next(iter(reports))
-    if baseline not in reports:
-        raise FloraError(f"baseline {baseline!r} is not one of {list(reports)}",
-                         "pass --baseline NAME with NAME one of the report names")
+    baseline = pick_baseline(list(reports), baseline)
     arts = {}
     for name, report in reports.items():
         samples, peak, info = parse_app_report(report)

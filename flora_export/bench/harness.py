@@ -75,12 +75,7 @@ def run_bench(artifacts: dict[str, str], config: BenchConfig = BenchConfig(),
 
     transport = transport or LocalTransport()
     say = progress or (lambda msg: log.info(msg))
-    if not artifacts:
-        raise FloraError("no artifacts to benchmark", "pass at least one export directory")
-    baseline = baseline or next(iter(artifacts))
-    if baseline not in artifacts:
-        raise FloraError(f"baseline {baseline!r} is not one of the artifacts {list(artifacts)}",
-                         "pass --baseline NAME with NAME one of the artifact names")
+    baseline = pick_baseline(list(artifacts), baseline)
     ids, text = prompt_for(list(artifacts.values()), config.prompt_len)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     device_before, host_load_before = transport.describe(), loadavg()
@@ -96,6 +91,16 @@ def run_bench(artifacts: dict[str, str], config: BenchConfig = BenchConfig(),
     device_after, host_load_after = transport.describe(), loadavg()
     return _result(artifacts, config, baseline, ids, samples, infos, rss, started,
                    transport, (device_before, device_after), (host_load_before, host_load_after))
+
+
+def pick_baseline(names: list[str], baseline: str | None) -> str:
+    """`baseline`, or the first name; a clear error when there is nothing to compare."""
+    if not names:
+        raise FloraError("no artifacts to benchmark", "pass at least one export directory")
+    if baseline is not None and baseline not in names:
+        raise FloraError(f"baseline {baseline!r} is not one of the artifacts {names}",
+                         "pass --baseline NAME with NAME one of the artifact names")
+    return baseline or names[0]
 
 
 def _one_pass(names, staged, config, transport, prompt, samples, rss, infos, say, tag) -> None:

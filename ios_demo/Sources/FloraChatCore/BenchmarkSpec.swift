@@ -191,7 +191,7 @@ public struct BenchmarkSpec: Equatable, Sendable {
     }
 }
 
-public struct BenchmarkError: Error, Equatable, CustomStringConvertible, LocalizedError {
+public struct BenchmarkError: ProblemError, Equatable {
     public let problem: String
     public let fix: String
 
@@ -199,7 +199,4 @@ public struct BenchmarkError: Error, Equatable, CustomStringConvertible, Localiz
         self.problem = problem
         self.fix = fix
     }
-
-    public var description: String { "\(problem): \(fix)" }
-    public var errorDescription: String? { description }
 }

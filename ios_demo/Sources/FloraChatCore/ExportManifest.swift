@@ -121,8 +121,19 @@ public struct ExportManifest: Equatable, Sendable {
     }
 }
 
+/// An error that names the problem and its fix; printed as "problem: fix".
+public protocol ProblemError: Error, CustomStringConvertible, LocalizedError {
+    var problem: String { get }
+    var fix: String { get }
+}
+
+extension ProblemError {
+    public var description: String { "\(problem): \(fix)" }
+    public var errorDescription: String? { description }
+}
+
 /// Why an export cannot be used, and what to do about it.
-public struct ManifestError: Error, Equatable, CustomStringConvertible, LocalizedError {
+public struct ManifestError: ProblemError, Equatable {
     public let problem: String
     public let fix: String
 
@@ -130,7 +141,4 @@ public struct ManifestError: Error, Equatable, CustomStringConvertible, Localize
         self.problem = problem
         self.fix = fix
     }
-
-    public var description: String { "\(problem): \(fix)" }
-    public var errorDescription: String? { description }
 }
