@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..adb import AdbDevice
+from ..bench.app import CHAT_ACTIVITY
 from ..errors import FloraError
 from .targets import TARGETS
 
 log = logging.getLogger(__name__)
 
 REMOTE_ROOT = "/data/local/tmp/flora"
-CHAT_ACTIVITY = "dev.flora.chat/.ChatActivity"
 PUSH_BACKENDS = ("executorch-xnnpack",)      # what the chat app runs
 
 
