@@ -202,18 +202,15 @@ def result_from_reports(reports: dict[str, dict], baseline: str | None = None) -
     runs were one launch, so the schedule is `batch`."""
     import datetime as dt
 
-    from .harness import pick_baseline, ratios
-    from .stats import METRICS, summarize
+    from .harness import artifact_entry, pick_baseline, ratios
 
     baseline = pick_baseline(list(reports), baseline)
     arts = {}
     for name, report in reports.items():
         samples, peak, info = parse_app_report(report)
-        model = info.get("model") or {}
-        arts[name] = {"spec": model.get("dir"), "load": {**info, "schedule": "batch"},
-                      "peak_rss_mb": peak, "export": None,
-                      "summary": {m: summarize([s.get(m) for s in samples]) for m in METRICS},
-                      "samples": samples}
+        arts[name] = artifact_entry((info.get("model") or {}).get("dir"),
+                                    {**info, "schedule": "batch"}, {"peak_rss_mb": peak},
+                                    None, samples)
     first = next(iter(reports.values()))
     cfg = first.get("config") or {}
     started = first.get("started_ms")

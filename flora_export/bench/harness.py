@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..errors import FloraError
 from .machine import loadavg
+from .report import number_text
 from .stats import METRICS, ratio, summarize
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,8 @@ def _one_pass(names, staged, config, transport, prompt, samples, rss, infos, say
             samples[name].extend(got)
             infos[name] = {**sessions[name].info, "schedule": "batch"}
             for i, s in enumerate(got):
-                say(f"{tag}run {i + 1}/{config.runs} {name}: TTFT {_ms(s['ttft_ms'], 1)} ms, "
-                    f"TPOT {_ms(s['tpot_ms'], 2)} ms")
+                say(f"{tag}run {i + 1}/{config.runs} {name}: TTFT {number_text(s['ttft_ms'], 1)} ms, "
+                    f"TPOT {number_text(s['tpot_ms'], 2)} ms")
         names = [n for n in names if n not in batch]
         for r in range(config.warmup + config.runs if names else 0):
             # A B C, C B A, A B C ...: each artifact takes every position in turn, so a
@@ -149,10 +150,6 @@ def _one_pass(names, staged, config, transport, prompt, samples, rss, infos, say
             rss[name] = {"peak_rss_mb": max(filter(None, [old, peak]), default=None)}
 
 
-def _ms(x: float | None, digits: int) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
 def _result(artifacts, config, baseline, ids, samples, infos, rss, started, transport,
             device, host_load) -> dict:
     from .runners import read_manifest
@@ -164,13 +161,19 @@ def _result(artifacts, config, baseline, ids, samples, infos, rss, started, tran
            "artifacts": {}}
     for name, spec in artifacts.items():
         manifest = None if spec.startswith("eager:") else read_manifest(Path(spec))
-        out["artifacts"][name] = {
-            "spec": spec, "load": infos.get(name, {}), **rss.get(name, {}),
-            "export": _export_summary(manifest),
-            "summary": {m: summarize([s[m] for s in samples[name]]) for m in METRICS},
-            "samples": samples[name]}
+        out["artifacts"][name] = artifact_entry(spec, infos.get(name, {}), rss.get(name, {}),
+                                                _export_summary(manifest), samples[name])
     out["ratios"] = ratios(out["artifacts"], baseline, config.runs, config.passes)
     return out
+
+
+def artifact_entry(spec: str | None, load: dict, rss: dict, export: dict | None,
+                   samples: list[dict]) -> dict:
+    """One artifact of a result: how it was loaded, its peak RSS, what was exported, the
+    median and spread of every metric, and the samples."""
+    return {"spec": spec, "load": load, **rss, "export": export,
+            "summary": {m: summarize([s[m] for s in samples]) for m in METRICS},
+            "samples": samples}
 
 
 def ratios(arts: dict, baseline: str, runs: int | None = None, passes: int = 1) -> dict:

@@ -17,7 +17,8 @@ def _fmt(s: dict, digits: int = 1) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
 
 
-def _num(x, digits: int) -> str:
+def number_text(x: float | None, digits: int) -> str:
+    """`x` with `digits` decimals, or an en dash when it is undefined."""
     return "–" if x is None else f"{x:.{digits}f}"
 
 
@@ -25,7 +26,7 @@ def _per_pass(r: dict) -> str:
     per = r.get("tpot_per_pass")
     if not per:
         return "–"
-    return " / ".join(f"{x:.3f}" for x in per) + f" ({_num(r.get('tpot_balanced'), 3)})"
+    return " / ".join(f"{x:.3f}" for x in per) + f" ({number_text(r.get('tpot_balanced'), 3)})"
 
 
 def markdown(result: dict) -> str:
@@ -47,9 +48,9 @@ def markdown(result: dict) -> str:
     for name, a in result["artifacts"].items():
         s, r = a["summary"], result["ratios"][name]
         lines.append(f"| {name} | {a['load'].get('engine')} | {_fmt(s['ttft_ms'])} | "
-                     f"{_fmt(s['tpot_ms'], 2)} | {_num(s['prefill_tps']['median'], 0)} | "
-                     f"{_num(s['decode_tps']['median'], 1)} | {a.get('peak_rss_mb') or '–'} | "
-                     f"{_num(r['ttft'], 3)} | {_num(r['tpot'], 3)} | {_per_pass(r)} |")
+                     f"{_fmt(s['tpot_ms'], 2)} | {number_text(s['prefill_tps']['median'], 0)} | "
+                     f"{number_text(s['decode_tps']['median'], 1)} | {a.get('peak_rss_mb') or '–'} | "
+                     f"{number_text(r['ttft'], 3)} | {number_text(r['tpot'], 3)} | {_per_pass(r)} |")
     return "\n".join(lines) + "\n"
 
 
