@@ -103,26 +103,18 @@ final class ChatModel: ObservableObject {
 
     /// On the worker: stream the reply into the session, then record its figures.
     private func generate(_ e: LlmEngine, _ s: ChatSession, _ request: Request) {
-        let timer = GenerationTimer()
-        var runnerStats: String?
-        var error: String?
-        let listener = ClosureListener(
-            onToken: { piece in
-                timer.token()
-                DispatchQueue.main.async {
-                    s.append(piece)
-                    self.messages = s.messages
-                }
-            },
-            onStats: { runnerStats = $0 },
-            onError: { error = $0 }
-        )
-        timer.start()
-        e.generate(prompt: request.prompt, maxNewTokens: request.maxNewTokens, listener: listener)
-        let runner = runnerStats.flatMap { try? Json.parseObject($0) }.flatMap(Figures.fromRunnerStats)
-        let figures = timer.figures(promptTokens: runner?.promptTokens ?? e.countTokens(request.prompt))
+        let record = GenerationRecord { piece in
+            DispatchQueue.main.async {
+                s.append(piece)
+                self.messages = s.messages
+            }
+        }
+        record.timer.start()
+        e.generate(prompt: request.prompt, maxNewTokens: request.maxNewTokens, listener: record)
+        let runner = record.runnerStats.flatMap(Figures.fromRunnerStats)
+        let figures = record.timer.figures(promptTokens: runner?.promptTokens ?? e.countTokens(request.prompt))
         DispatchQueue.main.async {
-            if let error {
+            if let error = record.error {
                 s.fail(error)
             } else {
                 s.finish(figures: figures, request: request, stoppedByUser: self.stopRequested)

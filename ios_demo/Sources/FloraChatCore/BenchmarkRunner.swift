@@ -59,25 +59,15 @@ public final class BenchmarkRunner {
         let promptIndex = (warmup ? index : index - spec.warmup) % spec.prompts.count
         let user = spec.prompts[promptIndex]
         let prompt = spec.chatTemplate ? chat.format([], user: user) : user
-        let timer = GenerationTimer(clock: clock)
         var text = ""
-        var stats: String?
-        var error: String?
-        let listener = ClosureListener(
-            onToken: { piece in
-                timer.token()
-                text += piece
-            },
-            onStats: { stats = $0 },
-            onError: { error = $0 }
-        )
-        timer.start()
-        engine.generate(prompt: prompt, maxNewTokens: spec.maxNewTokens, listener: listener)
-        let wallMs = timer.elapsedMs()
-        if let error { throw RunError("generation \(index + 1) failed: \(error)") }
-        let observer = stats.flatMap { try? Json.parseObject($0) }
+        let record = GenerationRecord(clock: clock) { text += $0 }
+        record.timer.start()
+        engine.generate(prompt: prompt, maxNewTokens: spec.maxNewTokens, listener: record)
+        let wallMs = record.timer.elapsedMs()
+        if let error = record.error { throw RunError("generation \(index + 1) failed: \(error)") }
+        let observer = record.runnerStats
         let promptTokens = observer?.int("prompt_tokens") ?? engine.countTokens(prompt)
-        guard let figures = timer.figures(promptTokens: promptTokens) else {
+        guard let figures = record.timer.figures(promptTokens: promptTokens) else {
             throw RunError("generation \(index + 1) produced no token")
         }
         let head: JSONObject = ["index": JSONValue(index), "warmup": JSONValue(warmup), "prompt_index": JSONValue(promptIndex)]

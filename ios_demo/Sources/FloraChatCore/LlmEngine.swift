@@ -40,22 +40,30 @@ public extension LlmEngine {
     func countTokens(_ prompt: String) -> Int? { nil }
 }
 
-/// A listener made of closures.
-public final class ClosureListener: GenerationListener {
-    private let token: (String) -> Void
-    private let stats: (String) -> Void
-    private let error: (String) -> Void
+/// Times one generation with the app's clock and keeps what the runner reported (its
+/// stats JSON, an error); every piece goes on to `onPiece`. The chat screen and the
+/// benchmark both listen through one of these.
+public final class GenerationRecord: GenerationListener {
+    public let timer: GenerationTimer
+    public private(set) var stats: String?
+    public private(set) var error: String?
+    private let onPiece: (String) -> Void
 
-    public init(onToken: @escaping (String) -> Void, onStats: @escaping (String) -> Void = { _ in },
-                onError: @escaping (String) -> Void = { _ in }) {
-        token = onToken
-        stats = onStats
-        error = onError
+    public init(clock: @escaping Clock = monotonicNanos, onPiece: @escaping (String) -> Void = { _ in }) {
+        timer = GenerationTimer(clock: clock)
+        self.onPiece = onPiece
     }
 
-    public func onToken(_ piece: String) { token(piece) }
-    public func onStats(_ json: String) { stats(json) }
-    public func onError(_ message: String) { error(message) }
+    /// The runner's stats as a JSON object, or nil when it sent none (or not JSON).
+    public var runnerStats: JSONObject? { stats.flatMap { try? Json.parseObject($0) } }
+
+    public func onToken(_ piece: String) {
+        timer.token()
+        onPiece(piece)
+    }
+
+    public func onStats(_ json: String) { stats = json }
+    public func onError(_ message: String) { error = message }
 }
 
 /// A flag one thread sets and another polls (the stop button during generation).

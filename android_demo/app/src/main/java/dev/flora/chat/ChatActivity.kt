@@ -15,9 +15,7 @@ import android.widget.Spinner
 import android.widget.TextView
 import dev.flora.chat.core.ChatSession
 import dev.flora.chat.core.Figures
-import dev.flora.chat.core.GenerationListener
-import dev.flora.chat.core.GenerationTimer
-import dev.flora.chat.core.Json
+import dev.flora.chat.core.GenerationRecord
 import dev.flora.chat.core.LlmEngine
 import dev.flora.chat.core.ModelCatalog
 import dev.flora.chat.core.ModelEntry
@@ -162,32 +160,13 @@ class ChatActivity : Activity() {
         statsLine: TextView,
     ) {
         val e = engine ?: return
-        val timer = GenerationTimer()
-        var runnerStats: String? = null
-        var error: String? = null
-        timer.start()
-        e.generate(
-            request.prompt,
-            request.maxNewTokens,
-            object : GenerationListener {
-                override fun onToken(piece: String) {
-                    timer.token()
-                    main.post { reply.text = s.append(piece) }
-                }
-
-                override fun onStats(json: String) {
-                    runnerStats = json
-                }
-
-                override fun onError(message: String) {
-                    error = message
-                }
-            },
-        )
-        val runner = runnerStats?.let { runCatching { Figures.fromRunnerStats(Json.parseObject(it)) }.getOrNull() }
-        val figures = timer.figures(runner?.promptTokens)
+        val record = GenerationRecord { piece -> main.post { reply.text = s.append(piece) } }
+        record.timer.start()
+        e.generate(request.prompt, request.maxNewTokens, record)
+        val runner = record.runnerStats?.let { Figures.fromRunnerStats(it) }
+        val figures = record.timer.figures(runner?.promptTokens)
         main.post {
-            val err = error
+            val err = record.error
             if (err != null) s.fail(err) else s.finish(figures, request, stopRequested)
             val msg = s.messages.last()
             reply.text = msg.text

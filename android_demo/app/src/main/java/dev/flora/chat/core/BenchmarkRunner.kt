@@ -48,35 +48,16 @@ class BenchmarkRunner(
         val promptIndex = (if (warmup) index else index - spec.warmup) % spec.prompts.size
         val user = spec.prompts[promptIndex]
         val prompt = if (spec.chatTemplate) chat.format(emptyList(), user) else user
-        val timer = GenerationTimer(clock)
         val text = StringBuilder()
-        var stats: String? = null
-        var error: String? = null
-        timer.start()
-        engine.generate(
-            prompt,
-            spec.maxNewTokens,
-            object : GenerationListener {
-                override fun onToken(piece: String) {
-                    timer.token()
-                    text.append(piece)
-                }
-
-                override fun onStats(json: String) {
-                    stats = json
-                }
-
-                override fun onError(message: String) {
-                    error = message
-                }
-            },
-        )
-        val wallMs = timer.elapsedMs()
-        error?.let { throw IllegalStateException("generation ${index + 1} failed: $it") }
-        val observer = stats?.let { runCatching { Json.parseObject(it) }.getOrNull() }
+        val record = GenerationRecord(clock) { text.append(it) }
+        record.timer.start()
+        engine.generate(prompt, spec.maxNewTokens, record)
+        val wallMs = record.timer.elapsedMs()
+        record.error?.let { throw IllegalStateException("generation ${index + 1} failed: $it") }
+        val observer = record.runnerStats
         val promptTokens = observer?.int("prompt_tokens")
         val figures =
-            timer.figures(promptTokens)
+            record.timer.figures(promptTokens)
                 ?: throw IllegalStateException("generation ${index + 1} produced no token")
         return linkedMapOf<String, Any?>("index" to index, "warmup" to warmup, "prompt_index" to promptIndex) +
             figures.toMap() + linkedMapOf("wall_ms" to wallMs, "text" to text.toString(), "observer" to observer)

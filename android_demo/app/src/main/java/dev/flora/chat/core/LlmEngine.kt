@@ -31,3 +31,36 @@ interface GenerationListener {
 
     fun onError(message: String) {}
 }
+
+/**
+ * Times one generation with the app's clock and keeps what the runner reported (its
+ * stats JSON, an error); every piece goes on to `onPiece`. The chat screen and the
+ * benchmark both listen through one of these.
+ */
+class GenerationRecord(
+    clock: () -> Long = System::nanoTime,
+    private val onPiece: (String) -> Unit = {},
+) : GenerationListener {
+    val timer = GenerationTimer(clock)
+    var stats: String? = null
+        private set
+    var error: String? = null
+        private set
+
+    /** The runner's stats as a JSON object, or null when it sent none (or not JSON). */
+    val runnerStats: Map<String, Any?>?
+        get() = stats?.let { runCatching { Json.parseObject(it) }.getOrNull() }
+
+    override fun onToken(piece: String) {
+        timer.token()
+        onPiece(piece)
+    }
+
+    override fun onStats(json: String) {
+        stats = json
+    }
+
+    override fun onError(message: String) {
+        error = message
+    }
+}
