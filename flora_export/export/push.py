@@ -11,7 +11,6 @@ place and made readable to apps (chmod -R a+rX), so the flora chat app
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shlex
 import time
@@ -21,6 +20,7 @@ from typing import Callable
 from ..adb import AdbDevice
 from ..bench.app import CHAT_ACTIVITY
 from ..errors import FloraError
+from ..model import file_sha256
 from .targets import TARGETS
 
 log = logging.getLogger(__name__)
@@ -96,18 +96,10 @@ def _verify(device: AdbDevice, remote: str, local: dict[str, Path]) -> str:
         if name:
             got[name.strip().lstrip("*")] = value
     for rel, f in local.items():
-        want = _sha256(f) if mode == "sha256" else str(f.stat().st_size)
+        want = file_sha256(f) if mode == "sha256" else str(f.stat().st_size)
         if got.get(rel) != want:
             raise FloraError(f"{rel} differs on the device after the copy ({mode} "
                              f"{got.get(rel) or 'missing'}, expected {want})",
                              "push again and check the device's free space (adb shell df "
                              f"{shlex.quote(remote.rsplit('/', 1)[0])})")
     return mode or "size"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
