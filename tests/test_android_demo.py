@@ -34,7 +34,7 @@ def _toolchain_missing() -> str | None:
     return ", ".join(missing) or None
 
 
-pytestmark = pytest.mark.skipif(
+needs_tools = pytest.mark.skipif(
     _toolchain_missing() is not None,
     reason=f"Android toolchain not fetched ({_toolchain_missing()}): "
            "run android_demo/tools/fetch-tools.sh (.ci/run does)",
@@ -51,6 +51,16 @@ def _check(out: Path, only: str) -> tuple[subprocess.CompletedProcess, dict]:
     return r, json.loads(result.read_text()) if result.exists() else {}
 
 
+def test_gradle_pins_the_exporters_executorch():
+    # The Gradle build's ExecuTorch AAR is the release of the exporter's ExecuTorch: an older
+    # runtime may reject a newer .pte (the iOS app's SwiftPM branch is checked the same way).
+    pin = re.search(r'"executorch==([\d.]+)"', (DEMO.parent / "pyproject.toml").read_text()).group(1)
+    props = dict(re.findall(r"^(\w+)=(.*)$", (DEMO / "gradle.properties").read_text(), re.M))
+    assert props["executorchVersion"] == pin
+    gradle = (DEMO / "app" / "build.gradle.kts").read_text()
+    assert 'implementation("org.pytorch:executorch-android:$executorchVersion")' in gradle
+
+
 @pytest.fixture(scope="module")
 def android_build(tmp_path_factory):
     """The debug APK, built once by `check.py --only apk` (build.py + verify + badging)."""
@@ -60,6 +70,7 @@ def android_build(tmp_path_factory):
     return out, result["checks"][0], r.stdout
 
 
+@needs_tools
 def test_build_prints_steps_and_writes_record(android_build):
     out, check, stdout = android_build
     steps = re.findall(r"^\[(\d)/8\] (\w+):", stdout, re.M)
@@ -75,6 +86,7 @@ def test_build_prints_steps_and_writes_record(android_build):
     assert check["ok"] and check["details"]["launchable_activity"] == f"{PACKAGE}.ChatActivity"
 
 
+@needs_tools
 def test_apk_badging(android_build):
     out, _, _ = android_build
     badging = _run("aapt", "dump", "badging", out / "flora-chat-debug.apk").stdout
@@ -86,6 +98,7 @@ def test_apk_badging(android_build):
     assert "application-debuggable" in badging
 
 
+@needs_tools
 def test_apk_signature_and_alignment(android_build):
     apk = android_build[0] / "flora-chat-debug.apk"
     verify = _run("apksigner", "verify", "--verbose", apk)
@@ -96,6 +109,7 @@ def test_apk_signature_and_alignment(android_build):
     assert _run("zipalign", "-c", "-p", "4", apk).returncode == 0
 
 
+@needs_tools
 def test_apk_contents(android_build):
     with zipfile.ZipFile(android_build[0] / "flora-chat-debug.apk") as z:
         names = set(z.namelist())
@@ -109,6 +123,7 @@ def test_apk_contents(android_build):
         assert cls.encode() in dex, cls
 
 
+@needs_tools
 def test_framework_calls_exist(android_build):
     out = android_build[0]
     report = out / "api.json"
@@ -122,6 +137,7 @@ def test_framework_calls_exist(android_build):
     assert re.search(r"^PASS apicheck: \d+ android refs, \d+ framework refs, 0 not found", r.stdout, re.M)
 
 
+@needs_tools
 def test_api_check_of_apk_and_stubs(android_build):
     out = android_build[0]
     r, result = _check(out, "api")
@@ -132,6 +148,7 @@ def test_api_check_of_apk_and_stubs(android_build):
     assert set(api["activities"]) == ACTIVITIES
 
 
+@needs_tools
 def test_api_check_catches_bad_activity(android_build):
     apk = android_build[0] / "flora-chat-debug.apk"
     r = _run(sys.executable, TOOLS / "apicheck.py", apk, "--activity", f"{PACKAGE}.NoSuchActivity",
@@ -142,6 +159,7 @@ def test_api_check_catches_bad_activity(android_build):
     assert "1 activities ok, 2 bad" in r.stdout
 
 
+@needs_tools
 def test_api_check_catches_wrong_stub_descriptor(tmp_path):
     """A stub whose return type is wrong compiles, and the API check must then name the call."""
     stub = tmp_path / "stub" / "android" / "os" / "SystemClock.java"
@@ -185,6 +203,7 @@ def unit_check(tmp_path_factory):
     return _check(tmp_path_factory.mktemp("android-unit"), "unit")
 
 
+@needs_tools
 def test_core_unit_tests_pass(unit_check):
     r, result = unit_check
     assert r.returncode == 0, r.stdout[-4000:]
@@ -195,6 +214,7 @@ def test_core_unit_tests_pass(unit_check):
     assert re.search(r"^PASS unit: JUnit OK \(\d+ tests in \d+ classes\)", r.stdout, re.M)
 
 
+@needs_tools
 def test_report_written_by_the_app_code_reads_in_flora_bench(unit_check):
     """The contract end to end on the app's side: the Kotlin BenchmarkRunner's report (a
     scripted engine: 100 ms prefill, 20 ms per token, 5 pieces; 1 warm-up + 3 runs)
@@ -215,6 +235,7 @@ def test_report_written_by_the_app_code_reads_in_flora_bench(unit_check):
     assert info["config"]["runs"] == 3 and info["run_id"] == "r1"
 
 
+@needs_tools
 def test_xml_resources_and_ktlint(tmp_path):
     r, result = _check(tmp_path, "xml,resources,ktlint")
     assert r.returncode == 0, r.stdout[-4000:]
@@ -226,6 +247,7 @@ def test_xml_resources_and_ktlint(tmp_path):
     assert "android checks: 3 passed, 0 failed" in r.stdout
 
 
+@needs_tools
 def test_ktlint_reports_style_problems(tmp_path):
     bad = tmp_path / "Bad.kt"
     bad.write_text("package x\nfun f( a:Int ) : Int { return a+1 ; }\n")
@@ -235,12 +257,14 @@ def test_ktlint_reports_style_problems(tmp_path):
     assert re.search(r"Bad\.kt:2:\d+: .*\(standard:", r.stdout)
 
 
+@needs_tools
 def test_check_rejects_unknown_check_name():
     r = _run(sys.executable, TOOLS / "check.py", "--only", "lint")
     assert r.returncode == 2
     assert r.stderr.strip().startswith("check: error: unknown check 'lint'")
 
 
+@needs_tools
 def test_fetch_tools_second_run_downloads_nothing():
     r = _run("bash", TOOLS / "fetch-tools.sh", timeout=300)
     assert r.returncode == 0, r.stderr

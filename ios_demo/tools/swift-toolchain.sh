@@ -7,12 +7,13 @@
 #   FLORA_SWIFT_ROOT=/srv/swift sudo -E ios_demo/tools/swift-toolchain.sh
 #
 # Idempotent: a finished install (marked by $ROOT/.flora-swift-ok) is reused as is.
-# Needs root (debootstrap, chroot), network access to deb.debian.org and the npm
-# registry, about 3.5 GB of disk. Prints the time of every stage.
+# Needs root (debootstrap, chroot), network access to the machine's own Debian mirror (the
+# first non-security archive in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list;
+# FLORA_SWIFT_MIRROR=URI overrides it) and to the npm registry, about 3.5 GB of disk.
+# Prints the time of every stage.
 set -euo pipefail
 
 ROOT="${FLORA_SWIFT_ROOT:-/opt/flora-swift}"
-MIRROR="${FLORA_SWIFT_MIRROR:-http://deb.debian.org/debian}"
 SUITE=trixie
 SWIFT_VERSION=6.0.3
 SWIFTLINT_NPM="@expo/swiftlint@0.57.1"
@@ -20,6 +21,27 @@ MARK="$ROOT/.flora-swift-ok"
 
 say() { printf '[swift-toolchain] %s\n' "$*"; }
 die() { printf '[swift-toolchain] error: %s\n' "$*" >&2; exit 1; }
+
+# apt_mirror: the Debian archive this machine's apt already uses (deb822 .sources files
+# first, then the one-line sources.list), skipping the security archive; empty if none.
+apt_mirror() {
+    local f uri=""
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        uri=$(awk '
+            function take() { if (!done && uris != "" && types ~ /(^|[ \t])deb([ \t]|$)/ && suites !~ /-security/ && enabled !~ /no/) { split(uris, u, /[ \t]+/); print u[1]; done = 1 } }
+            /^[ \t]*$/ { take(); uris = ""; suites = ""; types = ""; enabled = ""; next }
+            /^URIs:/ { uris = $0; sub(/^URIs:[ \t]*/, "", uris) }
+            /^Suites:/ { suites = $0 }
+            /^Types:/ { types = $0; sub(/^Types:/, "", types) }
+            /^Enabled:/ { enabled = $0; sub(/^Enabled:/, "", enabled) }
+            END { take() }' "$f")
+        [ -n "$uri" ] && { echo "$uri"; return; }
+    done
+    [ -f /etc/apt/sources.list ] || return 0
+    awk '$1 == "deb" { i = 2; if ($i ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
+                      if ($(i + 1) !~ /-security/) { print $i; exit } }' /etc/apt/sources.list
+}
 stage() {  # stage NAME COMMAND...: run and print its duration
     local name=$1 t0=$SECONDS
     shift
@@ -33,6 +55,9 @@ if [ -f "$MARK" ]; then
     exit 0
 fi
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap and chroot need it): sudo $0"
+MIRROR="${FLORA_SWIFT_MIRROR:-$(apt_mirror)}"
+[ -n "$MIRROR" ] || die "no Debian archive in /etc/apt/sources.list.d/*.sources or /etc/apt/sources.list (set FLORA_SWIFT_MIRROR=URI of a Debian mirror)"
+say "Debian mirror: $MIRROR"
 
 T0=$SECONDS
 PART="$ROOT.partial"
