@@ -6,7 +6,7 @@ Builds a random-weight Hugging Face checkpoint of a preset (default llama3.2-1b)
    block 32, accuracy level 4), recording wall time and peak RSS of each;
 2. runs both folders in ORT-GenAI with flora-bench's harness (one worker process per
    folder, interleaved A B A B ..., the same prompt ids and thread count) and reports
-   TTFT and TPOT (DESIGN.md §4) as medians and ratios.
+   TTFT and TPOT (docs/metrics.md) as medians and ratios.
 
     python benchmarks/onnx_vs_builder.py --preset llama3.2-1b --runs 5 --out bench-out/onnx
 

@@ -1,6 +1,6 @@
 """The fuse stage: FFBA pairs -> widened projections; LoRA -> merged weights.
 
-FFBA (DESIGN.md §1): A becomes extra output rows of `qkv_proj` / `gate_up_proj`,
+FFBA (docs/ffba.md): A becomes extra output rows of `qkv_proj` / `gate_up_proj`,
 `s * B` extra input columns of `o_proj` / `down_proj`. The width is padded with zero
 rows of A and zero columns of B up to a multiple of `pad_to` (the quantization
 group), which leaves the function unchanged and keeps every fused projection

@@ -1,4 +1,4 @@
-"""FFBA: fused forward-backward adapters (DESIGN.md §1), unfused trainable form.
+"""FFBA: fused forward-backward adapters (docs/ffba.md), unfused trainable form.
 
 Per decoder layer and sub-block p in {attn, mlp}: `a = A_p x_p`, and the sub-block's
 output gains `s * B_p * act(a)` with `s = alpha / width`. `fuse()` later moves A into

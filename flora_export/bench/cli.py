@@ -30,7 +30,7 @@ examples:
 
 Artifacts are export directories (NAME=DIR names one; default name: the directory's
 name) or eager:MODEL[+ADAPTER] (a model directory or preset, run in PyTorch).
-Definitions (DESIGN.md §4): TTFT = request start to first generated token; TPOT =
+Definitions (docs/metrics.md): TTFT = request start to first generated token; TPOT =
 (t_last - t_first) / (n - 1); prefill tok/s = prompt tokens / TTFT; decode tok/s =
 1000 / TPOT; medians and min-max over --runs runs after --warmup. Prompt ids are
 fixed and generation is forced to --gen-len tokens (EOS ignored), except for the

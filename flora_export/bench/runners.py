@@ -90,7 +90,7 @@ def _greedy(logits, vocab: int) -> int:
 
 def _timed_greedy(step, prompt_ids: list[int], gen_len: int, vocab: int) -> dict:
     """Prefill, then greedy decode steps; `step(ids, pos)` returns logits. Time stamps are
-    taken as each token is known (DESIGN.md §4)."""
+    taken as each token is known (docs/metrics.md)."""
     t0 = time.perf_counter()
     nxt, pos = _greedy(step(prompt_ids, 0), vocab), len(prompt_ids)
     stamps, tokens = [time.perf_counter()], [nxt]

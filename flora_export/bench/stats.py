@@ -1,4 +1,4 @@
-"""Latency figures as DESIGN.md §4 defines them, from timestamps or runner stats.
+"""Latency figures as docs/metrics.md defines them, from timestamps or runner stats.
 
 TTFT: request start (prompt tokenization included where the runner tokenizes) to the
 first generated token. TPOT: (t_last - t_first) / (n_generated - 1). Prefill tokens/s:

@@ -6,7 +6,7 @@ cache. `forward(tokens)` serves training (full causal sequence, no cache);
 `forward(tokens, input_pos)` serves inference: a prefill of any length, then
 single-token decode steps through the cache.
 
-FFBA hooks (see DESIGN.md §1): every sub-block carries an optional *unfused*
+FFBA hooks (see docs/ffba.md): every sub-block carries an optional *unfused*
 adapter pair (`.adapter`, extra matmuls) and a *fused* side channel of width
 `adapter_width`: the extra output rows of `qkv_proj` / `gate_up_proj` that feed,
 through `adapter_act`, the extra input columns of `o_proj` / `down_proj`.

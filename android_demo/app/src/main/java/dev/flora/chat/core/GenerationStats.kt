@@ -1,7 +1,7 @@
 package dev.flora.chat.core
 
 /**
- * Latency figures of one reply, as DESIGN.md §4 defines them:
+ * Latency figures of one reply, as docs/metrics.md defines them:
  * TTFT = request start to the first generated token; TPOT = (t_last - t_first) / (n - 1);
  * prefill tokens/s = prompt tokens / TTFT; decode tokens/s = 1000 / TPOT.
  * A rate over a 0 ms interval is undefined (null), not infinite.
