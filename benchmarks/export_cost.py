@@ -8,24 +8,31 @@ The preset's base exports are the same builds benchmarks/tpot.py uses: with the 
 --work they are reused, not rebuilt (their cost was recorded when they were built).
 
     python benchmarks/export_cost.py --work bench-out/tpot [--with-executorch-peer]
+    python benchmarks/export_cost.py --preset none --name export_cost-default \
+        --work bench-out/export-default          # the embedded default alone (a minute)
 
-Prints a table; writes benchmarks/results/export_cost.{json,md,png}.
+Prints a table; writes benchmarks/results/NAME.{json,md,png} (NAME: --name, default
+export_cost) with the machine's facts, the load average around every export, and each
+export's op counts from its manifest (quantized linear ops, XNNPACK delegates).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from variants import ROOT, build_all, run_measured  # noqa: E402
+from variants import BACKEND_TARGETS, build_all, run_measured  # noqa: E402
+
+from flora_export.bench.machine import host_facts  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = {"executorch": "android", "onnx": "onnx"}
+TARGETS = {"executorch": "android", "onnx": "onnx", "coreml": "coreml", "ios": "ios"}
+COUNTS = ("fused_linears", "quantized_linear_ops", "delegates", "linear_ops")
 
 
 def default_export(backend: str, work: Path) -> tuple[Path, dict]:
@@ -44,18 +51,27 @@ def default_export(backend: str, work: Path) -> tuple[Path, dict]:
 def row(name: str, out: Path, cost: dict) -> dict:
     m = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file() and p.suffix != ".json")
-    return {"name": name, **cost, "output_mb": round(size / 2 ** 20, 1),
+    size += sum(p.stat().st_size for d in out.iterdir() if d.is_dir() for p in d.rglob("*")
+                if p.is_file())
+    counts = {k: v for k, v in m.get("counts", {}).items() if k in COUNTS}
+    return {"name": name, **cost, "output_mb": round(size / 2 ** 20, 2), "counts": counts,
+            "files": {k: v["bytes"] for k, v in m.get("files", {}).items() if "bytes" in v},
             "stages_s": m.get("timings_s", {}), "rss_mb_after_stage": m.get("peak_rss_mb_after_stage", {})}
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| export | wall time | peak RSS | output | stages (s; peak RSS GB after) |",
-             "|---|---|---|---|---|"]
+    lines = ["| export | wall time | peak RSS | output | quantized linear ops / XNNPACK delegates "
+             "| load average before → after | stages (s; peak RSS GB after) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         stages = ", ".join(f"{k} {v:.1f} ({r['rss_mb_after_stage'].get(k, 0) / 1024:.1f})"
                            for k, v in r["stages_s"].items()) or "–"
-        lines.append(f"| {r['name']} | {r['seconds']:.0f} s | {r['peak_rss_gb']:.2f} GB | "
-                     f"{r['output_mb']:.0f} MiB | {stages} |")
+        c = r.get("counts", {})
+        ops = f"{c.get('quantized_linear_ops', '–')} / {c.get('delegates', '–')}"
+        load = (f"{r['loadavg_before'][0]:.1f} → {r['loadavg_after'][0]:.1f}"
+                if r.get("loadavg_before") else "–")
+        lines.append(f"| {r['name']} | {r['seconds']:.1f} s | {r['peak_rss_gb']:.2f} GB | "
+                     f"{r['output_mb']:.2f} MiB | {ops} | {load} | {stages} |")
     return "\n".join(lines) + "\n"
 
 
@@ -89,33 +105,39 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="llama3.2-1b")
+    p.add_argument("--preset", default="llama3.2-1b",
+                   help="preset whose base builds are measured too; 'none' for the default alone")
+    p.add_argument("--name", default="export_cost", help="results file stem (default export_cost)")
     p.add_argument("--work", type=Path, default=Path("bench-out/tpot"))
     p.add_argument("--backends", nargs="+", default=["executorch", "onnx"], choices=list(TARGETS))
     p.add_argument("--max-seq", type=int, default=256)
     p.add_argument("--with-executorch-peer", action="store_true",
                    help="build ExecuTorch's own export of the preset if not in --work yet")
     args = p.parse_args()
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rows = []
     for backend in args.backends:
         rows.append(row(f"default, {backend}", *default_export(backend, args.work)))
-    dirs = build_all(args.preset, ["base"], args.backends, args.work, args.max_seq)
-    for backend in args.backends:
+    presets = [] if args.preset == "none" else [args.preset]
+    backends = [b for b in args.backends if b in BACKEND_TARGETS]
+    dirs = build_all(args.preset, ["base"], backends, args.work, args.max_seq) if presets else {}
+    for backend in dirs:
         if "base" in dirs[backend]:
             cost = json.loads((args.work / "logs" / f"{backend}-base.cost.json").read_text())
             rows.append(row(f"{args.preset}, {backend}", dirs[backend]["base"], cost))
     peer = args.work / "executorch-peer" / "et-export"
-    if args.with_executorch_peer and not (peer / "cost.json").exists():
+    if presets and args.with_executorch_peer and not (peer / "cost.json").exists():
         from executorch_peer import build_peers
         build_peers(args.preset, args.work, args.max_seq, ["et-export"])
-    if (peer / "cost.json").exists():
+    if presets and (peer / "cost.json").exists():
         rows.append(row(f"{args.preset}, ExecuTorch export_llm", peer,
                         json.loads((peer / "cost.json").read_text())))
     RESULTS.mkdir(exist_ok=True)
-    result = {"rows": rows, "machine": {"cpus": os.cpu_count(), "root": str(ROOT)}}
-    (RESULTS / "export_cost.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "export_cost.md").write_text(markdown(rows))
-    plot(rows, RESULTS / "export_cost.png")
+    result = {"command": " ".join(["python", "benchmarks/export_cost.py", *sys.argv[1:]]),
+              "started_utc": started, "rows": rows, "machine": host_facts()}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(rows))
+    plot(rows, RESULTS / f"{args.name}.png")
     print(markdown(rows))
 
 
