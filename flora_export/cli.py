@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep an FFBA adapter unfused (extra matmuls; a benchmark baseline)")
     p.add_argument("--no-base-check", action="store_true",
                    help="apply an adapter even if it was trained on a different base")
+    p.add_argument("--allow-unused-weights", action="store_true",
+                   help="load a checkpoint holding tensors config.json does not use (extra "
+                        "layers, stray names), skipping them with a warning; refused otherwise")
     p.add_argument("--seed", type=int, default=0, help="seed for preset random weights")
     p.add_argument("--force", action="store_true",
                    help="replace an existing non-empty --out that is not a flora-export output")
@@ -202,12 +205,16 @@ def _run(args) -> tuple[dict, float]:
     from .quantize import quant_config
 
     target_row(args.target), quant_config(args.quant)  # fail fast on unknown names
+    for flag in ("model", "adapter"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            raise FloraError(f"--{flag} is an empty string (an unset shell variable?)",
+                             f"pass a path or name to --{flag}, or leave the option out")
     t0 = time.perf_counter()
     model_src = args.model or str(DEFAULT_BASE)
     adapter = args.adapter if args.adapter is not None else (
         None if args.model else str(DEFAULT_ADAPTER))
     print(f"loading model {args.model or 'embedded default'} ...", file=_CONSOLE.out, flush=True)
-    model = load_model(model_src, seed=args.seed)
+    model = load_model(model_src, seed=args.seed, allow_unused_weights=args.allow_unused_weights)
     if adapter and adapter.lower() != "none":
         print(f"loading adapter {args.adapter or 'embedded default'} ...", file=_CONSOLE.out,
               flush=True)

@@ -89,6 +89,11 @@ def run(args) -> dict:
     from .evaluation import check_fits, export_step, score_eager, score_steps
     from .train.data import Encoder
 
+    for flag in ("model", "export", "adapter"):
+        if getattr(args, flag) is not None and not getattr(args, flag).strip():
+            raise FloraError(f"--{flag} is an empty string (an unset shell variable?)",
+                             f"pass a path to --{flag}, or leave the option out")
+
     examples, data = examples_for(args)
     if args.export:
         step, encoder, manifest = export_step(Path(args.export))

@@ -30,9 +30,14 @@ class FFBAConfig:
     activation: str = "identity"
 
     def __post_init__(self):
-        if not isinstance(self.width, int) or self.width <= 0:
+        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width <= 0:
             raise FloraError(f"FFBA width must be a positive integer, got {self.width!r}",
                              "set width to e.g. 64")
+        if self.alpha is not None and (isinstance(self.alpha, bool) or
+                                       not isinstance(self.alpha, (int, float)) or
+                                       not math.isfinite(self.alpha)):
+            raise FloraError(f"FFBA alpha must be a finite number or null, got {self.alpha!r}",
+                             "set alpha to e.g. 2 * width")
         if self.variant not in VARIANTS:
             raise unknown_name("FFBA variant", self.variant, VARIANTS)
         if self.activation not in ACTIVATIONS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from ..model import file_sha256
 from ..model.checkpoint import save_safetensors_atomic, write_atomic
 from ..model.llama import LlamaModel
 from .ffba import FFBAConfig, attach_ffba, sub_block
+from .fields import FFBA, PEFT_LORA
 from .lora import ALL_TARGETS, LoraConfig, attach_lora, lora_projections
 
 log = logging.getLogger(__name__)
@@ -115,15 +117,28 @@ def _lora_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
 
 
 def _peft_config(cfg: LoraConfig, model: LlamaModel) -> dict:
+    targets = cfg.target_modules if cfg.target_modules is not None else cfg.targets
     return {"peft_type": "LORA", "r": cfg.rank, "lora_alpha": cfg.alpha,
-            "target_modules": list(cfg.targets), "bias": "none", "use_rslora": False,
+            "target_modules": targets if isinstance(targets, str) else list(targets),
+            "exclude_modules": _plain(cfg.exclude_modules), "bias": "none",
+            "use_rslora": cfg.use_rslora, "rank_pattern": dict(cfg.rank_pattern),
+            "alpha_pattern": dict(cfg.alpha_pattern),
+            "layers_to_transform": _plain(cfg.layers_to_transform),
+            "layers_pattern": _plain(cfg.layers_pattern),
             "task_type": "CAUSAL_LM", "base_model_name_or_path": model_name(model),
             "flora_base": _base_record(model)}
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 # ---------------------------------------------------------------- load
 
 def read_adapter_config(adapter_dir: str | Path) -> FFBAConfig | LoraConfig:
+    if not str(adapter_dir).strip():
+        raise FloraError("the adapter path is an empty string (an unset shell variable?)",
+                         "pass an adapter directory, or none for the base model alone")
     path = Path(adapter_dir) / CONFIG_FILE
     if not path.is_file():
         raise FloraError(f"no {CONFIG_FILE} in {adapter_dir}",
@@ -136,17 +151,42 @@ def read_adapter_config(adapter_dir: str | Path) -> FFBAConfig | LoraConfig:
     return _config_from_meta(meta, path)
 
 
+_PEFT_LLAMA_DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's default for model_type llama
+
+
 def _config_from_meta(meta: dict, path: Path) -> FFBAConfig | LoraConfig:
+    if not isinstance(meta, dict):
+        raise FloraError(f"{path} holds a JSON {type(meta).__name__}, not an object",
+                         "restore the adapter_config.json saved with the adapter")
     if meta.get("adapter_type") == "ffba":
+        FFBA.check(meta, str(path))
         keys = ("width", "alpha", "variant", "activation")
         return FFBAConfig(**{k: meta[k] for k in keys if k in meta})
     if meta.get("peft_type") == "LORA":
-        if meta.get("use_rslora") or meta.get("use_dora"):
-            raise FloraError(f"{path}: rsLoRA/DoRA adapters are not supported",
-                             "train a plain LoRA adapter")
-        targets = meta.get("target_modules") or list(ALL_TARGETS)
-        return LoraConfig(rank=meta["r"], alpha=meta.get("lora_alpha", meta["r"]),
-                          targets=tuple(t for t in ALL_TARGETS if t in targets))
+        PEFT_LORA.check(meta, str(path))
+        if meta.get("fan_in_fan_out"):
+            log.info("%s: fan_in_fan_out=true is ignored, as PEFT ignores it for "
+                     "torch.nn.Linear targets", path)
+        targets = meta.get("target_modules")
+        if targets is None:
+            targets = _PEFT_LLAMA_DEFAULT_TARGETS
+        elif isinstance(targets, str) and targets.lower() == "all-linear":
+            targets = ALL_TARGETS      # PEFT: every linear but the output head
+        if not isinstance(targets, (str, list, tuple)):
+            raise FloraError(f"{path}: target_modules={targets!r} is neither a list of names "
+                             "nor a regex string", "fix adapter_config.json")
+        for key in ("rank_pattern", "alpha_pattern"):
+            if not isinstance(meta.get(key) or {}, dict):
+                raise FloraError(f"{path}: {key} must be an object, got {meta[key]!r}",
+                                 "fix adapter_config.json")
+        cfg = LoraConfig(rank=meta.get("r", 8), alpha=meta.get("lora_alpha", 8),
+                         use_rslora=bool(meta.get("use_rslora")),
+                         rank_pattern=dict(meta.get("rank_pattern") or {}),
+                         alpha_pattern=dict(meta.get("alpha_pattern") or {}),
+                         target_modules=targets, exclude_modules=meta.get("exclude_modules"),
+                         layers_to_transform=meta.get("layers_to_transform"),
+                         layers_pattern=meta.get("layers_pattern"))
+        return cfg
     raise FloraError(f"{path} describes no FFBA or LoRA adapter",
                      'expected "adapter_type": "ffba" or "peft_type": "LORA"')
 
@@ -165,7 +205,7 @@ def load_adapter(model: LlamaModel, adapter_dir: str | Path, check_base: bool = 
         attach_ffba(model, cfg)
         expected = ffba_tensors(model)
     else:
-        attach_lora(model, cfg)
+        attach_lora(model, cfg, where=str(adapter_dir / CONFIG_FILE))
         expected = _lora_tensors(model)
     _copy_checked(expected, tensors, adapter_dir)
     model.adapter_source = {"path": str(adapter_dir.resolve()), "files": {
@@ -214,10 +254,18 @@ def _copy_checked(expected: dict, tensors: dict, adapter_dir: Path) -> None:
                          f"{missing[0]!r}", "the adapter does not match this base model's layers")
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:
-        raise FloraError(f"adapter {adapter_dir} has {len(unexpected)} tensors with no place in "
-                         f"this model, e.g. {unexpected[0]!r}",
-                         "pass the base model the adapter was trained on (it has other layers "
-                         "or adapted modules)")
+        layers = {int(m.group(1)) for n in unexpected if (m := re.search(r"layers\.(\d+)\.", n))}
+        n_layers = 1 + max((int(re.search(r"layers\.(\d+)\.", n).group(1)) for n in expected),
+                           default=-1)
+        beyond = sorted(i for i in layers if i >= n_layers)
+        if beyond:
+            raise FloraError(f"adapter {adapter_dir} has tensors for layer {beyond[0]}, this base "
+                             f"model has {n_layers} layers (e.g. {unexpected[0]!r})",
+                             "pass the base model the adapter was trained on")
+        raise FloraError(f"adapter {adapter_dir} has {len(unexpected)} tensors that its "
+                         f"{CONFIG_FILE} does not select, e.g. {unexpected[0]!r}",
+                         f"restore the {CONFIG_FILE} saved with these weights (flora-export "
+                         "adapts q/k/v/o/gate/up/down projections only)")
     with torch.no_grad():
         for name, param in expected.items():
             t = tensors[name]

@@ -2,18 +2,22 @@
 
 Our projections are fused (`qkv_proj`, `gate_up_proj`), so a LoRA projection keeps
 one low-rank pair per HF-named segment (q, k, v ...) and adds each pair's output
-to its own rows, exactly as separate HF projections would.
+to its own rows, exactly as separate HF projections would. Which segments, and each
+one's rank and scale, follow PEFT's rules (targets.py): target_modules as names or a
+regex, exclude_modules, layers_to_transform/layers_pattern, rank_pattern,
+alpha_pattern and use_rslora.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from .common import prepare_base
+from .targets import lora_sites
 from ..errors import FloraError
 from ..model.llama import LlamaModel
 
@@ -22,22 +26,43 @@ ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 
 @dataclass(frozen=True)
 class LoraConfig:
+    """A LoRA adapter. `rank`, `alpha`, `targets` are what recipes set; the other fields
+    carry PEFT's adapter_config.json options (their defaults are PEFT's: off)."""
+
     rank: int = 16
     alpha: float = 32.0
     targets: tuple[str, ...] = ALL_TARGETS
+    use_rslora: bool = False
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
+    target_modules: str | tuple[str, ...] | None = None   # PEFT form; None: `targets`
+    exclude_modules: str | tuple[str, ...] | None = None
+    layers_to_transform: int | tuple[int, ...] | None = None
+    layers_pattern: str | tuple[str, ...] | None = None
 
     def __post_init__(self):
-        if not isinstance(self.rank, int) or self.rank <= 0:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
             raise FloraError(f"LoRA rank must be a positive integer, got {self.rank!r}",
                              "set rank to e.g. 16")
         bad = [t for t in self.targets if t not in ALL_TARGETS]
         if bad:
             raise FloraError(f"unknown LoRA target(s) {bad}", f"use some of: {', '.join(ALL_TARGETS)}")
         object.__setattr__(self, "targets", tuple(self.targets))
+        for name in ("target_modules", "exclude_modules", "layers_to_transform",
+                     "layers_pattern"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
 
     @property
     def scale(self) -> float:
-        return self.alpha / self.rank
+        """The global scale (per-module scales: `sites`)."""
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+    def sites(self, num_layers: int, where: str = "the LoRA config"
+              ) -> dict[tuple[int, str], tuple[int, float]]:
+        """(layer, HF projection) -> (rank, scale), PEFT's matching (targets.py)."""
+        return lora_sites(self, num_layers, where)
 
     def to_dict(self) -> dict:
         return {"adapter_type": "lora", **asdict(self)}
@@ -57,18 +82,20 @@ def segments(model: LlamaModel) -> dict[str, list[tuple[str, int]]]:
 class LoraProjection(nn.Module):
     """A frozen base linear plus, per targeted row segment, `scale * B(A(x))`."""
 
-    def __init__(self, base: nn.Linear, segs: list[tuple[str, int]], cfg: LoraConfig):
+    def __init__(self, base: nn.Linear, segs: list[tuple[str, int]],
+                 sites: dict[str, tuple[int, float]]):
         super().__init__()
         self.base = base
         self.segments = segs
-        self.scale = cfg.scale
+        self.scales = {name: scale for name, (_, scale) in sites.items()}
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         dtype = base.weight.dtype
         for name, rows in segs:
-            if name in cfg.targets:
-                self.lora_A[name] = nn.Linear(base.in_features, cfg.rank, bias=False).to(dtype)
-                self.lora_B[name] = nn.Linear(cfg.rank, rows, bias=False).to(dtype)
+            if name in sites:
+                rank = sites[name][0]
+                self.lora_A[name] = nn.Linear(base.in_features, rank, bias=False).to(dtype)
+                self.lora_B[name] = nn.Linear(rank, rows, bias=False).to(dtype)
                 nn.init.kaiming_uniform_(self.lora_A[name].weight, a=math.sqrt(5))
                 nn.init.zeros_(self.lora_B[name].weight)
 
@@ -81,7 +108,7 @@ class LoraProjection(nn.Module):
         deltas = []
         for name, rows in self.segments:
             if name in self.lora_A:
-                deltas.append(self.scale * self.lora_B[name](self.lora_A[name](x)))
+                deltas.append(self.scales[name] * self.lora_B[name](self.lora_A[name](x)))
             else:
                 deltas.append(x.new_zeros(*x.shape[:-1], rows))
         return y + (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=-1))
@@ -92,7 +119,7 @@ class LoraProjection(nn.Module):
         for name, rows in self.segments:
             if name in self.lora_A:
                 delta = self.lora_B[name].weight @ self.lora_A[name].weight
-                w[row:row + rows] += self.scale * delta
+                w[row:row + rows] += self.scales[name] * delta
             row += rows
         return w
 
@@ -106,13 +133,16 @@ def lora_projections(model: LlamaModel):
             yield i, path, parent, attr, getattr(parent, attr)
 
 
-def attach_lora(model: LlamaModel, cfg: LoraConfig, freeze_base: bool = True) -> LlamaModel:
+def attach_lora(model: LlamaModel, cfg: LoraConfig, freeze_base: bool = True,
+                where: str = "the LoRA config") -> LlamaModel:
     """Wrap the targeted projections with fresh (B = 0) unmerged LoRA pairs."""
+    sites = cfg.sites(len(model.layers), where)
     prepare_base(model, freeze_base)
     segs = segments(model)
-    for _, path, parent, attr, lin in lora_projections(model):
-        if any(name in cfg.targets for name, _ in segs[path]):
-            setattr(parent, attr, LoraProjection(lin, segs[path], cfg))
+    for i, path, parent, attr, lin in lora_projections(model):
+        mine = {name: sites[(i, name)] for name, _ in segs[path] if (i, name) in sites}
+        if mine:
+            setattr(parent, attr, LoraProjection(lin, segs[path], mine))
     model.adapter_config = cfg
     model.adapter_state = "unmerged"
     return model

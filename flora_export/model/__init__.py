@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FloraError
-from .checkpoint import load_hf_checkpoint, save_hf_checkpoint
+from .checkpoint import INDEX, checkpoint_files, load_hf_checkpoint, save_hf_checkpoint
 from .config import LlamaConfig
 from .llama import LlamaModel
 from .presets import PRESETS, preset_config, random_model, special_base
@@ -29,16 +29,22 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def load_model(source: str | Path, dtype: torch.dtype = torch.float32, seed: int = 0
-               ) -> LlamaModel:
+def load_model(source: str | Path, dtype: torch.dtype = torch.float32, seed: int = 0,
+               allow_unused_weights: bool = False) -> LlamaModel:
     """Load an HF Llama directory, or build a named preset with random weights.
 
     The returned model carries `tokenizer_json` (the tokenizer file's text) and
-    `source` (name, kind and sha256 of every input file) for the manifest.
+    `source` (name, kind and sha256 of every input file) for the manifest. Tensors in
+    the checkpoint that config.json does not use are refused unless
+    `allow_unused_weights` (then skipped with a warning naming them).
     """
+    if not str(source).strip():
+        raise FloraError("the model path is an empty string (an unset shell variable?)",
+                         "pass a Hugging Face model directory or a preset name "
+                         f"({', '.join(sorted(PRESETS))})")
     path = Path(source)
     if path.is_dir():
-        return _load_dir(path, dtype)
+        return _load_dir(path, dtype, allow_unused_weights)
     if str(source) in PRESETS:
         return _load_preset(str(source), dtype, seed)
     if path.exists() or any(c in str(source) for c in "/\\"):
@@ -49,13 +55,14 @@ def load_model(source: str | Path, dtype: torch.dtype = torch.float32, seed: int
                      f"pass an existing directory or one of: {', '.join(sorted(PRESETS))}")
 
 
-def _load_dir(path: Path, dtype: torch.dtype) -> LlamaModel:
-    cfg = LlamaConfig.from_file(path / "config.json")
+def _load_dir(path: Path, dtype: torch.dtype, allow_unused_weights: bool) -> LlamaModel:
+    cfg = LlamaConfig.from_dir(path)
     check_tokenizer(path / "tokenizer.json", cfg.vocab_size)
-    model = load_hf_checkpoint(path, dtype)
+    model = load_hf_checkpoint(path, dtype, allow_unused_weights)
     model.tokenizer_json = (path / "tokenizer.json").read_text()
-    files = [p for p in sorted(path.iterdir())
-             if p.name in ("config.json", "tokenizer.json") or p.suffix == ".safetensors"]
+    extra = ("generation_config.json", "tokenizer_config.json", INDEX)
+    files = sorted({path / "config.json", path / "tokenizer.json", *checkpoint_files(path),
+                    *(path / n for n in extra if (path / n).is_file())})
     model.source = {"name": path.name, "kind": "directory", "path": str(path.resolve()),
                     "files": {p.name: file_sha256(p) for p in files}}
     log.info("loaded %s (%d layers, d=%d)", path, cfg.num_hidden_layers, cfg.hidden_size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from safetensors.torch import save_file
 
 from ..errors import FloraError
 from .config import LlamaConfig
+from .fields import SAFETENSORS_INDEX
 from .llama import LlamaModel
 
 log = logging.getLogger(__name__)
@@ -30,22 +32,32 @@ _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "F64": torch.float64}
 
 
-class _TensorIndex:
-    """Tensor name -> (file, dtype, shape, byte range) over one or many `*.safetensors`.
+SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
+_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # old
+# checkpoints' RoPE buffer, recomputed from config.json (transformers ignores it too)
 
+
+class _TensorIndex:
+    """Tensor name -> (file, dtype, shape, byte range) over the checkpoint's files.
+
+    The files are the ones transformers loads: `model.safetensors` when it exists, else
+    exactly the shards that `model.safetensors.index.json` names (other `*.safetensors`
+    beside them are ignored, with a log line). A tensor defined in two files is refused.
     Tensors are read with plain file reads straight into their destination (a slice
     of the fused weight), never through a memory map, so loading holds one copy.
     """
 
     def __init__(self, model_dir: Path):
-        files = sorted(model_dir.glob("*.safetensors"))
-        if not files:
-            raise FloraError(f"no *.safetensors weights in {model_dir}",
-                             "save the model with safetensors (save_pretrained(..., "
-                             "safe_serialization=True)); .bin/pickle checkpoints are not loaded")
+        files = checkpoint_files(model_dir)
         self.entries: dict[str, tuple] = {}
         for f in files:
-            self.entries.update(_read_header(f))
+            for name, entry in _read_header(f).items():
+                if name in self.entries:
+                    raise FloraError(
+                        f"tensor {name!r} is defined twice, in {self.entries[name][0].name} and "
+                        f"{f.name}", "remove the stale copy: each tensor must be in one file")
+                self.entries[name] = entry
+        self.used: set[str] = set()
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._entry(name)[2]
@@ -56,9 +68,13 @@ class _TensorIndex:
                              "use a complete Llama checkpoint that matches its config.json")
         return self.entries[name]
 
+    def unused(self) -> list[str]:
+        return sorted(n for n in set(self.entries) - self.used if not _IGNORED.fullmatch(n))
+
     def read_into(self, name: str, out: torch.Tensor) -> None:
         """Fill `out` (contiguous, the right shape) with tensor `name`, converting dtype."""
         path, dtype, _, begin, end = self._entry(name)
+        self.used.add(name)
         buf = out if dtype == out.dtype else torch.empty(out.shape, dtype=dtype)
         with open(path, "rb") as f:
             f.seek(begin)
@@ -71,6 +87,73 @@ class _TensorIndex:
         if not torch.isfinite(out.sum()):  # NaN/Inf poison the sum; needs no full-size temp
             raise FloraError(f"tensor {name!r} contains NaN or Inf values",
                              "the checkpoint is broken (diverged training?); use a good one")
+
+
+def checkpoint_files(model_dir: Path) -> list[Path]:
+    """The weight files transformers would load from `model_dir`, in its order of choice."""
+    present = sorted(p.name for p in model_dir.glob("*.safetensors"))
+    if (model_dir / SINGLE).is_file():
+        files = [model_dir / SINGLE]
+        if (model_dir / INDEX).exists():
+            log.warning("%s: loading %s; %s is ignored (transformers prefers the single file)",
+                        model_dir, SINGLE, INDEX)
+    elif (model_dir / INDEX).is_file():
+        files = [model_dir / n for n in _index_shards(model_dir / INDEX)]
+    elif present:
+        raise FloraError(
+            f"{model_dir} has no {SINGLE} and no {INDEX}, only {', '.join(present[:4])}"
+            + (f" (+{len(present) - 4} more)" if len(present) > 4 else ""),
+            f"name the weights {SINGLE}, or add the {INDEX} that lists the shards")
+    else:
+        raise FloraError(f"no *.safetensors weights in {model_dir}",
+                         "save the model with safetensors (save_pretrained(..., "
+                         "safe_serialization=True)); .bin/pickle checkpoints are not loaded")
+    stray = sorted(set(present) - {f.name for f in files})
+    if stray:
+        log.warning("%s: ignoring %s (not part of the checkpoint; transformers ignores "
+                    "them too)", model_dir, ", ".join(stray))
+    return files
+
+
+def _index_shards(index_path: Path) -> list[str]:
+    """The shard files `model.safetensors.index.json` maps tensors to, each checked."""
+    try:
+        index = json.loads(index_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FloraError(f"{index_path} is not valid JSON ({e})",
+                         "restore the index saved with the checkpoint") from None
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict) \
+            or not index["weight_map"]:
+        raise FloraError(f"{index_path} has no weight_map object",
+                         'an index maps tensor names to shard files: {"weight_map": {...}}')
+    SAFETENSORS_INDEX.check(index, str(index_path))
+    shards = []
+    for name, shard in index["weight_map"].items():
+        if not isinstance(shard, str) or Path(shard).name != shard or \
+                not shard.endswith(".safetensors"):
+            raise FloraError(f"{index_path}: tensor {name!r} maps to {shard!r}, not a "
+                             ".safetensors file name in the model directory",
+                             "shards must be plain *.safetensors file names beside the index")
+        if shard not in shards:
+            shards.append(shard)
+    missing = [s for s in shards if not (index_path.parent / s).is_file()]
+    if missing:
+        raise FloraError(f"shard {missing[0]} named in {index_path.name} is missing from "
+                         f"{index_path.parent}" + (f" (and {len(missing) - 1} more shards)"
+                                                   if len(missing) > 1 else ""),
+                         "download every shard of the checkpoint")
+    index_path_map = index["weight_map"]
+    for shard in shards:
+        names = set(_read_header(index_path.parent / shard))
+        listed = {n for n, s in index_path_map.items() if s == shard}
+        lost, extra = sorted(listed - names), sorted(names - set(index_path_map))
+        if lost:
+            raise FloraError(f"{index_path.name} puts tensor {lost[0]!r} in {shard}, which does "
+                             "not hold it", "restore the shard or the index saved with it")
+        if extra:
+            raise FloraError(f"shard {shard} holds tensor {extra[0]!r}, which {index_path.name} "
+                             "does not list", "restore the index saved with the checkpoint")
+    return shards
 
 
 def _read_header(path: Path) -> dict[str, tuple]:
@@ -112,10 +195,16 @@ def _hf_name(ours: str) -> str:
     return ours if ours == "lm_head.weight" else f"model.{ours}"
 
 
-def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> LlamaModel:
-    """Build a `LlamaModel` from an HF directory (config.json + safetensors)."""
+def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32,
+                       allow_unused_weights: bool = False) -> LlamaModel:
+    """Build a `LlamaModel` from an HF directory (config.json + safetensors).
+
+    Every tensor in the checkpoint's files must be used by the model config.json
+    describes: extra layers or stray names are refused, naming them, unless
+    `allow_unused_weights` (then they are skipped with a warning that names them).
+    """
     model_dir = Path(model_dir)
-    cfg = LlamaConfig.from_file(model_dir / "config.json")
+    cfg = LlamaConfig.from_dir(model_dir)
     index = _TensorIndex(model_dir)
     with torch.device("meta"):
         model = LlamaModel(cfg)
@@ -126,11 +215,45 @@ def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32) -> L
             continue
         state[name] = _read_param(index, name, torch.empty(param.shape, dtype=dtype), shapes)
     if cfg.tie_word_embeddings:
+        _check_tied_head(index, state["embed_tokens.weight"])
         state["lm_head.weight"] = state["embed_tokens.weight"]
+    _check_unused(index, model_dir, cfg, allow_unused_weights)
     model.load_state_dict(state, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     return model.eval()
+
+
+def _check_tied_head(index: _TensorIndex, embed: torch.Tensor) -> None:
+    """config.json ties the head to the embedding: a stored lm_head.weight must equal it."""
+    if "lm_head.weight" not in index.entries:
+        return
+    if index.shape("lm_head.weight") != tuple(embed.shape):
+        raise FloraError(f"lm_head.weight has shape {index.shape('lm_head.weight')}, the tied "
+                         f"embedding {tuple(embed.shape)}", "the weights do not match config.json")
+    head = torch.empty_like(embed)
+    index.read_into("lm_head.weight", head)
+    if not torch.equal(head, embed):
+        raise FloraError("config.json sets tie_word_embeddings=true but the checkpoint's "
+                         "lm_head.weight differs from model.embed_tokens.weight",
+                         "set tie_word_embeddings to false if the head was trained apart, or "
+                         "remove lm_head.weight")
+
+
+def _check_unused(index: _TensorIndex, model_dir: Path, cfg: LlamaConfig, allow: bool) -> None:
+    unused = index.unused()
+    if not unused:
+        return
+    names = ", ".join(unused[:4]) + (f" (+{len(unused) - 4} more)" if len(unused) > 4 else "")
+    if allow:
+        log.warning("%s: skipping %d tensors config.json does not use: %s", model_dir,
+                    len(unused), names)
+        return
+    raise FloraError(
+        f"{model_dir} holds {len(unused)} tensors that its config.json ({cfg.num_hidden_layers} "
+        f"layers) does not use: {names}",
+        "fix config.json (e.g. num_hidden_layers) to describe the checkpoint, or pass "
+        "--allow-unused-weights to load it anyway")
 
 
 def _read_param(index: _TensorIndex, name: str, out: torch.Tensor,

@@ -14,6 +14,8 @@ through `adapter_act`, the extra input columns of `o_proj` / `down_proj`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +25,16 @@ from .rope import apply_rope, rope_tables
 
 ATTENTION_IMPLS = ("sdpa", "executorch")
 ACTIVATIONS = {"identity": lambda x: x, "relu": F.relu, "silu": F.silu}
+
+
+# config.json `hidden_act` -> the MLP's gate activation, computed as transformers'
+# ACT2FN computes it (transformers/activations.py); fields.HIDDEN_ACTS lists the names.
+MLP_ACTIVATIONS = {
+    "silu": F.silu, "swish": F.silu, "relu": F.relu, "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_new": lambda x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) *
+                                                      (x + 0.044715 * torch.pow(x, 3.0)))),
+}
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -163,6 +175,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.ffn_dim = cfg.intermediate_size
+        self.act = MLP_ACTIVATIONS[cfg.hidden_act]
         self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * self.ffn_dim, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(self.ffn_dim, cfg.hidden_size, bias=cfg.mlp_bias)
         self.adapter_width = 0
@@ -173,7 +186,7 @@ class MLP(nn.Module):
         parts = self.gate_up_proj(x).split(
             [self.ffn_dim, self.ffn_dim] + ([self.adapter_width] if self.adapter_width else []),
             dim=-1)
-        y = F.silu(parts[0]) * parts[1]
+        y = self.act(parts[0]) * parts[1]
         if self.adapter_width:
             y = torch.cat([y, activation(self.adapter_act, parts[2])], dim=-1)
         out = self.down_proj(y)

@@ -116,6 +116,9 @@ def _arch(source: str, config_cls, embedded: str):
     from pathlib import Path
 
     from ..model.presets import PRESETS, preset_config
+    if not source.strip():
+        raise FloraError("--model is an empty string (an unset shell variable?)",
+                         "pass a model directory or preset name, or leave --model out")
     if source == embedded:
         from ..default import DEFAULT_BASE
         source = str(DEFAULT_BASE)

@@ -1,0 +1,130 @@
+"""Which projections a LoRA config adapts, with which rank and scale: PEFT's rules.
+
+PEFT decides on the module names of the transformers model it wraps
+(`model.layers.3.self_attn.q_proj`, `lm_head`, ...). We enumerate the same names for
+a `LlamaForCausalLM` and apply PEFT 0.21's matching (`check_target_module_exists`,
+`get_pattern_key` in peft/tuners/tuners_utils.py and peft/utils/other.py):
+
+- `target_modules` a string: a regex that must match the whole name (`re.fullmatch`);
+  `layers_to_transform` does not apply then (PEFT ignores it for a regex);
+- a list: a name equal to an entry or ending in `.entry`; then `layers_to_transform`
+  (an int or a list) keeps only those layer indices, the index being the number after
+  the first `layers_pattern` (or after the second dotted segment when unset);
+- `exclude_modules` (regex string, or names) removes names first;
+- rank and alpha per module: the first key of `rank_pattern` / `alpha_pattern` for which
+  `(.*\\.)?(KEY)$` matches the name, else `r` / `lora_alpha`;
+- scale = alpha / sqrt(rank) with `use_rslora`, else alpha / rank.
+
+A matched module that is not one of the seven projections (lm_head, embed_tokens, a
+norm ...) is refused by name: flora-export implements LoRA on the projections only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING
+
+from ..errors import FloraError
+
+if TYPE_CHECKING:
+    from .lora import LoraConfig
+
+PROJECTIONS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
+               "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+_LAYER_PARTS = ("self_attn", "mlp", "mlp.act_fn", "input_layernorm", "post_attention_layernorm")
+
+
+def hf_module_names(num_layers: int) -> list[str]:
+    """Every `named_modules()` name of a transformers LlamaForCausalLM."""
+    names = ["", "model", "model.embed_tokens", "model.layers", "model.norm", "model.rotary_emb",
+             "lm_head"]
+    for i in range(num_layers):
+        prefix = f"model.layers.{i}"
+        names += [prefix, *(f"{prefix}.{p}" for p in _LAYER_PARTS),
+                  *(f"{prefix}.{parent}.{name}" for name, parent in PROJECTIONS.items())]
+    return names
+
+
+def _excluded(cfg: "LoraConfig", key: str) -> bool:
+    ex = cfg.exclude_modules
+    if not ex:
+        return False
+    if isinstance(ex, str):
+        return re.fullmatch(ex, key) is not None
+    return key in ex or any(key.endswith(f".{e}") for e in ex)
+
+
+def _targeted(cfg: "LoraConfig", key: str) -> bool:
+    targets = cfg.target_modules if cfg.target_modules is not None else cfg.targets
+    if isinstance(targets, str):
+        return re.fullmatch(targets, key) is not None
+    if key in targets:
+        return True
+    if not any(key.endswith(f".{t}") for t in targets):
+        return False
+    layers = cfg.layers_to_transform
+    if layers is None or (isinstance(layers, (list, tuple)) and not layers):
+        return True
+    if not cfg.layers_pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+    else:
+        patterns = [cfg.layers_pattern] if isinstance(cfg.layers_pattern, str) \
+            else cfg.layers_pattern
+        match = None
+        for pattern in patterns:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key)
+            if match is not None:
+                break
+    if match is None:
+        return False
+    index = int(match.group("idx"))
+    return index == layers if isinstance(layers, int) else index in layers
+
+
+def _pattern_value(patterns: dict, key: str, default):
+    for pattern in patterns:
+        if re.match(rf"(.*\.)?({pattern})$", key):
+            return patterns[pattern]
+    return patterns.get(key, default)
+
+
+def lora_sites(cfg: "LoraConfig", num_layers: int, where: str = "the LoRA config"
+               ) -> dict[tuple[int, str], tuple[int, float]]:
+    """(layer, HF projection name) -> (rank, scale) for every module the config adapts."""
+    sites = {}
+    try:
+        for key in hf_module_names(num_layers):
+            if _excluded(cfg, key) or not _targeted(cfg, key):
+                continue
+            parts = key.split(".")
+            if len(parts) != 5 or parts[4] not in PROJECTIONS:
+                what = {"lm_head": "the output head lm_head",
+                        "model.embed_tokens": "the embedding embed_tokens"}.get(key, key or "the "
+                                                                                "root module")
+                raise FloraError(f"{where}: target_modules selects {what}; LoRA there is not "
+                                 "supported by flora-export",
+                                 "train LoRA on the projections only (q_proj, k_proj, v_proj, "
+                                 "o_proj, gate_proj, up_proj, down_proj)")
+            rank = _pattern_value(cfg.rank_pattern, key, cfg.rank)
+            alpha = _pattern_value(cfg.alpha_pattern, key, cfg.alpha)
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+                raise FloraError(f"{where}: rank for {key} is {rank!r}",
+                                 "ranks (r, rank_pattern values) must be positive integers")
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) \
+                    or not math.isfinite(alpha):
+                raise FloraError(f"{where}: lora_alpha for {key} is {alpha!r}",
+                                 "lora_alpha and alpha_pattern values must be finite numbers")
+            scale = alpha / math.sqrt(rank) if cfg.use_rslora else alpha / rank
+            sites[(int(parts[2]), parts[4])] = (rank, float(scale))
+    except re.error as e:
+        raise FloraError(f"{where}: a module pattern is not a valid regular expression ({e})",
+                         "fix target_modules / exclude_modules / rank_pattern / alpha_pattern / "
+                         "layers_pattern") from None
+    if not sites:
+        raise FloraError(f"{where}: target_modules "
+                         f"{cfg.target_modules if cfg.target_modules is not None else cfg.targets!r}"
+                         " selects no projection of this model",
+                         "PEFT refuses such a config too; name some of q_proj, k_proj, v_proj, "
+                         "o_proj, gate_proj, up_proj, down_proj")
+    return sites
