@@ -38,9 +38,9 @@ class FFBAConfig:
                                        not math.isfinite(self.alpha)):
             raise FloraError(f"FFBA alpha must be a finite number or null, got {self.alpha!r}",
                              "set alpha to e.g. 2 * width")
-        if self.variant not in VARIANTS:
+        if not isinstance(self.variant, str) or self.variant not in VARIANTS:
             raise unknown_name("FFBA variant", self.variant, VARIANTS)
-        if self.activation not in ACTIVATIONS:
+        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             raise unknown_name("FFBA activation", self.activation, ACTIVATIONS)
 
     @property

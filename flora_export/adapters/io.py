@@ -136,9 +136,7 @@ def _plain(value):
 # ---------------------------------------------------------------- load
 
 def read_adapter_config(adapter_dir: str | Path) -> FFBAConfig | LoraConfig:
-    if not str(adapter_dir).strip():
-        raise FloraError("the adapter path is an empty string (an unset shell variable?)",
-                         "pass an adapter directory, or none for the base model alone")
+    _check_not_empty(adapter_dir)
     path = Path(adapter_dir) / CONFIG_FILE
     if not path.is_file():
         raise FloraError(f"no {CONFIG_FILE} in {adapter_dir}",
@@ -149,6 +147,12 @@ def read_adapter_config(adapter_dir: str | Path) -> FFBAConfig | LoraConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FloraError(f"{path} is not valid JSON ({e})", "restore the adapter files") from None
     return _config_from_meta(meta, path)
+
+
+def _check_not_empty(adapter_dir) -> None:
+    if not str(adapter_dir).strip():   # Path("") would be the current directory
+        raise FloraError("the adapter path is an empty string (an unset shell variable?)",
+                         "pass an adapter directory, or none for the base model alone")
 
 
 _PEFT_LLAMA_DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's default for model_type llama
@@ -194,6 +198,7 @@ def _config_from_meta(meta: dict, path: Path) -> FFBAConfig | LoraConfig:
 def load_adapter(model: LlamaModel, adapter_dir: str | Path, check_base: bool = True
                  ) -> LlamaModel:
     """Attach the adapter saved in `adapter_dir` (unfused / unmerged) after checking it fits."""
+    _check_not_empty(adapter_dir)
     adapter_dir = Path(adapter_dir)
     cfg = read_adapter_config(adapter_dir)
     meta = json.loads((adapter_dir / CONFIG_FILE).read_text())

@@ -65,6 +65,8 @@ def _load_dir(path: Path, dtype: torch.dtype, allow_unused_weights: bool) -> Lla
                     *(path / n for n in extra if (path / n).is_file())})
     model.source = {"name": path.name, "kind": "directory", "path": str(path.resolve()),
                     "files": {p.name: file_sha256(p) for p in files}}
+    if model.skipped_tensors:   # --allow-unused-weights: the manifest names what was left out
+        model.source["skipped_tensors"] = model.skipped_tensors
     log.info("loaded %s (%d layers, d=%d)", path, cfg.num_hidden_layers, cfg.hidden_size)
     return model
 

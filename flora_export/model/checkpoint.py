@@ -217,10 +217,11 @@ def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32,
     if cfg.tie_word_embeddings:
         _check_tied_head(index, state["embed_tokens.weight"])
         state["lm_head.weight"] = state["embed_tokens.weight"]
-    _check_unused(index, model_dir, cfg, allow_unused_weights)
+    skipped = _check_unused(index, model_dir, cfg, allow_unused_weights)
     model.load_state_dict(state, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
+    model.skipped_tensors = skipped
     return model.eval()
 
 
@@ -240,15 +241,17 @@ def _check_tied_head(index: _TensorIndex, embed: torch.Tensor) -> None:
                          "remove lm_head.weight")
 
 
-def _check_unused(index: _TensorIndex, model_dir: Path, cfg: LlamaConfig, allow: bool) -> None:
+def _check_unused(index: _TensorIndex, model_dir: Path, cfg: LlamaConfig, allow: bool
+                  ) -> list[str]:
+    """The unused tensors (skipped, under `allow`), else refused by name."""
     unused = index.unused()
     if not unused:
-        return
+        return []
     names = ", ".join(unused[:4]) + (f" (+{len(unused) - 4} more)" if len(unused) > 4 else "")
     if allow:
         log.warning("%s: skipping %d tensors config.json does not use: %s", model_dir,
                     len(unused), names)
-        return
+        return unused
     raise FloraError(
         f"{model_dir} holds {len(unused)} tensors that its config.json ({cfg.num_hidden_layers} "
         f"layers) does not use: {names}",
