@@ -29,8 +29,9 @@ def _toolchain_missing() -> str | None:
     need = [FETCHED / "kotlinc" / "bin" / "kotlinc", FETCHED / "ktlint" / "ktlint",
             FETCHED / "jadx" / "jadx.jar", FETCHED / "executorch" / "classes.jar"]
     missing = [str(p.relative_to(DEMO)) for p in need if not p.exists()]
-    missing += [b for b in ("aapt", "aapt2", "apksigner", "zipalign", "xmllint", "javac", "keytool")
+    missing += [b for b in ("aapt", "aapt2", "apksigner", "zipalign", "xmllint", "dexdump", "javac", "keytool")
                 if shutil.which(b) is None]
+    missing += [str(p) for p in (Path("/usr/share/java/com.android.json.jar"),) if not p.exists()]
     return ", ".join(missing) or None
 
 
@@ -121,6 +122,11 @@ def test_apk_contents(android_build):
     for cls in ("Ldev/flora/chat/ChatActivity;", "Lorg/pytorch/executorch/extension/llm/LlmModule;",
                 "Lkotlin/jvm/internal/Intrinsics;"):
         assert cls.encode() in dex, cls
+    sys.path.insert(0, str(TOOLS))
+    import dex as dexdump_reader  # android_demo/tools/dex.py: Debian's dexdump -d, parsed
+    defined = dexdump_reader.classes(dex)
+    assert "Ldev/flora/chat/core/TextPieces;" in defined and "Lorg/json/JSONObject;" not in defined
+    assert defined["Ldev/flora/chat/ChatActivity;"].superclass == "Landroid/app/Activity;"
 
 
 @needs_tools
@@ -134,6 +140,13 @@ def test_framework_calls_exist(android_build):
     assert set(data["components"]) == ACTIVITIES
     assert len(data["android_calls"]) >= 30  # the app's views, Activity, Bundle, Log, SystemClock, ...
     assert "Landroid/os/SystemClock;->elapsedRealtimeNanos()J" in data["android_calls"]
+    # The core's JSON is the framework's org.json: its calls resolve there and it is not packaged.
+    assert "Lorg/json/JSONTokener;->nextValue()Ljava/lang/Object;" in data["framework_calls"]
+    # What keeps this APK from starting the runtime: fbjni's Java side, which ExecuTorch's
+    # classes call and no reachable package ships (android_demo/README.md, "fbjni").
+    assert set(data["library_unknown"]) == {"com.facebook.jni.HybridData",
+                                            "com.facebook.soloader.nativeloader.NativeLoader",
+                                            "com.facebook.soloader.nativeloader.SystemDelegate"}
     assert re.search(r"^PASS apicheck: \d+ android refs, \d+ framework refs, 0 not found", r.stdout, re.M)
 
 

@@ -29,7 +29,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dex import ClassDef, Dex, MethodRef
+import dex
+from dex import ClassDef, MethodRef
 from toolchain import TOOLS, AppConfig, Tools, ToolError, fail, run
 
 DB_CACHE = TOOLS / "jadx" / "framework-api.txt"
@@ -184,7 +185,7 @@ def check_dex(dex_files: list[bytes], db: FrameworkDB, app_package: str,
               activities: tuple[str, ...] = ()) -> ApiReport:
     classes: dict[str, ClassDef] = {}
     for data in dex_files:
-        classes.update(Dex(data).classes())
+        classes.update(dex.classes(data))
     resolver = Resolver(classes, db)
     app_prefix = "L" + app_package.replace(".", "/") + "/"
     report = ApiReport()

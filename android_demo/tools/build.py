@@ -191,13 +191,15 @@ def build(out: Path = BUILD, tools: Tools | None = None) -> dict:
         r_jar = jar_dir(r_classes, out / "r.jar")
     with p.step("kotlinc", f"{len(kt)} sources (JVM {cfg.jvm_target})"):
         classes = fresh(out / "classes")
-        warnings = compile_kotlin(tools, kt, [stub_jar, tools.executorch_jar, r_jar], classes, "kotlinc",
-                                  cfg.jvm_target)
+        # org.json is compiled against (Debian's build of Android's own) and not packaged: the
+        # framework provides it on the phone.
+        warnings = compile_kotlin(tools, kt, [stub_jar, tools.android_json, tools.executorch_jar, r_jar], classes,
+                                  "kotlinc", cfg.jvm_target)
         if warnings:
             print(warnings)
         app_jar = jar_dir(classes, out / "app.jar")
     with p.step("d8", f"app + R + kotlin-stdlib + ExecuTorch classes.jar (--min-api {cfg.min_sdk})"):
-        dex_dir = dex(tools, [app_jar, r_jar, tools.kotlin_stdlib, tools.executorch_jar], [stub_jar],
+        dex_dir = dex(tools, [app_jar, r_jar, tools.kotlin_stdlib, tools.executorch_jar], [stub_jar, tools.android_json],
                       cfg.min_sdk, out)
     with p.step("package", "zip classes.dex + lib/arm64-v8a/libexecutorch.so, zipalign -p 4"):
         aligned = package(base, dex_dir, tools.executorch_so, cfg, out)

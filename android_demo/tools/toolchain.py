@@ -1,7 +1,8 @@
 """Paths of the Gradle-free Android toolchain and helpers shared by build.py and check.py.
 
 The tools live in android_demo/.tools (android_demo/tools/fetch-tools.sh puts them there);
-Debian's aapt2, zipalign, apksigner, xmllint, dexdump and framework-res.apk come from apt.
+Debian's aapt2, zipalign, apksigner, xmllint, dexdump, framework-res.apk and Android's org.json
+(libandroid-json-java, for the JVM tests and as a compile-time library) come from apt.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Tools:
     framework_res: Path
     junit: Path
     hamcrest: Path
+    android_json: Path  # Android's org.json for the JVM (Debian libandroid-json-java); the phone has its own
 
     @classmethod
     def locate(cls) -> Tools:
@@ -59,6 +61,7 @@ class Tools:
             framework_res=FRAMEWORK_RES,
             junit=Path("/usr/share/java/junit4.jar"),
             hamcrest=Path("/usr/share/java/hamcrest-core.jar"),
+            android_json=Path("/usr/share/java/com.android.json.jar"),
         )
         missing = [str(p) for p in vars(tools).values() if not p.exists()]
         missing += [b for b in ("aapt2", "zipalign", "apksigner", "xmllint", "java", "javac", "keytool")

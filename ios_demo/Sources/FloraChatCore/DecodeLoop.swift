@@ -170,10 +170,12 @@ public final class StepModelEngine: LlmEngine {
             let ids = try tokenizer.encode(prompt)
             let stream = TokenStream(tokenizer: tokenizer)
             // One onToken per generated token (the timers count them); a character still
-            // incomplete after the last token is dropped, as it could only show as U+FFFD.
+            // incomplete after the last token comes as onText (U+FFFD), never dropped.
             let stats = try GreedyLoop(model: model, clock: clock).run(
                 prompt: ids, maxNewTokens: maxNewTokens, stopIds: stopIds, stop: stopFlag, startNs: t0
             ) { id in listener.onToken(stream.push(id)) }
+            let rest = stream.finish()
+            if !rest.isEmpty { listener.onText(rest) }
             listener.onStats(Json.write(stats.toJSON()))
         } catch {
             listener.onError(describe(error))

@@ -97,17 +97,20 @@ public struct JSONError: Error, Equatable, CustomStringConvertible, LocalizedErr
     public var errorDescription: String? { message }
 }
 
-/// Reads and writes JSON text (the same dialect as the Kotlin core's `Json`). Reading also
-/// accepts `NaN`, `Infinity` and `-Infinity`, which Python's `json` module writes for
-/// non-finite floats (flora-export manifests hold them, e.g. an SQNR of a lossless check);
-/// writing turns non-finite numbers into null, so what the app writes is strict JSON.
+/// Reads and writes JSON text with Foundation's `JSONSerialization` (on Linux too). Reading
+/// is strict JSON (manifests are: flora-export writes them with `allow_nan=False`); objects
+/// come back with their keys sorted, since Foundation's dictionaries keep no order. Writing
+/// sorts keys, writes integral values below 1e15 without a fraction (64, not 64.0) and
+/// non-finite numbers as null, so what the app writes is strict JSON too.
 public enum Json {
     public static func parse(_ text: String) throws -> JSONValue {
-        var reader = Reader(Array(text.utf8))
-        let value = try reader.value()
-        reader.skipSpace()
-        if !reader.atEnd { throw reader.error("trailing characters") }
-        return value
+        let any: Any
+        do {
+            any = try JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed])
+        } catch {
+            throw JSONError("not valid JSON (\(error.localizedDescription))")
+        }
+        return try value(any)
     }
 
     public static func parseObject(_ text: String) throws -> JSONObject {
@@ -116,222 +119,41 @@ public enum Json {
     }
 
     public static func write(_ value: JSONValue) -> String {
-        var out = ""
-        write(value, to: &out)
-        return out
+        let any = foundation(value)
+        // Every value foundation(_:) makes is serializable, so this cannot throw.
+        let data = (try? JSONSerialization.data(withJSONObject: any,
+                                                options: [.sortedKeys, .withoutEscapingSlashes, .fragmentsAllowed])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
     }
 
     public static func write(_ object: JSONObject) -> String { write(.object(object)) }
 
-    private static func write(_ value: JSONValue, to out: inout String) {
+    private static func value(_ any: Any) throws -> JSONValue {
+        switch any {
+        case is NSNull: return .null
+        case let s as String: return .string(s)
+        case let n as NSNumber:
+            // A JSON true/false is an NSNumber of ObjC type "c" (char) on Apple and on Linux.
+            if String(cString: n.objCType) == "c" { return .bool(n.boolValue) }
+            return .number(n.doubleValue)
+        case let a as [Any]: return .array(try a.map(value))
+        case let d as [String: Any]:
+            return .object(JSONObject(try d.keys.sorted().map { ($0, try value(d[$0] as Any)) }))
+        default: throw JSONError("unexpected JSON value of type \(type(of: any))")
+        }
+    }
+
+    private static func foundation(_ value: JSONValue) -> Any {
         switch value {
-        case .null: out += "null"
-        case let .bool(b): out += b ? "true" : "false"
-        case let .number(d): out += number(d)
-        case let .string(s): writeString(s, to: &out)
-        case let .array(items):
-            out += "["
-            for (i, v) in items.enumerated() {
-                if i > 0 { out += ", " }
-                write(v, to: &out)
-            }
-            out += "]"
-        case let .object(obj):
-            out += "{"
-            for (i, e) in obj.entries.enumerated() {
-                if i > 0 { out += ", " }
-                writeString(e.key, to: &out)
-                out += ": "
-                write(e.value, to: &out)
-            }
-            out += "}"
-        }
-    }
-
-    /// Integral values below 1e15 without a fraction (64, not 64.0); NaN and infinities as null.
-    static func number(_ d: Double) -> String {
-        if !d.isFinite { return "null" }
-        if d == d.rounded() && abs(d) < 1e15 { return String(Int64(d)) }
-        return "\(d)"
-    }
-
-    private static func writeString(_ s: String, to out: inout String) {
-        out += "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    out += String(format: "\\u%04x", u.value)
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        out += "\""
-    }
-
-    private struct Reader {
-        let bytes: [UInt8]
-        var pos = 0
-
-        init(_ bytes: [UInt8]) { self.bytes = bytes }
-
-        var atEnd: Bool { pos >= bytes.count }
-
-        func error(_ what: String) -> JSONError { JSONError("\(what) at offset \(pos)") }
-
-        mutating func skipSpace() {
-            while !atEnd, [0x20, 0x0A, 0x0D, 0x09].contains(bytes[pos]) { pos += 1 }
-        }
-
-        mutating func value() throws -> JSONValue {
-            skipSpace()
-            if atEnd { throw error("unexpected end of input") }
-            switch bytes[pos] {
-            case UInt8(ascii: "{"): return .object(try object())
-            case UInt8(ascii: "["): return .array(try array())
-            case UInt8(ascii: "\""): return .string(try string())
-            case UInt8(ascii: "t"): return try literal("true", .bool(true))
-            case UInt8(ascii: "f"): return try literal("false", .bool(false))
-            case UInt8(ascii: "n"): return try literal("null", .null)
-            case UInt8(ascii: "N"): return try literal("NaN", .number(.nan))
-            case UInt8(ascii: "I"): return try literal("Infinity", .number(.infinity))
-            case UInt8(ascii: "-") where bytes[(pos + 1)...].starts(with: "Infinity".utf8):
-                return try literal("-Infinity", .number(-.infinity))
-            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try number())
-            default: throw error("unexpected '\(Character(Unicode.Scalar(bytes[pos])))'")
-            }
-        }
-
-        mutating func literal(_ word: String, _ value: JSONValue) throws -> JSONValue {
-            let w = Array(word.utf8)
-            guard pos + w.count <= bytes.count, Array(bytes[pos..<pos + w.count]) == w else {
-                throw error("expected \(word)")
-            }
-            pos += w.count
-            return value
-        }
-
-        mutating func number() throws -> Double {
-            let start = pos
-            let allowed = Set("+-0123456789.eE".utf8)
-            while !atEnd, allowed.contains(bytes[pos]) { pos += 1 }
-            guard let d = Double(String(decoding: bytes[start..<pos], as: UTF8.self)) else {
-                throw error("bad number")
-            }
-            return d
-        }
-
-        mutating func object() throws -> JSONObject {
-            var out = JSONObject()
-            pos += 1
-            skipSpace()
-            if !atEnd, bytes[pos] == UInt8(ascii: "}") {
-                pos += 1
-                return out
-            }
-            while true {
-                skipSpace()
-                if atEnd || bytes[pos] != UInt8(ascii: "\"") { throw error("expected a key") }
-                let key = try string()
-                skipSpace()
-                try expect(":")
-                out[key] = try value()
-                skipSpace()
-                if !atEnd, bytes[pos] == UInt8(ascii: ",") {
-                    pos += 1
-                    continue
-                }
-                try expect("}")
-                return out
-            }
-        }
-
-        mutating func array() throws -> [JSONValue] {
-            var out: [JSONValue] = []
-            pos += 1
-            skipSpace()
-            if !atEnd, bytes[pos] == UInt8(ascii: "]") {
-                pos += 1
-                return out
-            }
-            while true {
-                out.append(try value())
-                skipSpace()
-                if !atEnd, bytes[pos] == UInt8(ascii: ",") {
-                    pos += 1
-                    continue
-                }
-                try expect("]")
-                return out
-            }
-        }
-
-        mutating func expect(_ c: Unicode.Scalar) throws {
-            if atEnd || bytes[pos] != UInt8(c.value) { throw error("expected '\(c)'") }
-            pos += 1
-        }
-
-        mutating func string() throws -> String {
-            var out: [UInt8] = []
-            pos += 1
-            while true {
-                if atEnd { throw error("unterminated string") }
-                let c = bytes[pos]
-                pos += 1
-                switch c {
-                case UInt8(ascii: "\""): return String(decoding: out, as: UTF8.self)
-                case UInt8(ascii: "\\"): try escape(into: &out)
-                default: out.append(c)
-                }
-            }
-        }
-
-        mutating func escape(into out: inout [UInt8]) throws {
-            if atEnd { throw error("unterminated escape") }
-            let e = bytes[pos]
-            pos += 1
-            switch e {
-            case UInt8(ascii: "n"): out.append(0x0A)
-            case UInt8(ascii: "t"): out.append(0x09)
-            case UInt8(ascii: "r"): out.append(0x0D)
-            case UInt8(ascii: "b"): out.append(0x08)
-            case UInt8(ascii: "f"): out.append(0x0C)
-            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): out.append(e)
-            case UInt8(ascii: "u"): out.append(contentsOf: Array(String(try unicode()).utf8))
-            default: throw error("bad escape '\\\(Character(Unicode.Scalar(e)))'")
-            }
-        }
-
-        /// A \uXXXX escape; a UTF-16 surrogate pair (two escapes) becomes one character.
-        mutating func unicode() throws -> Unicode.Scalar {
-            let high = try hex4()
-            if (0xD800..<0xDC00).contains(high), pos + 6 <= bytes.count,
-               bytes[pos] == UInt8(ascii: "\\"), bytes[pos + 1] == UInt8(ascii: "u") {
-                let save = pos
-                pos += 2
-                let low = try hex4()
-                if (0xDC00..<0xE000).contains(low),
-                   let s = Unicode.Scalar(0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00)) {
-                    return s
-                }
-                pos = save
-            }
-            return Unicode.Scalar(high) ?? "\u{FFFD}"
-        }
-
-        mutating func hex4() throws -> UInt32 {
-            guard pos + 4 <= bytes.count,
-                  let code = UInt32(String(decoding: bytes[pos..<pos + 4], as: UTF8.self), radix: 16) else {
-                throw error("bad \\u escape")
-            }
-            pos += 4
-            return code
+        case .null: return NSNull()
+        case let .bool(b): return NSNumber(value: b)
+        case let .number(d):
+            if !d.isFinite { return NSNull() }
+            if d == d.rounded() && abs(d) < 1e15 { return NSNumber(value: Int64(d)) }
+            return NSNumber(value: d)
+        case let .string(s): return s
+        case let .array(items): return items.map(foundation)
+        case let .object(obj): return Dictionary(uniqueKeysWithValues: obj.entries.map { ($0.key, foundation($0.value)) })
         }
     }
 }

@@ -4,12 +4,17 @@ import Foundation
 public protocol GenerationListener: AnyObject {
     /// One generated token's text (may be empty while a multi-byte character is incomplete).
     func onToken(_ piece: String)
+    /// Text that no new token brought: what was still held back when generation ended (a
+    /// character left incomplete, as U+FFFD). Not a token; the timers do not count it.
+    func onText(_ text: String)
     /// The runner's stats JSON (ExecuTorch's PyTorchObserver fields), after the last token.
     func onStats(_ json: String)
     func onError(_ message: String)
 }
 
 public extension GenerationListener {
+    /// A listener that does not tell the two apart gets the text as one more piece.
+    func onText(_ text: String) { onToken(text) }
     func onStats(_ json: String) {}
     func onError(_ message: String) {}
 }
@@ -61,6 +66,8 @@ public final class GenerationRecord: GenerationListener {
         timer.token()
         onPiece(piece)
     }
+
+    public func onText(_ text: String) { onPiece(text) }
 
     public func onStats(_ json: String) { stats = json }
     public func onError(_ message: String) { error = message }

@@ -44,6 +44,21 @@ public final class TokenStream {
         readOffset = ids.count
         return String(added)
     }
+
+    /// What is still held back (tokens that end inside a character) as the tokenizer decodes
+    /// it, with U+FFFD for the incomplete bytes; empty when everything was returned. The
+    /// stream starts over afterwards.
+    public func finish() -> String {
+        let prefix = tokenizer.decode(Array(ids[prefixOffset..<readOffset]))
+        let full = tokenizer.decode(Array(ids[prefixOffset...]))
+        ids = []
+        prefixOffset = 0
+        readOffset = 0
+        guard full.unicodeScalars.count > prefix.unicodeScalars.count else { return "" }
+        var rest = String.UnicodeScalarView()
+        rest.append(contentsOf: full.unicodeScalars.dropFirst(prefix.unicodeScalars.count))
+        return String(rest)
+    }
 }
 
 /// The ids that end a reply: the manifest's `eos_ids` and the ids of the chat format's

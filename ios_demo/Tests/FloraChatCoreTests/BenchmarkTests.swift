@@ -83,8 +83,10 @@ final class BenchmarkTests: XCTestCase {
         let done = BenchmarkRunner.finished(report, peakRssMb: PeakMemory.residentMb(), finishedMs: 1_764_470_012_000)
         let back = try Json.parseObject(Json.write(done))
         XCTAssertEqual(back.string("format"), BenchmarkRunner.format)
-        XCTAssertEqual(back.keys, ["format", "run_id", "status", "error", "app", "device", "model", "started_ms",
+        XCTAssertEqual(done.keys, ["format", "run_id", "status", "error", "app", "device", "model", "started_ms",
                                    "config", "load_ms", "runs", "peak_rss_mb", "finished_ms"])
+        XCTAssertEqual(back.keys, done.keys.sorted())          // written with sorted keys
+        XCTAssertEqual(back, try Json.parseObject(Json.write(back)))
         // The Python suite reads this report with flora-bench's parser (tests/test_ios_demo.py).
         if let out = ProcessInfo.processInfo.environment["FLORA_REPORT_OUT"] {
             let url = URL(fileURLWithPath: out)

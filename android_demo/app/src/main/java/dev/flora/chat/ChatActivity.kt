@@ -163,6 +163,7 @@ class ChatActivity : Activity() {
         val record = GenerationRecord { piece -> main.post { reply.text = s.append(piece) } }
         record.timer.start()
         e.generate(request.prompt, request.maxNewTokens, record)
+        record.finish()
         val runner = record.runnerStats?.let { Figures.fromRunnerStats(it) }
         val figures = record.timer.figures(runner?.promptTokens)
         main.post {

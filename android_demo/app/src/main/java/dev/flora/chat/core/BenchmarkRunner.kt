@@ -52,6 +52,7 @@ class BenchmarkRunner(
         val record = GenerationRecord(clock) { text.append(it) }
         record.timer.start()
         engine.generate(prompt, spec.maxNewTokens, record)
+        record.finish()
         val wallMs = record.timer.elapsedMs()
         record.error?.let { throw IllegalStateException("generation ${index + 1} failed: $it") }
         val observer = record.runnerStats

@@ -1,5 +1,6 @@
 package dev.flora.chat.core
 
+import org.json.JSONException
 import java.io.File
 
 /**
@@ -81,7 +82,7 @@ data class BenchmarkSpec(
                 val root =
                     try {
                         Json.parse(text)
-                    } catch (e: JsonException) {
+                    } catch (e: JSONException) {
                         throw BenchmarkException("prompts_file $path is not JSON (${e.message})", "write {\"prompts\": [\"...\"]}")
                     }
                 val list = ((root as? Map<*, *>)?.get("prompts") ?: root) as? List<*>

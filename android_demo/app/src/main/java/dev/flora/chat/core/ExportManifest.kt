@@ -1,5 +1,6 @@
 package dev.flora.chat.core
 
+import org.json.JSONException
 import java.io.File
 
 /**
@@ -48,7 +49,7 @@ data class ExportManifest(
             val root =
                 try {
                     Json.parseObject(text)
-                } catch (e: JsonException) {
+                } catch (e: JSONException) {
                     throw ManifestException("${dir.name}/$FILE is not valid JSON (${e.message})", "re-export the model")
                 }
             val backends = root.list("backends")?.filterIsInstance<String>() ?: emptyList()

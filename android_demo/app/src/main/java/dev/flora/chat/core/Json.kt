@@ -1,226 +1,54 @@
 package dev.flora.chat.core
 
+import org.json.JSONArray
+import org.json.JSONException
+import org.json.JSONObject
+import org.json.JSONTokener
+
 /**
- * A small JSON reader and writer for manifests, stats and benchmark reports.
+ * Manifests, stats and benchmark reports through Android's own `org.json` (on a JVM the
+ * tests use the same library, Debian's `libandroid-json-java`). Values come back as Kotlin
+ * types so the rest of the core stays plain: objects `Map<String, Any?>` (in file order),
+ * arrays `List<Any?>`, numbers `Double`, JSON null `null`. Errors are `JSONException`.
  *
- * Pure Kotlin so the same code runs in the app and in JVM unit tests (org.json is an
- * Android framework class and is absent on a plain JVM). Objects become
- * `Map<String, Any?>` (insertion ordered), arrays `List<Any?>`, numbers `Double`.
+ * org.json's parser is lenient in places JSON is not (unquoted strings, a trailing comma as
+ * a null element); text after the value is refused here, and every number or string a
+ * reader needs is checked for its type where it is read.
  */
 object Json {
     fun parse(text: String): Any? {
-        val reader = Reader(text)
-        val value = reader.value()
-        reader.skipSpace()
-        if (!reader.atEnd()) throw reader.error("trailing characters")
-        return value
+        val tokens = JSONTokener(text)
+        val value = tokens.nextValue()
+        if (tokens.nextClean() != '\u0000') throw JSONException("trailing characters after the JSON value")
+        return plain(value)
     }
 
     @Suppress("UNCHECKED_CAST")
-    fun parseObject(text: String): Map<String, Any?> = parse(text) as? Map<String, Any?> ?: throw JsonException("expected a JSON object")
+    fun parseObject(text: String): Map<String, Any?> = parse(text) as? Map<String, Any?> ?: throw JSONException("expected a JSON object")
 
-    fun write(value: Any?): String = StringBuilder().also { writeTo(it, value) }.toString()
+    /** JSON text of an object of maps, lists, strings, numbers, booleans and null; NaN and infinities become null. */
+    fun write(value: Map<*, *>): String = json(value).toString()
 
-    private fun writeTo(
-        out: StringBuilder,
-        value: Any?,
-    ) {
+    private fun plain(value: Any?): Any? =
         when (value) {
-            null -> out.append("null")
-            is String -> writeString(out, value)
-            is Boolean -> out.append(value)
-            is Int, is Long -> out.append(value)
-            is Number -> writeNumber(out, value.toDouble())
-            is Map<*, *> -> writeObject(out, value)
-            is Iterable<*> -> writeArray(out, value)
-            else -> throw JsonException("cannot write ${value::class.simpleName} as JSON")
-        }
-    }
-
-    private fun writeNumber(
-        out: StringBuilder,
-        d: Double,
-    ) {
-        when {
-            d.isNaN() || d.isInfinite() -> out.append("null")
-            d == Math.rint(d) && Math.abs(d) < 1e15 -> out.append(d.toLong())
-            else -> out.append(d)
-        }
-    }
-
-    private fun writeObject(
-        out: StringBuilder,
-        map: Map<*, *>,
-    ) {
-        out.append('{')
-        map.entries.forEachIndexed { i, (k, v) ->
-            if (i > 0) out.append(", ")
-            writeString(out, k.toString())
-            out.append(": ")
-            writeTo(out, v)
-        }
-        out.append('}')
-    }
-
-    private fun writeArray(
-        out: StringBuilder,
-        items: Iterable<*>,
-    ) {
-        out.append('[')
-        items.forEachIndexed { i, v ->
-            if (i > 0) out.append(", ")
-            writeTo(out, v)
-        }
-        out.append(']')
-    }
-
-    private fun writeString(
-        out: StringBuilder,
-        s: String,
-    ) {
-        out.append('"')
-        for (c in s) {
-            when {
-                c == '"' -> out.append("\\\"")
-                c == '\\' -> out.append("\\\\")
-                c == '\n' -> out.append("\\n")
-                c == '\r' -> out.append("\\r")
-                c == '\t' -> out.append("\\t")
-                c < ' ' -> out.append(String.format("\\u%04x", c.code))
-                else -> out.append(c)
-            }
-        }
-        out.append('"')
-    }
-
-    private class Reader(
-        val text: String,
-    ) {
-        var pos = 0
-
-        fun atEnd() = pos >= text.length
-
-        fun error(what: String) = JsonException("$what at offset $pos")
-
-        fun skipSpace() {
-            while (!atEnd() && text[pos].isWhitespace()) pos++
+            JSONObject.NULL, null -> null
+            is JSONObject -> value.keys().asSequence().associateWith { plain(value.opt(it)) }
+            is JSONArray -> (0 until value.length()).map { plain(value.opt(it)) }
+            is Number -> value.toDouble()
+            else -> value
         }
 
-        fun value(): Any? {
-            skipSpace()
-            if (atEnd()) throw error("unexpected end of input")
-            return when (val c = text[pos]) {
-                '{' -> obj()
-                '[' -> array()
-                '"' -> string()
-                't' -> literal("true", true)
-                'f' -> literal("false", false)
-                'n' -> literal("null", null)
-                else -> if (c == '-' || c.isDigit()) number() else throw error("unexpected '$c'")
-            }
+    private fun json(value: Any?): Any =
+        when (value) {
+            null -> JSONObject.NULL
+            is Map<*, *> -> JSONObject().apply { value.forEach { (k, v) -> put(k.toString(), json(v)) } }
+            is Iterable<*> -> JSONArray().apply { value.forEach { put(json(it)) } }
+            is Float, is Double -> (value as Number).toDouble().let { if (it.isNaN() || it.isInfinite()) JSONObject.NULL else it }
+            is String, is Boolean, is Number -> value
+            else -> throw JSONException("cannot write ${value::class.simpleName} as JSON")
         }
-
-        fun literal(
-            word: String,
-            value: Any?,
-        ): Any? {
-            if (!text.startsWith(word, pos)) throw error("expected $word")
-            pos += word.length
-            return value
-        }
-
-        fun number(): Double {
-            val start = pos
-            while (!atEnd() && text[pos] in "+-0123456789.eE") pos++
-            return text.substring(start, pos).toDoubleOrNull() ?: throw error("bad number")
-        }
-
-        fun obj(): Map<String, Any?> {
-            val out = LinkedHashMap<String, Any?>()
-            pos++
-            skipSpace()
-            if (!atEnd() && text[pos] == '}') return out.also { pos++ }
-            while (true) {
-                skipSpace()
-                if (atEnd() || text[pos] != '"') throw error("expected a key")
-                val key = string()
-                skipSpace()
-                expect(':')
-                out[key] = value()
-                skipSpace()
-                if (!atEnd() && text[pos] == ',') {
-                    pos++
-                    continue
-                }
-                expect('}')
-                return out
-            }
-        }
-
-        fun array(): List<Any?> {
-            val out = ArrayList<Any?>()
-            pos++
-            skipSpace()
-            if (!atEnd() && text[pos] == ']') return out.also { pos++ }
-            while (true) {
-                out.add(value())
-                skipSpace()
-                if (!atEnd() && text[pos] == ',') {
-                    pos++
-                    continue
-                }
-                expect(']')
-                return out
-            }
-        }
-
-        fun expect(c: Char) {
-            if (atEnd() || text[pos] != c) throw error("expected '$c'")
-            pos++
-        }
-
-        fun string(): String {
-            val out = StringBuilder()
-            pos++
-            while (true) {
-                if (atEnd()) throw error("unterminated string")
-                val c = text[pos++]
-                when (c) {
-                    '"' -> return out.toString()
-                    '\\' -> out.append(escape())
-                    else -> out.append(c)
-                }
-            }
-        }
-
-        fun escape(): Char {
-            if (atEnd()) throw error("unterminated escape")
-            return when (val e = text[pos++]) {
-                'n' -> '\n'
-                't' -> '\t'
-                'r' -> '\r'
-                'b' -> '\b'
-                'f' -> '\u000c'
-                'u' -> unicode()
-                '"', '\\', '/' -> e
-                else -> throw error("bad escape '\\$e'")
-            }
-        }
-
-        fun unicode(): Char {
-            if (pos + 4 > text.length) throw error("bad \\u escape")
-            val code = text.substring(pos, pos + 4).toIntOrNull(16) ?: throw error("bad \\u escape")
-            pos += 4
-            return code.toChar()
-        }
-    }
 }
 
-class JsonException(
-    message: String,
-) : IllegalArgumentException(message)
-
-/** Typed reads from a parsed JSON object; a wrong type reads as null. */
 fun Map<String, Any?>.string(key: String): String? = this[key] as? String
 
 fun Map<String, Any?>.number(key: String): Double? = (this[key] as? Number)?.toDouble()
