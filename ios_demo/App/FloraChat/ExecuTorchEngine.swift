@@ -42,12 +42,10 @@ final class ExecuTorchEngine: LlmEngine {
             $0.temperature = 0
         }
         do {
-            // TextRunner hands each piece over as `@(token.c_str())`, which is nil for a piece
-            // that is not whole UTF-8 (a character split over byte tokens: emoji, rare CJK); it
-            // reaches Swift as an empty string, so those bytes are lost inside the runner. Such a
-            // piece is shown as U+FFFD, so a reply says it lost a character instead of silently
-            // missing one. The Core ML engine detokenizes in the app (TokenStream) and loses none.
-            try r.generate(prompt, config) { token in listener.onToken(token.isEmpty ? "\u{FFFD}" : token) }
+            // TextRunner loses a piece that is not whole UTF-8 (it arrives empty); LostTextMarker
+            // shows the loss as U+FFFD. The Core ML engine detokenizes in the app and loses none.
+            let marker = LostTextMarker()
+            try r.generate(prompt, config) { token in listener.onToken(marker.push(token)) }
         } catch {
             listener.onError("ExecuTorch error: \(describe(error))")
         }

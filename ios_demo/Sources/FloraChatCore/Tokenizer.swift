@@ -61,6 +61,27 @@ public final class TokenStream {
     }
 }
 
+/// Marks where a runner lost text. ExecuTorch's iOS `TextRunner` hands each piece over as
+/// `@(token.c_str())`, which is nil for a piece that is not whole UTF-8 (a character split
+/// over byte tokens), and Swift receives that as an empty string: the bytes are gone. A run
+/// of empty pieces followed by more text becomes one U+FFFD before that text, so a reply
+/// shows where it lost a character. Empty pieces at the very end are not marked, since an
+/// end-of-turn token can decode to nothing (SentencePiece's `</s>`).
+public final class LostTextMarker {
+    private var lost = false
+
+    public init() {}
+
+    public func push(_ piece: String) -> String {
+        if piece.isEmpty {
+            lost = true
+            return ""
+        }
+        defer { lost = false }
+        return lost ? "\u{FFFD}" + piece : piece
+    }
+}
+
 /// The ids that end a reply: the manifest's `eos_ids` and the ids of the chat format's
 /// stop strings that are single tokens (`<|eot_id|>`).
 public func stopTokenIds(eosIds: [Int], stop: [String], tokenizer: TextTokenizer) -> Set<Int> {

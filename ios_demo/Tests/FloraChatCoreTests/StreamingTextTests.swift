@@ -79,4 +79,13 @@ final class StreamingTextTests: XCTestCase {
         XCTAssertEqual(text, "a\u{FFFD}")
         XCTAssertEqual(record.timer.figures(promptTokens: nil)?.generatedTokens, 3)
     }
+
+    func testTextLostByTheRunnerIsMarkedOnceWhereItWas() {
+        // TextRunner's pieces for "ok 🎉!" with the emoji's four byte tokens lost (empty), then
+        // an end-of-turn token that decodes to nothing.
+        let marker = LostTextMarker()
+        let shown = ["ok", " ", "", "", "", "", "!", ""].map { marker.push($0) }
+        XCTAssertEqual(shown, ["ok", " ", "", "", "", "", "\u{FFFD}!", ""])
+        XCTAssertEqual(shown.joined(), "ok \u{FFFD}!")
+    }
 }
