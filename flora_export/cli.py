@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .model.presets import PRESETS
     from .quantize import QUANT_MODES
 
-    p = argparse.ArgumentParser(
+    from .console import ArgumentParser
+    from .limits import SEED, Limit, option
+
+    p = ArgumentParser(
         prog="flora-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Export an FFBA (fused forward-backward adapter) fine-tuned Llama model "
                     "for phones: the adapter is fused into the base projections, each fused "
@@ -76,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "activations)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output directory (default ./flora-out/TARGET); replaced atomically")
-    p.add_argument("--max-seq", type=int, default=512, metavar="N",
-                   help="KV-cache length = max prompt + generated tokens (default 512)")
+    p.add_argument("--max-seq", type=option(Limit(int, 16, example="512")), default=512,
+                   metavar="N", help="KV-cache length = max prompt + generated tokens (default "
+                   "512; at least 16, at most the model's max_position_embeddings)")
     p.add_argument("--lora", choices=["merged", "unmerged"], default="merged",
                    help="for a LoRA adapter: merge it into the weights (default) or keep it "
                         "as separate matmuls")
@@ -88,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unused-weights", action="store_true",
                    help="load a checkpoint holding tensors config.json does not use (extra "
                         "layers, stray names), skipping them with a warning; refused otherwise")
-    p.add_argument("--seed", type=int, default=0, help="seed for preset random weights")
+    p.add_argument("--seed", type=option(SEED), default=0,
+                   help="seed for preset random weights")
     p.add_argument("--force", action="store_true",
                    help="replace an existing non-empty --out that is not a flora-export output")
     p.add_argument("--push", action="store_true",

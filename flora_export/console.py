@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
+import tempfile
+import traceback
 from typing import Callable
 
 from .errors import FloraError
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, `PROG: error: ...` with a fix, exit code 2."""
+
+    def error(self, message: str):
+        hint = "" if "(fix:" in message else f" (see {self.prog} --help)"
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
+
 def run_command(prog: str, verbose: bool, body: Callable[[], int],
                 interrupted: str = "interrupted") -> int:
-    """Run `body`; bad input (FloraError) becomes one line on stderr and exit code 2."""
+    """Run `body`; bad input (FloraError) becomes one line on stderr and exit code 2, an
+    internal failure one line with the path of a log holding its traceback, exit code 1."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -22,3 +34,10 @@ def run_command(prog: str, verbose: bool, body: Callable[[], int],
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input: keep the traceback in a log file
+        with tempfile.NamedTemporaryFile("w", prefix=f"{prog}-", suffix=".log",
+                                         delete=False) as log:
+            traceback.print_exc(file=log)
+        print(f"{prog}: internal error: {type(e).__name__}: {str(e)[:300]} "
+              f"(details: {log.name})", file=sys.stderr)
+        return 1

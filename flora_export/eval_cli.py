@@ -7,8 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from .console import run_command
+from .console import ArgumentParser, run_command
 from .errors import FloraError
+from .limits import Limit, option
+
+# the held-out set of the built-in tasks has about 1.2M distinct prompts
+EXAMPLES = Limit(int, 1, 100_000, example="200")
 
 EPILOG = """\
 examples:
@@ -27,7 +31,7 @@ Held-out examples of built-in tasks never occur in training (a fixed hash split)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="flora-eval", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Exact-match accuracy and loss on held-out prompt/response examples, in "
                     "eager PyTorch or through an export's own runtime.")
@@ -44,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--task", action="append", metavar="NAME",
                       help="built-in task (repeatable; `flora-train --tasks` lists them)")
     data.add_argument("--jsonl", metavar="FILE", help="prompt/response JSONL file (all records)")
-    p.add_argument("-n", type=int, default=200, help="number of held-out examples (default 200)")
+    p.add_argument("-n", type=option(EXAMPLES), default=200, help="number of held-out examples (default 200)")
     p.add_argument("--no-chat-template", action="store_true",
                    help="prompt without the chat template (eager models only)")
-    p.add_argument("--show", type=int, default=3, metavar="K",
+    p.add_argument("--show", type=option(Limit(int, 0, example="3")), default=3, metavar="K",
                    help="print the model's answers to the first K examples (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="show library logs")
@@ -70,8 +74,6 @@ def _evaluate(args) -> int:
 
 def examples_for(args):
     from .train.tasks import eval_set, read_jsonl
-    if args.n <= 0:
-        raise FloraError(f"-n must be positive, got {args.n}", "pass -n 200")
     if args.jsonl:
         return read_jsonl(Path(args.jsonl))[:args.n], {"jsonl": args.jsonl}
     if not args.task:

@@ -11,6 +11,7 @@ import torch
 from flora_export.adapters import FFBAConfig, attach_ffba, save_adapter
 from flora_export.model import PRESETS, random_model, save_hf_checkpoint
 from flora_export.model.tokenizer import byte_level_tokenizer
+from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
 
 
 def write_base(path: Path, cfg=None, seed: int = 0, dtype=None) -> Path:

@@ -209,6 +209,7 @@ def test_unmerged_lora_halves_stay_float(tmp_path):
     assert m["results"]["coreml"]["coreml"]["converted_from"] in ("float16", "float32")
 
 
+@pytest.mark.macos_only
 def test_parity_script_refuses_off_macos(int4_coreml, capfd):
     if sys.platform == "darwin":
         pytest.skip("on macOS the parity script runs (see the macOS test)")
@@ -218,6 +219,7 @@ def test_parity_script_refuses_off_macos(int4_coreml, capfd):
     assert len(err) == 1 and "need macOS" in err[0]
 
 
+@pytest.mark.macos_only
 @pytest.mark.skipif(sys.platform != "darwin", reason="Core ML predictions need macOS "
                     "(run: python -m flora_export.export.coreml_parity OUT on a Mac)")
 @pytest.mark.parametrize("units", ["cpu", "all"])

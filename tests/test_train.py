@@ -51,7 +51,7 @@ def test_every_field_is_documented():
     ("method.ffba.variant=ffba-all", "unknown FFBA variant"),
     ("method.lora.targets=q_proj,x_proj", "unknown LoRA target"),
     ("data.tasks=divide", "unknown data task 'divide'"),
-    ("train.batch_size=0", "train.batch_size must be positive"),
+    ("train.batch_size=0", "train.batch_size must be an integer >= 1, got 0"),
     ("train.lr", "has no '='"),
 ])
 def test_bad_overrides_fail_with_one_clear_line(override, message):

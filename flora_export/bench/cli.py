@@ -6,8 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..console import run_command
+from ..console import ArgumentParser, run_command
 from ..errors import FloraError
+from ..limits import COUNT, THREADS, Limit, option
+
+# TPOT = (t_last - t_first) / (n - 1) needs two generated tokens
+GEN_LEN = Limit(int, 2, example="64")
+SECONDS = Limit(float, 0, example="10")
+PORT = Limit(int, 1, 65535, example="22")
 
 EPILOG = """\
 examples:
@@ -52,7 +58,7 @@ peak RSS is the app process's VmHWM. The app picks its own thread count.
 def build_parser() -> argparse.ArgumentParser:
     from .runners import ENGINES
 
-    p = argparse.ArgumentParser(prog="flora-bench", epilog=EPILOG,
+    p = ArgumentParser(prog="flora-bench", epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Measure exported models with their real runtimes "
                                             "(ExecuTorch, ONNX Runtime GenAI, PyTorch), on this "
@@ -63,17 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "app (iOS or Android benchmark mode): tabulate, plot and compare them "
                         "instead of running anything")
     p.add_argument("--baseline", help="artifact name the ratios refer to (default: the first)")
-    p.add_argument("--runs", type=int, default=5, help="measured runs per artifact (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="warm-up runs per artifact (default 1)")
-    p.add_argument("--passes", type=int, default=1,
+    p.add_argument("--runs", type=option(COUNT), default=5, help="measured runs per artifact (default 5)")
+    p.add_argument("--warmup", type=option(Limit(int, 0, example="1")), default=1, help="warm-up runs per artifact (default 1)")
+    p.add_argument("--passes", type=option(COUNT), default=1,
                    help="repeat with fresh worker processes, load order reversed each pass "
                         "(cancels load-order effects; samples are pooled; default 1)")
-    p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (default 64)")
-    p.add_argument("--gen-len", type=int, default=64, help="generated tokens (default 64)")
-    p.add_argument("--threads", type=int, default=2, help="runtime threads (default 2)")
+    p.add_argument("--prompt-len", type=option(COUNT), default=64, help="prompt tokens (default 64)")
+    p.add_argument("--gen-len", type=option(GEN_LEN), default=64, help="generated tokens (default 64)")
+    p.add_argument("--threads", type=option(THREADS), default=2, help="runtime threads (default 2)")
     p.add_argument("--engine", choices=sorted(ENGINES),
                    help="force one engine for all artifacts (default: from each manifest)")
-    p.add_argument("--cooldown", type=float, default=0.0, metavar="S",
+    p.add_argument("--cooldown", type=option(SECONDS), default=0.0, metavar="S",
                    help="idle seconds before each run (phones: 5-30)")
     p.add_argument("--device", default="host", help="host (default), android[:SERIAL] or ssh:[USER@]HOST")
     p.add_argument("--runner", metavar="PATH|app",
@@ -81,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "llama_main; ssh: optional), or 'app' (android only): the flora chat "
                         "app's benchmark mode (install android_demo's APK first). android "
                         "needs one of the two")
-    p.add_argument("--app-timeout", type=float, metavar="S",
+    p.add_argument("--app-timeout", type=option(Limit(float, 0, low_open=True, example="600")),
+                   metavar="S",
                    help="--runner app: seconds to wait for one artifact's result (default "
                         "600 + 0.5 s per prompt and generated token of every run)")
-    p.add_argument("--ssh-port", type=int)
+    p.add_argument("--ssh-port", type=option(PORT))
     p.add_argument("--ssh-identity")
     p.add_argument("--remote-python", default="python3",
                    help="python on the ssh board that has flora-export installed")

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import FloraError
@@ -43,25 +44,65 @@ def save_checkpoint(out: Path, step: int, params: dict[str, torch.nn.Parameter],
 
 def load_checkpoint(out: Path, params: dict[str, torch.nn.Parameter],
                     optimizer: torch.optim.Optimizer, recipe: dict) -> int:
-    """Restore weights and optimizer state; returns the number of steps already done."""
+    """Restore weights and optimizer state; returns the number of steps already done.
+    A checkpoint that cannot be read whole (corrupt, truncated, of another shape) is
+    refused before anything is restored."""
     ckpt = Path(out) / CHECKPOINT
-    meta = json.loads((ckpt / "state.json").read_text())
+    meta = _read_meta(ckpt)
     if meta["recipe"] != recipe:
         raise FloraError(f"{ckpt} was written by a different recipe",
                          "train into a new out directory, or pass --restart to start over")
-    tensors = load_file(str(ckpt / "state.safetensors"))
+    try:
+        tensors = load_file(str(ckpt / "state.safetensors"))
+    except (OSError, SafetensorError) as e:
+        raise _unreadable(ckpt, f"state.safetensors: {e}") from None
+    state = _optimizer_state(ckpt, tensors, params)
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[f"param.{name}"])
+    for p, st in state.items():
+        optimizer.state[p] = st
+    return meta["step"]
+
+
+def _unreadable(ckpt: Path, why: str) -> FloraError:
+    return FloraError(f"resume checkpoint {ckpt} is unreadable ({why[:200]})",
+                      "pass --restart to start over (it replaces the checkpoint), or move it "
+                      "away")
+
+
+def _read_meta(ckpt: Path) -> dict:
+    try:
+        meta = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _unreadable(ckpt, f"state.json: {e}") from None
+    step = meta.get("step") if isinstance(meta, dict) else None
+    if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0
+            and isinstance(meta.get("recipe"), dict)):
+        raise _unreadable(ckpt, "state.json lacks an integer step >= 0 and the recipe")
+    return meta
+
+
+def _optimizer_state(ckpt: Path, tensors: dict, params) -> dict:
+    """Every trainable weight (and its AdamW moments) present with its own shape and dtype."""
+    state = {}
     for name, p in params.items():
-        state = {}
-        for key in ("step", "exp_avg", "exp_avg_sq"):
+        t = tensors.get(f"param.{name}")
+        if t is None or t.shape != p.shape or t.dtype != p.dtype:
+            got = "missing" if t is None else f"{t.dtype} {tuple(t.shape)}"
+            raise _unreadable(ckpt, f"param.{name} is {got}, the model needs {p.dtype} "
+                                    f"{tuple(p.shape)}")
+        st = {}
+        for key, shape in (("step", ()), ("exp_avg", p.shape), ("exp_avg_sq", p.shape)):
             t = tensors.get(f"opt.{name}.{key}")
-            if t is not None:
-                state[key] = t.reshape(()) if key == "step" else t.reshape(p.shape).to(p.device)
-        if state:
-            optimizer.state[p] = state
-    return int(meta["step"])
+            if t is None:
+                continue
+            if t.numel() != (1 if key == "step" else p.numel()) or not t.is_floating_point():
+                raise _unreadable(ckpt, f"opt.{name}.{key} has {t.numel()} values")
+            st[key] = t.reshape(()) if key == "step" else t.reshape(shape).to(p.device)
+        if st:
+            state[p] = st
+    return state
 
 
 def has_checkpoint(out: Path) -> bool:

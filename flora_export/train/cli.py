@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..console import run_command
+from ..console import ArgumentParser, run_command
 from ..errors import FloraError
+from ..limits import COUNT, option
 
 EPILOG = """\
 examples:
@@ -33,7 +34,7 @@ from <out>/checkpoint when started again with the same recipe.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="flora-train", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Fine-tune a Llama-architecture model with an FFBA adapter (fused "
                     "forward-backward adapter), a LoRA adapter, or all weights, as a YAML "
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "budget and exit")
     budget.add_argument("--model", default="flora-default", metavar="DIR|PRESET",
                         help="architecture to count for (default: the embedded base)")
-    budget.add_argument("--lora-rank", type=int, metavar="R", help="LoRA rank to match")
-    budget.add_argument("--ffba-width", type=int, metavar="H", help="FFBA width to match")
+    budget.add_argument("--lora-rank", type=option(COUNT), metavar="R", help="LoRA rank to match")
+    budget.add_argument("--ffba-width", type=option(COUNT), metavar="H", help="FFBA width to match")
     budget.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
                         "down_proj", help="LoRA targets, comma-separated (default: all 7)")
     budget.add_argument("--variant", default="ffba", help="FFBA variant: ffba, ffba-attn, "

@@ -54,6 +54,11 @@ class Encoder:
         resp = self.tok.encode(ex.response, add_special_tokens=False).ids
         return Encoded(self.prompt_ids(ex.prompt), resp + [self.stop])
 
+    def length(self, ex: Example) -> int:
+        """len(prompt) + len(target) of the encoded example."""
+        enc = self.encode(ex)
+        return len(enc.prompt) + len(enc.target)
+
     def collate(self, examples: list[Example], max_len: int = 1 << 30) -> "Batch":
         return collate([self.encode(e) for e in examples], self.stop, max_len)
 
@@ -96,6 +101,14 @@ class BatchSource:
         self.records = (split_jsonl(read_jsonl(recipe.resolve(d.jsonl)), "train")
                         if d.jsonl else None)
 
+    def check_lengths(self) -> None:
+        """Every example the run will see fits data.max_len: each JSONL record, or each
+        generated example of every step (tokenizing them costs far less than one step)."""
+        t = self.recipe.train
+        examples = (self.records if self.records is not None else
+                    (e for step in range(t.steps) for e in self.examples(step)))
+        check_lengths(self.encoder, examples, self.recipe.data.max_len, "a training example")
+
     def examples(self, step: int) -> list[Example]:
         t, d = self.recipe.train, self.recipe.data
         if self.records is None:
@@ -119,6 +132,23 @@ class BatchSource:
                              "processes", f"set train.batch_size to at least {world}")
         mine = exs[rank * per:(rank + 1) * per]
         return self.encoder.collate(mine, self.recipe.data.max_len)
+
+
+def check_lengths(encoder: Encoder, examples, max_len: int, what: str) -> None:
+    """Refuse, naming the first one (its FILE:LINE for JSONL records), examples longer than
+    `max_len` tokens (bos + templated prompt + response + stop)."""
+    first, longest = None, 0
+    for ex in examples:
+        n = encoder.length(ex)
+        if n > max_len and first is None:
+            first = (ex, n)
+        longest = max(longest, n)
+    if first:
+        ex, n = first
+        raise FloraError(f"{ex.where or what} is {n} tokens, longer than data.max_len="
+                         f"{max_len} (prompt {ex.prompt[:40]!r})",
+                         f"raise data.max_len to at least {longest} (the longest example) or "
+                         "shorten the data")
 
 
 def held_out(recipe: Recipe) -> list[Example]:

@@ -17,15 +17,24 @@ from pathlib import Path
 import yaml
 
 from ..errors import FloraError, unknown_name
+from ..limits import COUNT, OPTIONAL_COUNT, POSITIVE, SEED, THREADS, Limit, check
 
 METHODS = ("ffba", "lora", "full")
+# Adam moves each weight by about lr per step: a step above 1 is never a fine-tuning rate.
+LR = Limit(float, 0, 1, low_open=True, example="1e-3")
+# The held-out set is scored at every evaluation; built-in tasks have about 1.2M distinct
+# held-out prompts, so a larger set could never be drawn.
+EVAL_SIZE = Limit(int, 1, 100_000, example="200")
+NON_NEGATIVE = Limit(float, 0, example="0")
 
 
-def doc(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
-    """A dataclass field with its documentation in the metadata."""
+def doc(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING,
+        limit: Limit | None = None):
+    """A dataclass field with its documentation (and allowed range) in the metadata."""
+    meta = {"doc": text, "limit": limit}
     if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -34,21 +43,22 @@ class ModelSpec:
                     "base)", "flora-default")
     init: str = doc("'pretrained' keeps the base weights; 'random' re-initializes them "
                     "(training from scratch)", "pretrained")
-    seed: int = doc("seed of the random weights ('random' init and presets)", 0)
+    seed: int = doc("seed of the random weights ('random' init and presets)", 0, limit=SEED)
 
 
 @dataclass
 class FFBASpec:
-    width: int = doc("adapter width h (A: d->h, B: h->d per sub-block)", 64)
-    alpha: float = doc("scale numerator: the adapter output is multiplied by alpha / width", 64.0)
+    width: int = doc("adapter width h (A: d->h, B: h->d per sub-block)", 64, limit=COUNT)
+    alpha: float = doc("scale numerator: the adapter output is multiplied by alpha / width", 64.0,
+                       limit=POSITIVE)
     variant: str = doc("ffba (attention and MLP), ffba-attn or ffba-mlp", "ffba")
     activation: str = doc("nonlinearity between A and B: identity, relu or silu", "identity")
 
 
 @dataclass
 class LoraSpec:
-    rank: int = doc("LoRA rank r", 16)
-    alpha: float = doc("LoRA alpha (scale alpha / rank)", 32.0)
+    rank: int = doc("LoRA rank r", 16, limit=COUNT)
+    alpha: float = doc("LoRA alpha (scale alpha / rank)", 32.0, limit=POSITIVE)
     targets: list[str] = doc("projections: q_proj k_proj v_proj o_proj gate_proj up_proj "
                              "down_proj", factory=lambda: ["q_proj", "k_proj", "v_proj",
                                                            "o_proj", "gate_proj", "up_proj",
@@ -71,25 +81,32 @@ class DataSpec:
                      "file); replaces `tasks`", "")
     eval_jsonl: str = doc("held-out JSONL; default: every 10th record of `jsonl` by prompt "
                           "hash", "")
-    eval_size: int = doc("held-out examples used for accuracy", 200)
+    eval_size: int = doc("held-out examples used for accuracy", 200, limit=EVAL_SIZE)
     max_len: int = doc("longest tokenized example (prompt template + response); longer ones "
-                       "are an error", 96)
+                       "are an error", 96, limit=COUNT)
     chat_template: bool = doc("wrap prompts in the Llama-3 chat template, as the apps do", True)
 
 
 @dataclass
 class TrainSpec:
-    steps: int = doc("optimizer steps", 600)
-    batch_size: int = doc("examples per step (all processes together)", 32)
-    lr: float = doc("peak learning rate (AdamW)", 3e-3)
-    weight_decay: float = doc("AdamW weight decay", 0.0)
-    warmup_steps: int = doc("linear warm-up steps, then cosine decay to 10% of lr", 30)
-    grad_clip: float = doc("max gradient norm (0: off)", 1.0)
-    seed: int = doc("seed of the adapter init and of the data stream", 0)
-    eval_every: int = doc("steps between held-out evaluations (0: only at the end)", 0)
-    save_every: int = doc("steps between resumable checkpoints (0: none)", 200)
-    log_every: int = doc("steps between loss lines in train_log.jsonl", 10)
-    threads: int = doc("CPU threads for torch (0: torch's default)", 0)
+    steps: int = doc("optimizer steps", 600, limit=COUNT)
+    batch_size: int = doc("examples per step (all processes together)", 32, limit=COUNT)
+    lr: float = doc("peak learning rate (AdamW)", 3e-3, limit=LR)
+    weight_decay: float = doc("AdamW weight decay (lr * weight_decay must stay below 1)", 0.0,
+                              limit=NON_NEGATIVE)
+    warmup_steps: int = doc("linear warm-up steps (at most steps), then cosine decay to 10% "
+                            "of lr", 30, limit=Limit(int, 0, example="30"))
+    grad_clip: float = doc("max gradient norm (0: off)", 1.0,
+                           limit=Limit(float, 0, example="1.0", note="0 turns clipping off"))
+    seed: int = doc("seed of the adapter init and of the data stream", 0, limit=SEED)
+    eval_every: int = doc("steps between held-out evaluations (0: only at the end)", 0,
+                          limit=OPTIONAL_COUNT)
+    save_every: int = doc("steps between resumable checkpoints (0: none)", 200,
+                          limit=OPTIONAL_COUNT)
+    log_every: int = doc("steps between loss lines in train_log.jsonl", 10, limit=COUNT)
+    threads: int = doc("CPU threads for torch (0: torch's default)", 0,
+                       limit=Limit(int, 0, THREADS.high, example="2",
+                                   note="0 keeps torch's default"))
 
 
 @dataclass
@@ -115,8 +132,7 @@ class Recipe:
         if self.method.kind != "full" and self.model.init == "random":
             raise FloraError("an adapter on randomly initialized base weights learns nothing "
                              "useful", "use method.kind=full with model.init=random")
-        _positive(self, "train.steps", "train.batch_size", "train.lr", "data.eval_size",
-                  "data.max_len")
+        check_ranges(self)
         if not self.data.tasks and not self.data.jsonl:
             raise FloraError("the recipe names no data", "set data.tasks or data.jsonl")
         from .tasks import TASKS
@@ -152,11 +168,32 @@ def get_field(recipe: Recipe, key: str):
     return obj
 
 
-def _positive(recipe: Recipe, *keys: str) -> None:
-    for key in keys:
-        value = get_field(recipe, key)
-        if value <= 0:
-            raise FloraError(f"{key} must be positive, got {value}", f"set {key} to a value > 0")
+def check_ranges(recipe: Recipe) -> None:
+    """Every numeric field within its documented range, and the fields that bound each other."""
+    for key, limit in field_limits().items():
+        check(key, get_field(recipe, key), limit)
+    t = recipe.train
+    if t.warmup_steps > t.steps:
+        raise FloraError(f"train.warmup_steps={t.warmup_steps} is more than train.steps="
+                         f"{t.steps} (the learning rate would never reach its peak)",
+                         f"set train.warmup_steps to at most {t.steps}")
+    if t.lr * t.weight_decay >= 1:
+        raise FloraError(f"train.lr * train.weight_decay = {t.lr * t.weight_decay:g} must be "
+                         "below 1 (AdamW multiplies each weight by 1 - lr * weight_decay per "
+                         "step)", f"set train.weight_decay below {1 / t.lr:g}, e.g. 0.01")
+
+
+def field_limits(cls=None, prefix: str = "") -> dict[str, Limit]:
+    """Dotted key -> allowed range, for every field that has one."""
+    cls = cls or Recipe
+    out = {}
+    for f in dataclasses.fields(cls):
+        ftype = _field_type(cls, f.name)
+        if dataclasses.is_dataclass(ftype):
+            out.update(field_limits(ftype, f"{prefix}{f.name}."))
+        elif f.metadata.get("limit") is not None:
+            out[prefix + f.name] = f.metadata["limit"]
+    return out
 
 
 # ------------------------------------------------------------------ loading
@@ -267,8 +304,9 @@ def field_docs(cls=Recipe, prefix: str = "") -> dict[str, tuple[str, object, str
             out.update(field_docs(ftype, f"{prefix}{f.name}."))
         else:
             short = "list" if typing.get_origin(ftype) in (list, tuple) else ftype.__name__
-            out[prefix + f.name] = (short, getattr(instance, f.name),
-                                    f.metadata["doc"])
+            limit = f.metadata.get("limit")
+            out[prefix + f.name] = (short, getattr(instance, f.name), f.metadata["doc"] + (
+                f"; {limit.text()}" if limit else ""))
     return out
 
 

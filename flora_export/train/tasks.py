@@ -13,7 +13,7 @@ import hashlib
 import json
 import random
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,6 +26,7 @@ LETTERS = string.ascii_lowercase
 class Example:
     prompt: str
     response: str
+    where: str = field(default="", compare=False)    # FILE:LINE of a JSONL record
 
 
 def _shift(word: str) -> str:
@@ -81,28 +82,59 @@ def eval_set(tasks: list[str], n: int, seed: int = 1234) -> list[Example]:
 
 
 def read_jsonl(path: Path) -> list[Example]:
-    """prompt/response records, one JSON object per line (blank lines skipped)."""
+    """prompt/response records, one JSON object per line (blank lines skipped), every one
+    checked: UTF-8, JSON, exactly the string fields "prompt" and "response", a non-empty
+    response. The first bad record is named by file and line number."""
     path = Path(path)
     if not path.is_file():
-        raise FloraError(f"data file {path} does not exist", "fix data.jsonl in the recipe")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise FloraError(f"data file {path} {what}", "pass a JSONL file (data.jsonl in the "
+                         "recipe, or --jsonl)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FloraError(f"data file {path} cannot be read ({e.strerror})",
+                         "check its permissions") from None
     out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    # split on "\n" only: str.splitlines would also split inside a JSON string at U+2028
+    for i, raw in enumerate(data.split(b"\n"), 1):
+        line = _decode_line(path, i, raw.removeprefix(b"\xef\xbb\xbf") if i == 1 else raw)
         if not line.strip():
             continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FloraError(f"{path}:{i} is not valid JSON ({e.msg})",
-                             "write one {\"prompt\": ..., \"response\": ...} object per line"
-                             ) from None
-        if not (isinstance(rec, dict) and isinstance(rec.get("prompt"), str)
-                and isinstance(rec.get("response"), str)):
-            raise FloraError(f"{path}:{i} needs string fields \"prompt\" and \"response\"",
-                             "write one {\"prompt\": ..., \"response\": ...} object per line")
-        out.append(Example(rec["prompt"], rec["response"]))
+        out.append(_record(path, i, line))
     if not out:
         raise FloraError(f"data file {path} holds no records", "add prompt/response lines")
     return out
+
+
+RECORD_FIX = 'write one {"prompt": "...", "response": "..."} object per line'
+
+
+def _decode_line(path: Path, i: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FloraError(f"{path}:{i} is not valid UTF-8 (byte {e.start + 1} of the line)",
+                         "save the file as UTF-8") from None
+
+
+def _record(path: Path, i: int, line: str) -> Example:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise FloraError(f"{path}:{i} is not valid JSON ({e.msg})", RECORD_FIX) from None
+    if not (isinstance(rec, dict) and isinstance(rec.get("prompt"), str)
+            and isinstance(rec.get("response"), str)):
+        raise FloraError(f"{path}:{i} needs string fields \"prompt\" and \"response\"",
+                         RECORD_FIX)
+    extra = sorted(set(rec) - {"prompt", "response"})
+    if extra:
+        raise FloraError(f"{path}:{i} has fields that are not read: {', '.join(extra)}",
+                         'keep only "prompt" and "response" in each record')
+    if not rec["response"]:
+        raise FloraError(f"{path}:{i} has an empty response (it would teach only the stop "
+                         "token)", "give every record a response, or drop the record")
+    return Example(rec["prompt"], rec["response"], f"{path}:{i}")
 
 
 def split_jsonl(records: list[Example], split: str) -> list[Example]:

@@ -23,7 +23,7 @@ from ..model import load_model, random_model, save_hf_checkpoint
 from ..model.checkpoint import write_atomic
 from ..version import __version__
 from .checkpoint import drop_checkpoint, has_checkpoint, load_checkpoint, save_checkpoint
-from .data import IGNORE, BatchSource, Encoder, held_out
+from .data import IGNORE, BatchSource, Encoder, check_lengths, held_out
 from .recipe import Recipe, dump_recipe
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ def train(recipe: Recipe, restart: bool = False, keep_checkpoint: bool = False,
     model = build_model(recipe)
     encoder = Encoder.for_model(model, recipe.data.chat_template)
     source, evals = BatchSource(recipe, encoder), held_out(recipe)
+    source.check_lengths()                       # the whole data set, before step 1
+    check_lengths(encoder, evals, recipe.data.max_len, "a held-out example")
     params = trainable(model)
     opt = torch.optim.AdamW(params.values(), lr=t.lr, weight_decay=t.weight_decay)
     start = _resume(out, params, opt, recipe, restart)
