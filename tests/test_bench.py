@@ -124,14 +124,18 @@ def test_cli_writes_json_markdown_and_plot(exports, tmp_path, capsys):
     (["/nonexistent/export"], "does not exist"),
     (["{et}", "--baseline", "zzz"], "baseline 'zzz'"),
     (["x={et}", "x={et}"], "two artifacts are named"),
-    (["{et}", "--gen-len", "1"], "--gen-len >= 2"),
+    (["{et}", "--gen-len", "1"], "--gen-len: must be an integer >= 2"),
     (["{et}", "--device", "android"], "needs a native runner"),
     (["{et}", "--device", "toaster"], "unknown device"),
-    (["{et}", "--gen-len", "200"], "exceed the export's max_seq_len"),
+    (["{et}", "--gen-len", "200"], "exceed the max_seq_len 128"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(exports, tmp_path, capsys, argv, message):
     argv = [a.format(et=exports["executorch"]) for a in argv] + ["--out", str(tmp_path)]
-    assert bench_main(argv) == 2
+    try:
+        code = bench_main(argv)
+    except SystemExit as e:        # argparse refuses an option's value before any work
+        code = e.code
+    assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("flora-bench: error:") and message in err[-1]
     assert "Traceback" not in "\n".join(err)

@@ -117,6 +117,31 @@ def parse_artifacts(items: list[str]) -> dict[str, str]:
     return out
 
 
+def check_lengths(artifacts: dict[str, str], prompt_len: int, gen_len: int) -> None:
+    """Prompt + generated tokens fit every export's KV cache, checked before any run."""
+    import json
+
+    for name, spec in artifacts.items():
+        path = Path(spec) / "manifest.json"
+        if spec.startswith("eager:") or not path.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FloraError(f"{path} is not readable JSON ({e})",
+                             "pass a flora-export output directory, or export it again"
+                             ) from None
+        rt = manifest.get("runtime") if isinstance(manifest, dict) else None
+        max_seq = rt.get("max_seq_len") if isinstance(rt, dict) else None
+        if not isinstance(max_seq, int):
+            raise FloraError(f"{path} has no runtime.max_seq_len",
+                             "pass a flora-export output directory, or export it again")
+        if prompt_len + gen_len > max_seq:
+            raise FloraError(f"--prompt-len {prompt_len} + --gen-len {gen_len} exceed the "
+                             f"max_seq_len {max_seq} of {name} ({spec})",
+                             "lower --prompt-len/--gen-len or export with a larger --max-seq")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return run_command("flora-bench", args.verbose, lambda: _bench(args))
@@ -130,6 +155,7 @@ def _bench(args) -> int:
     if args.reports:
         return _from_reports(args)
     artifacts = parse_artifacts(args.artifacts)
+    check_lengths(artifacts, args.prompt_len, args.gen_len)
     config = BenchConfig(prompt_len=args.prompt_len, gen_len=args.gen_len, runs=args.runs,
                          warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown,
                          passes=args.passes, engine=args.engine)
