@@ -75,6 +75,10 @@ class _TensorIndex:
         """Fill `out` (contiguous, the right shape) with tensor `name`, converting dtype."""
         path, dtype, _, begin, end = self._entry(name)
         self.used.add(name)
+        if isinstance(dtype, str):
+            raise FloraError(f"tensor {name!r} in {path.name} has dtype {dtype}",
+                             f"save the checkpoint in {', '.join(_DTYPES)} (an unquantized "
+                             "export of the model)")
         buf = out if dtype == out.dtype else torch.empty(out.shape, dtype=dtype)
         with open(path, "rb") as f:
             f.seek(begin)
@@ -180,10 +184,13 @@ def _read_header(path: Path) -> dict[str, tuple]:
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (begin, end) = _DTYPES[info["dtype"]], tuple(info["shape"]), \
-                info["data_offsets"]
+            kind, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            dtype = _DTYPES.get(kind)
         except (KeyError, TypeError, ValueError):
-            raise bad(f"tensor {name!r}: unsupported dtype or malformed entry") from None
+            raise bad(f"tensor {name!r}: malformed entry") from None
+        if dtype is None:   # e.g. int/packed tensors: refused by name if the model needs them
+            entries[name] = (path, kind, shape, 8 + n + begin, 8 + n + end)
+            continue
         nbytes = dtype.itemsize * (int(torch.tensor(shape).prod()) if shape else 1)
         if end - begin != nbytes or 8 + n + end > size:
             raise bad(f"tensor {name!r} lies beyond the end of the file")

@@ -96,13 +96,11 @@ def limited(name: str, note: str, accepts: Callable[[Any], bool], allowed: str
     return {name: Field(name, LIMITED, note, accepts, allowed)}
 
 
-def _off_or(*ok) -> Callable[[Any], bool]:
-    return lambda v: is_off(v) or v in ok
-
-
 # -------------------------------------------------------------- config.json (Llama)
 
-HIDDEN_ACTS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "gelu_new", "relu")
+# gelu_new (GPT-2's tanh formula written out) is refused: Core ML's converter does not keep
+# its matmuls mappable to the model's linears, and no Llama-family checkpoint uses it.
+HIDDEN_ACTS = ("silu", "swish", "gelu", "gelu_pytorch_tanh", "relu")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 LLAMA_CONFIG = FieldTable("config.json", {
@@ -137,7 +135,9 @@ LLAMA_CONFIG = FieldTable("config.json", {
                "return_dict chunk_size_feed_forward is_encoder_decoder id2label label2id "
                "problem_type _attn_implementation attn_implementation _commit_hash "
                "is_llama_config tokenizer_class torchscript use_bfloat16 tf_legacy_loss "
-               "pruned_heads finetuning_task num_labels task_specific_params",
+               "pruned_heads finetuning_task num_labels task_specific_params "
+               "transformers.js_config _attn_implementation_autoset "
+               "keys_to_ignore_at_inference",
                "bookkeeping; no effect on the logits"),
     **harmless("pretraining_tp", "transformers 5's Llama does not read it"),
     **harmless("attention_dropout", "dropout during transformers training only; inference "

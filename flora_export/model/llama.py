@@ -14,8 +14,6 @@ through `adapter_act`, the extra input columns of `o_proj` / `down_proj`.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,8 +30,6 @@ ACTIVATIONS = {"identity": lambda x: x, "relu": F.relu, "silu": F.silu}
 MLP_ACTIVATIONS = {
     "silu": F.silu, "swish": F.silu, "relu": F.relu, "gelu": F.gelu,
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_new": lambda x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) *
-                                                      (x + 0.044715 * torch.pow(x, 3.0)))),
 }
 
 
