@@ -128,3 +128,32 @@ def test_loading_holds_one_copy_of_the_weights(tmp_path):
                            str(tmp_path / "small")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.strip().splitlines()[-1]) < 1.2
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+def test_checkpoint_saved_by_transformers_loads_with_parity(tmp_path, sharded):
+    """A directory as transformers 5 writes it (rope_parameters, dtype, generation_config.json,
+    an index with metadata when sharded) loads, every field honoured, to the same logits."""
+    from flora_export.model.tokenizer import byte_level_tokenizer
+    cfg = transformers.LlamaConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, attention_bias=True, mlp_bias=True,
+        hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, max_position_embeddings=256,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 64},
+        bos_token_id=384, eos_token_id=[385, 393])
+    torch.manual_seed(0)
+    ref = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.3)
+    ref.save_pretrained(tmp_path, max_shard_size="100KB" if sharded else "1GB")
+    byte_level_tokenizer(512, 384).save(str(tmp_path / "tokenizer.json"))
+    assert (tmp_path / "model.safetensors.index.json").is_file() == sharded
+    ours = load_model(tmp_path)
+    tokens = torch.randint(0, 512, (2, 15), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (ours(tokens) - ref(tokens).logits).abs().max() < 1e-5
+    assert ours.config.hidden_act == "gelu_pytorch_tanh" and ours.config.eos_token_ids == (385, 393)
