@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .errors import FloraError
+from .outputs import exit_code, interrupt_name, nonempty_path, termination_as_interrupt
 from .progress import StageProgress
 
 EPILOG = """\
@@ -78,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "dynamic activation quantization: int4 weights in blocks of 32, fp16 "
                         "activations)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="output directory (default ./flora-out/TARGET); replaced atomically")
+                   help="output directory (default ./flora-out/TARGET). A previous export "
+                        "there (recognised by its manifest) is replaced atomically, only its "
+                        "own files; a folder holding anything else is refused. A mount point "
+                        "or a symlink is written into. Checked (writable, free space) before "
+                        "the model is loaded")
     p.add_argument("--max-seq", type=option(Limit(int, 16, example="512")), default=512,
                    metavar="N", help="KV-cache length = max prompt + generated tokens (default "
                    "512; at least 16, at most the model's max_position_embeddings)")
@@ -95,7 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=option(SEED), default=0,
                    help="seed for preset random weights")
     p.add_argument("--force", action="store_true",
-                   help="replace an existing non-empty --out that is not a flora-export output")
+                   help="write into a non-empty --out that holds files flora-export did not "
+                        "write: the previous export's files are replaced, all other files are "
+                        "left untouched (a file of yours with the name of an export file, "
+                        "e.g. manifest.json, is never overwritten: that is still refused)")
     p.add_argument("--push", action="store_true",
                    help="android: after the export, copy it to the connected device with adb "
                         "(checked file by file, readable by apps) for the flora chat app")
@@ -111,20 +119,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with termination_as_interrupt():     # SIGTERM cleans up like Ctrl-C
+        try:
+            return _main(args)
+        except KeyboardInterrupt as e:    # outside the export (e.g. during --push)
+            print(f"flora-export: {interrupt_name(e)}: stopped", file=sys.stderr)
+            return exit_code(e)
+
+
+def _main(args) -> int:
     try:
         device = _push_device(args)          # before the export: fail fast
+        out = _out_dir(args)
     except FloraError as e:
         print(f"flora-export: error: {e}", file=sys.stderr)
         return 2
     with _native_logs(args.verbose) as log_path:
         try:
-            manifest, seconds = _run(args)
+            manifest, seconds = _run(args, out)
         except FloraError as e:
             print(f"flora-export: error: {e}", file=_CONSOLE.err)
             return 2
-        except KeyboardInterrupt:
-            print("flora-export: interrupted; nothing was written", file=_CONSOLE.err)
-            return 130
+        except KeyboardInterrupt as e:
+            what = "interrupted" if exit_code(e) == 130 else f"terminated ({interrupt_name(e)})"
+            print(f"flora-export: {what}; nothing was written", file=_CONSOLE.err)
+            return exit_code(e)
         except Exception as e:  # an internal failure, not bad input: keep the log
             logging.getLogger("flora_export").exception("export failed")
             print(f"flora-export: internal error: {type(e).__name__}: {str(e)[:300]} "
@@ -134,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if log_path:
                 Path(log_path).unlink(missing_ok=True)
-    out = Path(args.out or f"flora-out/{args.target}")
     _print_summary(manifest, seconds, out)
     return _push(args, device, out) if device else 0
+
+
+def _out_dir(args) -> Path:
+    return nonempty_path(args.out, "--out") if args.out is not None else Path(
+        f"flora-out/{args.target}")
 
 
 def _push_device(args):
@@ -200,16 +223,17 @@ def _native_logs(verbose: bool):
 _CONSOLE = SimpleNamespace(out=sys.stdout, err=sys.stderr)  # the terminal, while fds 1/2 log
 
 
-def _run(args) -> tuple[dict, float]:
+def _run(args, out: Path) -> tuple[dict, float]:
     from .adapters import LoraConfig, load_adapter
     from .default import DEFAULT_ADAPTER, DEFAULT_BASE
     from .export import ExportConfig, export
+    from .export.outdir import plan_out_dir
     from .export.targets import target_row
     from .fuse import merge_lora
     from .model import load_model
     from .quantize import quant_config
 
-    target_row(args.target), quant_config(args.quant)  # fail fast on unknown names
+    row, qcfg = target_row(args.target), quant_config(args.quant)  # fail fast on unknown names
     for flag in ("model", "adapter"):
         if getattr(args, flag) is not None and not getattr(args, flag).strip():
             raise FloraError(f"--{flag} is an empty string (an unset shell variable?)",
@@ -218,6 +242,7 @@ def _run(args) -> tuple[dict, float]:
     model_src = args.model or str(DEFAULT_BASE)
     adapter = args.adapter if args.adapter is not None else (
         None if args.model else str(DEFAULT_ADAPTER))
+    plan_out_dir(out, row.backends, args.force, _size_estimate(model_src, adapter, qcfg, row))
     print(f"loading model {args.model or 'embedded default'} ...", file=_CONSOLE.out, flush=True)
     model = load_model(model_src, seed=args.seed, allow_unused_weights=args.allow_unused_weights)
     if adapter and adapter.lower() != "none":
@@ -226,11 +251,31 @@ def _run(args) -> tuple[dict, float]:
         load_adapter(model, adapter, check_base=not args.no_base_check)
         if isinstance(model.adapter_config, LoraConfig) and args.lora == "merged":
             merge_lora(model)
-    out = Path(args.out or f"flora-out/{args.target}")
     cfg = ExportConfig(quant=args.quant, max_seq=args.max_seq, fuse_adapters=not args.no_fuse,
                        force=args.force)
     manifest = export(model, args.target, out, cfg, progress=StageProgress(_CONSOLE.out))
     return manifest, time.perf_counter() - t0
+
+
+def _size_estimate(model_src: str, adapter: str | None, qcfg, row) -> int | None:
+    """The export's size from the model's config.json (or preset) before the weights are
+    loaded, for the free-space check; None when the config cannot be read (the loader
+    then reports why, and export() checks again with the loaded model)."""
+    from .export.outdir import config_parameters, estimate_bytes
+    from .model.config import LlamaConfig
+    from .model.presets import PRESETS, preset_config
+
+    try:
+        cfg = (preset_config(model_src) if model_src in PRESETS else
+               LlamaConfig.from_file(Path(model_src) / "config.json"))
+        linear, embedding = config_parameters(cfg)
+        extra = sum(f.stat().st_size for f in [Path(model_src) / "tokenizer.json",
+                                                *(Path(adapter).glob("*.safetensors")
+                                                  if adapter and adapter.lower() != "none"
+                                                  else [])] if f.is_file())
+    except Exception:       # noqa: BLE001 -- any unreadable input is the loader's to report
+        return None
+    return estimate_bytes(linear, embedding, qcfg, row.backends, extra)
 
 
 def _print_summary(m: dict, seconds: float, out: Path) -> None:

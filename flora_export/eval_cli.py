@@ -64,12 +64,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args) -> int:
+    json_out = _json_target(args.json)        # before the evaluation: fail fast
     result = run(args)
     _print(result)
-    if args.json:
-        from .model.checkpoint import write_atomic
-        write_atomic(Path(args.json), json.dumps(result, indent=2).encode())
+    if json_out is not None:
+        from .outputs import write_atomic
+        write_atomic(json_out, json.dumps(result, indent=2).encode(), "--json")
     return 0
+
+
+def _json_target(value: str | None) -> Path | None:
+    """Where --json goes (a link to a file is followed); a directory, an unwritable place
+    or an existing file that is not a flora-eval result is refused."""
+    if value is None:
+        return None
+    from .outputs import check_file_target, json_with_keys, nonempty_path
+    return check_file_target(nonempty_path(value, "--json"), "--json",
+                             lambda p: json_with_keys(p, ("n", "correct", "accuracy", "samples")))
 
 
 def examples_for(args):

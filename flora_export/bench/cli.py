@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssh-identity")
     p.add_argument("--remote-python", default="python3",
                    help="python on the ssh board that has flora-export installed")
-    p.add_argument("--out", type=Path, default=Path("bench-out"),
+    p.add_argument("--out", default="bench-out",
                    help="directory for bench.json, bench.md, bench.png (default ./bench-out)")
     p.add_argument("--name", default="bench", help="file stem of the outputs (default bench)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -149,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _bench(args) -> int:
     from .harness import BenchConfig, run_bench
-    from .report import markdown, write_all
+    from .report import check_outputs, markdown, write_all
     from .transports import make_transport
 
+    args.out = check_outputs(args.out, args.name)      # before any run: fail fast
     if args.reports:
         return _from_reports(args)
     artifacts = parse_artifacts(args.artifacts)

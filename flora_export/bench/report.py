@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
+
+from ..outputs import (check_dir_target, check_file_target, json_with_keys, nonempty_path,
+                       write_atomic, write_file_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,7 @@ def markdown(result: dict) -> str:
 
 def write_json(result: dict, path: Path) -> None:
     """Atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(Path(path), (json.dumps(result, indent=2) + "\n").encode(), "--out")
 
 
 def plot(result: dict, path: Path, title: str | None = None) -> bool:
@@ -92,13 +86,21 @@ def plot(result: dict, path: Path, title: str | None = None) -> bool:
                  f"{cfg['gen_len']}, {cfg['runs']} runs, {cfg['threads']} threads "
                  "(median, min–max)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_file_atomic(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"), "--out")
+    finally:
+        plt.close(fig)
     return True
+
+
+def check_outputs(out_dir: str | Path, stem: str = "bench") -> Path:
+    """Before any run: `out_dir` can hold `stem`.json/.md/.png, and those that exist are
+    a previous flora-bench result (its JSON is recognised), never the user's files."""
+    real = check_dir_target(nonempty_path(out_dir, "--out"), "--out")
+    previous = json_with_keys(real / f"{stem}.json", ("format_version", "config", "artifacts"))
+    for suffix in (".json", ".md", ".png"):
+        check_file_target(real / f"{stem}{suffix}", "--out", lambda p: previous)
+    return real
 
 
 def write_all(result: dict, out_dir: Path, stem: str = "bench", title: str | None = None) -> dict:
@@ -107,7 +109,7 @@ def write_all(result: dict, out_dir: Path, stem: str = "bench", title: str | Non
     paths = {"json": out_dir / f"{stem}.json", "markdown": out_dir / f"{stem}.md",
              "png": out_dir / f"{stem}.png"}
     write_json(result, paths["json"])
-    paths["markdown"].write_text(markdown(result))
+    write_atomic(paths["markdown"], markdown(result).encode(), "--out")
     if not plot(result, paths["png"], title):
         paths.pop("png")
     return paths

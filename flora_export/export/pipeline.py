@@ -21,8 +21,8 @@ from ..fuse import count_fused_linears, fuse
 from ..quantize import count_quantized_linears, quant_config
 from ..verify import VerifyConfig, reference_sequence
 from .context import BuildContext
-from .output import (MANIFEST, Stages, check_out_dir, file_record, peak_rss_mb, staging_dir,
-                     versions, write_json)
+from .outdir import FORMAT, MANIFEST, config_parameters, estimate_bytes, plan_out_dir, staging_dir
+from .output import Stages, file_record, peak_rss_mb, versions, write_json
 from .prompt import chat_format, special_ids, verify_prompt
 from .targets import target_row
 
@@ -52,7 +52,7 @@ class ExportConfig:
     quant: str = "8da4w"
     max_seq: int = 512
     fuse_adapters: bool = True          # False exports FFBA unfused (benchmark baseline)
-    force: bool = False                 # replace a non-empty directory that is not an export
+    force: bool = False                 # write beside entries of `out` that are not the export's
     verify: VerifyConfig = field(default_factory=VerifyConfig)
 
 
@@ -74,7 +74,7 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     row = target_row(target)
     qcfg = quant_config(config.quant)
     out = Path(out)
-    check_out_dir(out, config.force)
+    plan = plan_out_dir(out, row.backends, config.force, need_bytes=export_size(model, qcfg, row))
     bos, eos = special_ids(model)
     _check_max_seq(model, config, len(verify_prompt(model, bos)))
     st = Stages(stage_names(target), progress)
@@ -87,7 +87,7 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
         prompt = verify_prompt(model, bos)
         tokens, fp32_logits = reference_sequence(model, prompt, config.verify.decode_steps)
     ctx = BuildContext(qcfg, config, tokens, len(prompt), fp32_logits, bos, eos, st)
-    with staging_dir(out) as tmp:
+    with staging_dir(plan) as tmp:
         results = {}
         for i, name in enumerate(row.backends):
             last = i == len(row.backends) - 1
@@ -97,6 +97,16 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
             manifest = _manifest(model, row, qcfg, config, tmp, fused, results, st, bos, eos)
             write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def export_size(model, qcfg, row) -> int:
+    """estimate_bytes() for this model: every parameter but the embedding table is a linear
+    weight (a tied LM head counts again as a linear), plus the tokenizer."""
+    total = sum(p.numel() for p in model.parameters())
+    _, embedding = config_parameters(model.config)
+    linear = total if model.config.tie_word_embeddings else total - embedding
+    return estimate_bytes(linear, embedding, qcfg, row.backends,
+                          len((getattr(model, "tokenizer_json", "") or "").encode()))
 
 
 def _check_max_seq(model, config: ExportConfig, prompt_len: int) -> None:
@@ -116,6 +126,7 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int, results: dict, st
     adapter = getattr(model, "adapter_config", None)
     primary = results[row.backends[0]]
     return {
+        "format": FORMAT,
         "format_version": 1,
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": row.name,

@@ -322,13 +322,10 @@ def save_hf_checkpoint(model: LlamaModel, out_dir: Path, tokenizer_json: Path | 
 
 
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    from ..outputs import write_file_atomic
+    write_file_atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from ..outputs import write_atomic as write
+    write(Path(path), data)

@@ -14,11 +14,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import FloraError
+from ..model.checkpoint import save_safetensors_atomic, write_atomic
+from ..outputs import signals_deferred
 
 CHECKPOINT = "checkpoint"
+STATE, META = "state.safetensors", "state.json"
 
 
 def save_checkpoint(out: Path, step: int, params: dict[str, torch.nn.Parameter],
@@ -28,18 +31,26 @@ def save_checkpoint(out: Path, step: int, params: dict[str, torch.nn.Parameter],
     for p, state in optimizer.state.items():
         for key, value in state.items():
             tensors[f"opt.{index[id(p)]}.{key}"] = value.detach().cpu().contiguous().reshape(-1)
-    final = Path(out) / CHECKPOINT
-    tmp = Path(out) / f".{CHECKPOINT}.tmp"
+    final, tmp, old = _paths(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "recipe": recipe}, indent=1))
-    old = Path(out) / f".{CHECKPOINT}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    try:        # each file flushed to disk, then the folder swapped with signals held back
+        save_safetensors_atomic(tensors, tmp / STATE)
+        write_atomic(tmp / META, json.dumps({"step": step, "recipe": recipe}, indent=1).encode())
+        with signals_deferred():
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                os.replace(final, old)
+            os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _paths(out: Path) -> tuple[Path, Path, Path]:
+    out = Path(out)
+    return out / CHECKPOINT, out / f".{CHECKPOINT}.tmp", out / f".{CHECKPOINT}.old"
 
 
 def load_checkpoint(out: Path, params: dict[str, torch.nn.Parameter],
@@ -106,8 +117,18 @@ def _optimizer_state(ckpt: Path, tensors: dict, params) -> dict:
 
 
 def has_checkpoint(out: Path) -> bool:
-    return (Path(out) / CHECKPOINT / "state.json").is_file()
+    final, _, old = _paths(out)
+    if not final.exists() and (old / META).is_file() and (old / STATE).is_file():
+        os.replace(old, final)    # the run stopped between save_checkpoint's two renames
+    return (final / META).is_file()
 
 
 def drop_checkpoint(out: Path) -> None:
-    shutil.rmtree(Path(out) / CHECKPOINT, ignore_errors=True)
+    """Remove the checkpoint's two files (and its folder when nothing else is in it)."""
+    final = _paths(out)[0]
+    for name in (STATE, META):
+        (final / name).unlink(missing_ok=True)
+    try:
+        final.rmdir()
+    except OSError:
+        pass

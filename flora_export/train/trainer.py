@@ -21,8 +21,10 @@ from ..adapters import FFBAConfig, LoraConfig, attach_ffba, attach_lora, save_ad
 from ..evaluation import score_eager
 from ..model import load_model, random_model, save_hf_checkpoint
 from ..model.checkpoint import write_atomic
+from ..outputs import check_run_dir, json_with_keys, nonempty_path, write_failure
 from ..version import __version__
-from .checkpoint import drop_checkpoint, has_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (CHECKPOINT, drop_checkpoint, has_checkpoint, load_checkpoint,
+                         save_checkpoint)
 from .data import IGNORE, BatchSource, Encoder, check_lengths, held_out
 from .recipe import Recipe, dump_recipe
 
@@ -80,7 +82,7 @@ def train(recipe: Recipe, restart: bool = False, keep_checkpoint: bool = False,
     """Run `recipe`; write the adapter/checkpoint, recipe.yaml and metrics.json to its out."""
     from accelerate import Accelerator
 
-    t, out = recipe.train, Path(recipe.out)
+    t, out = recipe.train, check_out(recipe)
     if t.threads:
         torch.set_num_threads(t.threads)
     acc = Accelerator()
@@ -130,6 +132,34 @@ def train(recipe: Recipe, restart: bool = False, keep_checkpoint: bool = False,
     return metrics
 
 
+OUT_OPTION = "the recipe's out"
+# What a run writes into `out` (an adapter, or a full model); nothing else there is touched.
+RUN_FILES = ("adapter_config.json", "adapter_model.safetensors", "config.json",
+             "model.safetensors", "tokenizer.json", "recipe.yaml", "metrics.json",
+             "train_log.jsonl", CHECKPOINT)
+
+
+def check_out(recipe: Recipe) -> Path:
+    """Refuse, before training, an `out` that is a file, cannot be written, or holds files
+    of the names a run writes that no flora-train run wrote."""
+    return check_run_dir(Path(nonempty_path(recipe.out, OUT_OPTION)), OUT_OPTION, RUN_FILES,
+                         is_train_run, "flora-train")
+
+
+def is_train_run(folder: Path) -> bool:
+    """A folder flora-train wrote into: its metrics, its checkpoint or its training log."""
+    if json_with_keys(folder / "metrics.json", ("method", "trainable_params", "eval")):
+        return True
+    if (folder / CHECKPOINT / "state.json").is_file():   # even damaged: load_checkpoint says so
+        return True
+    try:
+        with open(folder / "train_log.jsonl", encoding="utf-8") as f:
+            first = json.loads(f.readline(1 << 16))
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and {"step", "loss"} <= set(first)
+
+
 def _resume(out: Path, params, opt, recipe: Recipe, restart: bool) -> int:
     if restart:
         drop_checkpoint(out)
@@ -160,8 +190,11 @@ def _periodic(acc, recipe: Recipe, done: int, window, rate, model, encoder, eval
         record = {**(record or {"step": done}), "eval_accuracy": res.accuracy,
                   "eval_loss": round(res.loss, 5)}
     if record:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise write_failure(e, log_path, OUT_OPTION) or e from None
     if t.save_every and done % t.save_every == 0 and done != t.steps:
         save_checkpoint(log_path.parent, done, params, opt, recipe.to_dict())
 
