@@ -138,7 +138,7 @@ def test_failed_verification_writes_nothing_and_keeps_old_output(cli_export, tin
     with pytest.raises(FloraError, match="does not match the eager model"):
         export(load_model(tiny_base), "android", cli_export, strict)
     assert {p.name: p.read_bytes() for p in cli_export.iterdir()} == before
-    leftovers = [p.name for p in cli_export.parent.iterdir() if ".tmp-" in p.name]
+    leftovers = [p.name for p in cli_export.parent.iterdir() if ".flora-" in p.name or ".tmp-" in p.name]
     assert leftovers == []
 
 
