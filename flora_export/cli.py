@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["verify"]:           # flora-export verify DIR [--device ...]
+        from .verify_cli import main as verify_main
+        return verify_main(argv[1:])
     args = build_parser().parse_args(argv)
     with termination_as_interrupt():     # SIGTERM cleans up like Ctrl-C
         try:
@@ -284,7 +288,8 @@ def _print_summary(m: dict, seconds: float, out: Path) -> None:
     rows = [("output", str(out))]
     rows += [(name, f"{rec['bytes'] / 1e6:.2f} MB  " + (f"sha256 {rec['sha256'][:12]}" if "sha256"
                                                         in rec else f"{len(rec['files'])} files"))
-             for name, rec in m["files"].items()]
+             for name, rec in m["files"].items()
+             if name != "verify_reference.safetensors"]   # for `flora-export verify`, not apps
     adapter = m["adapter"]
     rows += [
         ("target / backends", f"{m['target']} / {', '.join(m['backends'])}"),

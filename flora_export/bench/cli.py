@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "600 + 0.5 s per prompt and generated token of every run)")
     p.add_argument("--ssh-port", type=option(PORT))
     p.add_argument("--ssh-identity")
+    p.add_argument("--ssh-known-hosts", metavar="FILE",
+                   help="known_hosts file that holds the board's host key; checked strictly "
+                        "(default: ssh's own known_hosts and settings)")
     p.add_argument("--remote-python", default="python3",
                    help="python on the ssh board that has flora-export installed")
     p.add_argument("--out", default="bench-out",
@@ -161,7 +164,8 @@ def _bench(args) -> int:
                          warmup=args.warmup, threads=args.threads, cooldown_s=args.cooldown,
                          passes=args.passes, engine=args.engine)
     transport = make_transport(args.device, args.runner, args.ssh_port, args.ssh_identity,
-                               args.remote_python, app_timeout_s=args.app_timeout)
+                               args.remote_python, app_timeout_s=args.app_timeout,
+                               ssh_known_hosts=args.ssh_known_hosts)
     result = run_bench(artifacts, config, transport, args.baseline,
                        progress=lambda m: print(m, file=sys.stderr, flush=True))
     paths = write_all(result, args.out, args.name)

@@ -204,10 +204,18 @@ class SshTransport(_RemoteTransport):
 
     def __init__(self, host: str, port: int | None = None, identity: str | None = None,
                  python: str = "python3", runner: str | None = None,
-                 runner_args: str = RUNNER_ARGS, extra_opts: list[str] | None = None):
+                 runner_args: str = RUNNER_ARGS, extra_opts: list[str] | None = None,
+                 known_hosts: str | None = None):
         super().__init__(runner, runner_args)
         self.host, self.python, self.name = host, python, f"ssh:{host}"
         self.base = ["ssh", "-o", "BatchMode=yes", *(extra_opts or [])]
+        if known_hosts:           # the board's host key, from a file of its own, checked
+            if not Path(known_hosts).is_file():
+                raise FloraError(f"known_hosts file {known_hosts} does not exist",
+                                 "pass the file that holds the board's host key "
+                                 "(ssh-keyscan -p PORT HOST > FILE, checked by hand)")
+            self.base += ["-o", f"UserKnownHostsFile={known_hosts}",
+                          "-o", "StrictHostKeyChecking=yes"]
         if port:
             self.base += ["-p", str(port)]
         if identity:
@@ -305,7 +313,7 @@ class AdbTransport(_RemoteTransport):
 
 def make_transport(device: str, runner: str | None = None, ssh_port: int | None = None,
                    ssh_identity: str | None = None, remote_python: str = "python3",
-                   app_timeout_s: float | None = None):
+                   app_timeout_s: float | None = None, ssh_known_hosts: str | None = None):
     """`host` | `android[:SERIAL]` | `ssh:[USER@]HOST`; runner "app" only for android."""
     kind, _, target = device.partition(":")
     if runner == APP_RUNNER and kind != "android":
@@ -316,5 +324,6 @@ def make_transport(device: str, runner: str | None = None, ssh_port: int | None 
     if kind == "android":
         return AdbTransport(target or None, runner, app_timeout_s=app_timeout_s)
     if kind == "ssh" and target:
-        return SshTransport(target, ssh_port, ssh_identity, remote_python, runner)
+        return SshTransport(target, ssh_port, ssh_identity, remote_python, runner,
+                            known_hosts=ssh_known_hosts)
     raise FloraError(f"unknown device {device!r}", "use host, android[:SERIAL] or ssh:HOST")

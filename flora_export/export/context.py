@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,9 @@ class BuildContext:
     bos: int
     eos: list[int]
     stages: Stages
+    backend: str = ""                # the backend being built (set by the pipeline)
+    # backend -> the eager logits its runtime was checked against (verify_reference)
+    references: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -34,6 +37,7 @@ class BuildContext:
     def verify(self, step, eager: list[torch.Tensor], what: str) -> Parity:
         """Run `step` over the sequence, compare with `eager`, enforce the thresholds."""
         parity = compare(eager, run_steps(step, self.tokens, self.prompt_len, self.steps))
+        self.references[self.backend] = eager[:parity.steps]
         if self.quant.quantizes:
             parity.quant_sqnr_db_vs_fp32 = compare(self.fp32_logits, eager).sqnr_db
         return check(parity, self.quant.quantizes, self.config.verify, what)

@@ -259,12 +259,11 @@ def load_package_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> 
 
 def write_reference(path: Path, ctx, reference: list[torch.Tensor]) -> None:
     """The tokens and eager logits the macOS parity check compares the package with."""
-    from safetensors.torch import save_file
+    from .reference import save_reference
 
-    save_file({"tokens": ctx.tokens.to(torch.int64).contiguous(),
-               "reference_logits": torch.stack(reference).contiguous(),
-               "fp32_logits": torch.stack(ctx.fp32_logits).contiguous()},
-              str(path), metadata={"prompt_len": str(ctx.prompt_len), "steps": str(ctx.steps)})
+    save_reference(path, ctx.tokens, ctx.prompt_len,
+                   {"reference_logits": torch.stack(reference),
+                    "fp32_logits": torch.stack(ctx.fp32_logits)}, steps=str(ctx.steps))
 
 
 def _check_limits(model, ctx) -> None:

@@ -24,6 +24,7 @@ from .context import BuildContext
 from .outdir import FORMAT, MANIFEST, config_parameters, estimate_bytes, plan_out_dir, staging_dir
 from .output import Stages, file_record, peak_rss_mb, versions, write_json
 from .prompt import chat_format, special_ids, verify_prompt
+from .reference import REFERENCE, write_verify_reference
 from .targets import target_row
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,16 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
         results = {}
         for i, name in enumerate(row.backends):
             last = i == len(row.backends) - 1
+            ctx.backend = name
             results[name] = _backend(name).build(model if last else copy.deepcopy(model), tmp, ctx)
         with st("write"):
             (tmp / "tokenizer.json").write_text(model.tokenizer_json)
+            if ctx.references:         # `flora-export verify` re-runs these checks elsewhere
+                reference = write_verify_reference(tmp / REFERENCE, ctx.tokens, ctx.prompt_len,
+                                                   ctx.references)
             manifest = _manifest(model, row, qcfg, config, tmp, fused, results, st, bos, eos)
+            if ctx.references:
+                manifest["verify_reference"] = reference
             write_json(tmp / MANIFEST, manifest)
     return manifest
 
