@@ -176,7 +176,8 @@ def test_ios_folder_holds_both_backends(fp32_ios):
     from flora_export.export.executorch import runtime_step
     model, out, m = fp32_ios
     assert {p.name for p in out.iterdir()} == {"model.mlpackage", "model.pte", "tokenizer.json",
-                                               "coreml_reference.safetensors", "manifest.json"}
+                                               "coreml_reference.safetensors", "manifest.json",
+                                               "verify_reference.safetensors"}
     assert m["backends"] == ["coreml", "executorch-xnnpack"]
     assert m["results"]["executorch-xnnpack"]["parity"]["passed"]
     assert m["results"]["executorch-xnnpack"]["parity"]["max_abs_diff"] <= 1e-4

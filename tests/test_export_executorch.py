@@ -104,7 +104,8 @@ def cli_export(tiny_base, tiny_ffba, tmp_path_factory):
 def test_cli_8da4w_output_and_manifest(cli_export, tiny_base, tiny_ffba):
     out = cli_export
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.pte",
-                                                     "tokenizer.json"]
+                                                     "tokenizer.json",
+                                                     "verify_reference.safetensors"]
     m = json.loads((out / "manifest.json").read_text())
     assert m["target"] == "android" and m["backends"] == ["executorch-xnnpack"]
     assert m["quantization"]["name"] == "8da4w" and m["quantization"]["group_size"] == 32
