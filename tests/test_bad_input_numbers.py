@@ -323,3 +323,18 @@ def test_ci_turns_unexpected_skips_into_failures(tmp_path, ci):
     else:
         assert proc.returncode == 0, out
         assert "1 passed, 4 skipped, 1 xfailed" in summary, summary
+
+
+def test_batch_that_does_not_split_over_the_processes_is_refused():
+    from flora_export.errors import FloraError
+    from flora_export.train import load_recipe
+    from flora_export.train.data import BatchSource, Encoder
+    from flora_export.train.trainer import build_model
+
+    recipe = load_recipe(RECIPE, [*QUICK, "train.batch_size=3"])
+    source = BatchSource(recipe, Encoder.for_model(build_model(recipe)))
+    source.check_processes(1)
+    source.check_processes(3)
+    with pytest.raises(FloraError, match=r"batch_size=3 does not split evenly over 2 "
+                                         r"processes.*multiple of 2, e.g. 2"):
+        source.check_processes(2)

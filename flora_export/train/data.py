@@ -20,6 +20,7 @@ from .recipe import Recipe
 from .tasks import Example, eval_set, generated, read_jsonl, split_jsonl
 
 IGNORE = -100
+GENERATED_CHECK = 2_000_000      # generated examples whose length is checked before step 1
 
 
 @dataclass(frozen=True)
@@ -103,11 +104,23 @@ class BatchSource:
 
     def check_lengths(self) -> None:
         """Every example the run will see fits data.max_len: each JSONL record, or each
-        generated example of every step (tokenizing them costs far less than one step)."""
+        generated example of every step (tokenizing one costs about 50 us, far less than its
+        share of a training step). Beyond GENERATED_CHECK draws (about 100 s) the rest is
+        checked batch by batch as it is drawn."""
         t = self.recipe.train
+        steps = min(t.steps, max(1, GENERATED_CHECK // t.batch_size))
         examples = (self.records if self.records is not None else
-                    (e for step in range(t.steps) for e in self.examples(step)))
+                    (e for step in range(steps) for e in self.examples(step)))
         check_lengths(self.encoder, examples, self.recipe.data.max_len, "a training example")
+
+    def check_processes(self, world: int) -> None:
+        """Each process takes an equal slice of the global batch: nothing may be left over."""
+        b = self.recipe.train.batch_size
+        if b % world:
+            raise FloraError(f"train.batch_size={b} does not split evenly over {world} "
+                             "processes (the remainder would be dropped)",
+                             f"set train.batch_size to a multiple of {world}, e.g. "
+                             f"{max(world, b - b % world)}")
 
     def examples(self, step: int) -> list[Example]:
         t, d = self.recipe.train, self.recipe.data

@@ -90,6 +90,7 @@ def train(recipe: Recipe, restart: bool = False, keep_checkpoint: bool = False,
     encoder = Encoder.for_model(model, recipe.data.chat_template)
     source, evals = BatchSource(recipe, encoder), held_out(recipe)
     source.check_lengths()                       # the whole data set, before step 1
+    source.check_processes(acc.num_processes)
     check_lengths(encoder, evals, recipe.data.max_len, "a held-out example")
     params = trainable(model)
     opt = torch.optim.AdamW(params.values(), lr=t.lr, weight_decay=t.weight_decay)
