@@ -134,7 +134,8 @@ def export_step(export_dir: Path) -> tuple[Step, Encoder, dict]:
     if not names:
         raise FloraError(f"{export_dir / 'manifest.json'} lists neither model.pte nor "
                          "model.onnx", "pass an android, ios or onnx export directory")
-    check_files(export_dir, manifest, ["tokenizer.json", names[0]])
+    data = [n for n in manifest["files"] if n.startswith(names[0] + ".")]   # model.onnx.data
+    check_files(export_dir, manifest, ["tokenizer.json", names[0], *data])
     encoder = _encoder(export_dir / "tokenizer.json", rt)
     model_file = export_dir / names[0]
     try:

@@ -189,8 +189,8 @@ def _from_reports(args) -> int:
                              "pass the JSON files the app wrote (Documents/bench/ on iOS, "
                              "files/bench/ on Android)")
         try:
-            reports[name] = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            reports[name] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise FloraError(f"report {path} is not JSON ({e})", "pass the app's report file")
     result = result_from_reports(reports, args.baseline)
     cfg = result["config"]

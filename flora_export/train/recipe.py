@@ -205,7 +205,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise FloraError(f"recipe {path} does not exist", "pass a YAML file, e.g. "
                          "recipes/default-adapter.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise FloraError(f"recipe {path} cannot be read as UTF-8 text ({e})",
+                         "save the recipe as UTF-8 YAML") from None
     except yaml.YAMLError as e:
         raise FloraError(f"recipe {path} is not valid YAML ({str(e).splitlines()[0]})",
                          "fix the YAML syntax") from None
