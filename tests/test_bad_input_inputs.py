@@ -1,6 +1,7 @@
 """Hostile model inputs: every file and field is honoured as transformers honours it, or
 refused in one line that names it. Classes: checkpoint files, config.json fields,
-generation/tokenizer configs, empty paths, and the field registry itself.
+generation/tokenizer configs, and the field registry itself (empty paths and the CLI's
+--allow-unused-weights: test_bad_input_paths.py).
 
 Parity cases compare our logits with transformers' LlamaForCausalLM on the same
 directory (fp32, < 1e-5 as in tests/test_model.py)."""
@@ -344,38 +345,6 @@ def test_tokenizer_config_switches_refused(base, field):
     refused(base, f"{field}=True", "tokenizer_config.json")
     edit_json(base / "tokenizer_config.json", lambda t: t.update({field: False}))
     load_model(base)
-
-
-# ---------------------------------------------------------------- empty paths
-
-def test_empty_model_or_adapter_path_refused_by_the_api(base):
-    from flora_export.adapters import load_adapter
-    refused("", "empty string")
-    with pytest.raises(FloraError, match="empty string"):
-        load_adapter(load_model(base), "")
-
-
-@pytest.mark.parametrize("prog,args", [
-    ("flora-export", ["--target", "android", "--model", ""]),
-    ("flora-export", ["--target", "android", "--adapter", ""]),
-    ("flora-export", ["--target", "android", "--model", "  ", "--adapter", "none"]),
-    ("flora-eval", ["--model", "", "--task", "arith"]),
-    ("flora-eval", ["--adapter", "", "--task", "arith"]),
-    ("flora-eval", ["--export", "", "--task", "arith"]),
-    ("flora-train", ["--budget", "--model", "", "--lora-rank", "8"]),
-], ids=["export-model", "export-adapter", "export-blank-model", "eval-model", "eval-adapter",
-        "eval-export", "train-budget-model"])
-def test_empty_path_refused_by_the_clis(capfd, tmp_path, monkeypatch, prog, args):
-    """An unset shell variable (was: the embedded demo exported, or the adapter dropped)."""
-    import importlib
-    monkeypatch.chdir(tmp_path)
-    module = {"flora-export": "flora_export.cli", "flora-eval": "flora_export.eval_cli",
-              "flora-train": "flora_export.train.cli"}[prog]
-    code = importlib.import_module(module).main(args)
-    err = capfd.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    assert err[0].startswith(f"{prog}: error:") and "empty string" in err[0], err
-    assert list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------- the registry

@@ -61,7 +61,8 @@ def _load_dir(path: Path, dtype: torch.dtype, allow_unused_weights: bool) -> Lla
     model = load_hf_checkpoint(path, dtype, allow_unused_weights)
     model.tokenizer_json = (path / "tokenizer.json").read_text()
     extra = ("generation_config.json", "tokenizer_config.json", INDEX)
-    files = sorted({path / "config.json", path / "tokenizer.json", *checkpoint_files(path),
+    files = sorted({path / "config.json", path / "tokenizer.json",
+                    *checkpoint_files(path, quiet=True),
                     *(path / n for n in extra if (path / n).is_file())})
     model.source = {"name": path.name, "kind": "directory", "path": str(path.resolve()),
                     "files": {p.name: file_sha256(p) for p in files}}

@@ -93,12 +93,13 @@ class _TensorIndex:
                              "the checkpoint is broken (diverged training?); use a good one")
 
 
-def checkpoint_files(model_dir: Path) -> list[Path]:
-    """The weight files transformers would load from `model_dir`, in its order of choice."""
+def checkpoint_files(model_dir: Path, quiet: bool = False) -> list[Path]:
+    """The weight files transformers would load from `model_dir`, in its order of choice
+    (`quiet`: without the log lines about ignored files)."""
     present = sorted(p.name for p in model_dir.glob("*.safetensors"))
     if (model_dir / SINGLE).is_file():
         files = [model_dir / SINGLE]
-        if (model_dir / INDEX).exists():
+        if (model_dir / INDEX).exists() and not quiet:
             log.warning("%s: loading %s; %s is ignored (transformers prefers the single file)",
                         model_dir, SINGLE, INDEX)
     elif (model_dir / INDEX).is_file():
@@ -113,7 +114,7 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
                          "save the model with safetensors (save_pretrained(..., "
                          "safe_serialization=True)); .bin/pickle checkpoints are not loaded")
     stray = sorted(set(present) - {f.name for f in files})
-    if stray:
+    if stray and not quiet:
         log.warning("%s: ignoring %s (not part of the checkpoint; transformers ignores "
                     "them too)", model_dir, ", ".join(stray))
     return files

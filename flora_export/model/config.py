@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FloraError
-from .fields import GENERATION_CONFIG, HIDDEN_ACTS, LLAMA_CONFIG, ROPE_TYPES, TOKENIZER_CONFIG
+from .fields import GENERATION_CONFIG, HIDDEN_ACTS, MODEL_CONFIGS, ROPE_TYPES, TOKENIZER_CONFIG
 
 ROPE_KEYS = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
 ROPE_OPTIONAL = {"llama3": ("original_max_position_embeddings",)}
@@ -109,7 +109,13 @@ class LlamaConfig:
     @classmethod
     def from_hf_dict(cls, d: dict, where: str = "config.json") -> "LlamaConfig":
         """Read an HF `config.json` dict; every field is honoured or refused (fields.py)."""
-        LLAMA_CONFIG.check(d, where)
+        kind = d.get("model_type", "llama")
+        table = MODEL_CONFIGS.get(kind) if isinstance(kind, str) else None
+        if table is None:
+            raise FloraError(f"{where}: model_type={kind!r} is not supported",
+                             f"flora-export loads model_type {', '.join(MODEL_CONFIGS)} "
+                             "checkpoints")
+        table.check(d, where)
         rope, theta = _rope_settings(d, where)
         eos = d.get("eos_token_id")
         eos = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))

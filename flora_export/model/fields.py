@@ -212,5 +212,9 @@ SAFETENSORS_INDEX = FieldTable("model.safetensors.index.json", {
 })
 
 
+# config.json's table per model_type: a new decoder family adds its own table here (its
+# fields implemented or refused), and config.py reads that family's fields.
+MODEL_CONFIGS: dict[str, FieldTable] = {"llama": LLAMA_CONFIG}
+
 TABLES = {t.file: t for t in (LLAMA_CONFIG, GENERATION_CONFIG, TOKENIZER_CONFIG,
                               SAFETENSORS_INDEX)}
