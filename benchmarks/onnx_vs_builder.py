@@ -10,7 +10,9 @@ Builds a random-weight Hugging Face checkpoint of a preset (default llama3.2-1b)
 
     python benchmarks/onnx_vs_builder.py --preset llama3.2-1b --runs 5 --out bench-out/onnx
 
-Prints a markdown table and writes results.json and latency.{json,md,png} in --out.
+Prints a markdown table and writes results.json and latency.{json,md,png} in --out, and
+the same as onnx-vs-builder.json and onnx-vs-builder-latency.{json,md,png} in --results
+(default benchmarks/results), with the machine's facts and load average.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def latency(folders: dict[str, Path], args) -> dict:
     result = run_bench({k: str(v) for k, v in folders.items()}, config, baseline="builder",
                        progress=lambda m: print(m, flush=True))
     write_all(result, args.out, "latency")
+    write_all(result, args.results, "onnx-vs-builder-latency")
     return {name: {"ttft": _ms(a["summary"]["ttft_ms"]), "tpot": _ms(a["summary"]["tpot_ms"]),
                    "peak_rss_mb": a.get("peak_rss_mb")}
             for name, a in result["artifacts"].items()}
@@ -71,6 +74,8 @@ def _ms(s: dict) -> dict:
 
 
 def main() -> None:
+    from flora_export.bench.machine import host_facts, loadavg
+
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="llama3.2-1b")
@@ -80,15 +85,17 @@ def main() -> None:
     p.add_argument("--gen-len", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-seq", type=int, default=256)
+    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args()
     hf, ours, theirs = args.out / "hf", args.out / "flora", args.out / "builder"
     args.out.mkdir(parents=True, exist_ok=True)
+    load_before = loadavg()
     build_checkpoint(args.preset, hf)
     cost = {"builder": timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
                               str(hf), "-o", str(theirs), "-p", "int4", "-e", "cpu",
                               "--extra_options", "block_size=32", "accuracy_level=4"],
                            args.out / "builder.log"),
-            "flora": timed(["flora-export", "--target", "onnx", "--model", str(hf),
+            "flora": timed([sys.executable, "-m", "flora_export.cli", "--target", "onnx", "--model", str(hf),
                             "--adapter", "none", "--out", str(ours), "--max-seq",
                             str(args.max_seq), "--force"], args.out / "flora.log")}
     cfg = json.loads((theirs / "genai_config.json").read_text())
@@ -99,7 +106,8 @@ def main() -> None:
             for name, d in (("flora", ours), ("builder", theirs))}
     result = {"preset": args.preset, "threads": args.threads, "prompt_len": args.prompt_len,
               "gen_len": args.gen_len, "runs": args.runs, "export": cost, "latency": lat,
-              "size_mib": size,
+              "size_mib": size, "machine": host_facts(), "loadavg_before": load_before,
+              "loadavg_after": loadavg(),
               "ratios_flora_over_builder": {
                   "tpot": round(lat["flora"]["tpot"]["median_ms"] /
                                 lat["builder"]["tpot"]["median_ms"], 3),
@@ -107,6 +115,7 @@ def main() -> None:
                                 lat["builder"]["ttft"]["median_ms"], 3),
                   "export_time": round(cost["flora"]["seconds"] / cost["builder"]["seconds"], 2)}}
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    (args.results / "onnx-vs-builder.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| export | time s | peak RSS GB | TTFT ms (median) | TPOT ms (median) | size MiB |")
     print("|---|---|---|---|---|---|")
     for name in ("flora", "builder"):

@@ -133,3 +133,13 @@ def test_manifest_doc_check_catches_an_undocumented_field():
                 "model": {"config": {"rope_scaling": {"factor": 32.0}}}}
     assert undocumented(manifest, patterns) == ["counts.new_count",
                                                 "results.onnx.parity.new_figure"]
+
+
+def test_results_files_the_readmes_name_exist():
+    """Figures cite their results file as results/NAME or benchmarks/results/NAME."""
+    named = set()
+    for doc in ("README.md", "benchmarks/README.md"):
+        named |= set(re.findall(r"results/([\w-]+\.(?:json|md|png|log))", (ROOT / doc).read_text()))
+    assert {"tpot-executorch.json", "export_cost-default.json", "export_cost.json"} <= named
+    missing = sorted(n for n in named if not (ROOT / "benchmarks" / "results" / n).exists())
+    assert not missing, f"results files named in the READMEs but not committed: {missing}"
