@@ -40,17 +40,44 @@ def test_fresh_adapter_changes_nothing_and_only_it_trains():
     assert len(trainable) == 2 * 2 * PRESETS["tiny"].num_hidden_layers
 
 
-def test_ffba_matches_its_definition():
-    """Sub-block output gains s * B act(A x_p), x_p the sub-block's normed input."""
-    cfg = FFBAConfig(width=8, alpha=4.0, activation="relu")
-    model = ffba_model(cfg)
-    layer = model.layers[0]
-    x = torch.randn(1, 5, 128)
-    xn = layer.input_layernorm(x)
+def test_ffba_matches_an_independent_transformers_construction(tmp_path):
+    """FFBA as docs/ffba.md defines it, built on transformers' own LlamaForCausalLM with the
+    same base weights: forward hooks add s * B act(A x_p) to every sub-block's output, x_p
+    being the sub-block's (normed) input, with A and B read from the saved adapter file. Our
+    unfused model and our fused model give its logits."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    from conftest import write_base
+
+    base_dir = write_base(tmp_path / "base", seed=5)
+    ours = load_model(base_dir)
+    attach_ffba(ours, FFBAConfig(width=24, alpha=12.0, activation="silu"))   # s = 12 / 24
+    randomize_adapter(ours, seed=5)
+    save_adapter(ours, tmp_path / "ffba")
+    ab = load_file(tmp_path / "ffba" / "adapter_model.safetensors")
+    hf = transformers.LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     with torch.no_grad():
-        pair = layer.self_attn.adapter
-        manual = torch.relu(xn @ pair.A.weight.T) @ pair.B.weight.T * (4.0 / 8)
-        assert torch.allclose(pair(xn), manual, atol=1e-6)
+        base_ref = hf(TOKENS).logits
+
+    def adds(a, b):
+        def hook(module, args, kwargs, output):
+            x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            delta = 0.5 * torch.nn.functional.silu(x @ a.T) @ b.T
+            return (output[0] + delta, *output[1:]) if isinstance(output, tuple) else output + delta
+        return hook
+
+    for i, layer in enumerate(hf.model.layers):
+        for name, block in (("attn", layer.self_attn), ("mlp", layer.mlp)):
+            block.register_forward_hook(adds(ab[f"layers.{i}.{name}.A"], ab[f"layers.{i}.{name}.B"]),
+                                        with_kwargs=True)
+    with torch.no_grad():
+        ref = hf(TOKENS).logits
+    assert (ref - base_ref).abs().max() > 0.1           # the adapter matters (measured 1.1)
+    assert (logits(ours) - ref).abs().max() < 1e-5
+    fuse(ours)
+    assert ours.layers[0].self_attn.o_proj.in_features == 128 + 32   # width 24 padded to 32
+    assert (logits(ours) - ref).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("variant", ["ffba", "ffba-attn", "ffba-mlp"])

@@ -11,7 +11,8 @@ import pytest
 from flora_export.bench import BenchConfig, run_bench
 from flora_export.bench.cli import main as bench_main
 from flora_export.bench.runners import make_runner
-from flora_export.bench.stats import observer_sample, parse_observer, sample
+from flora_export.bench.harness import ratios
+from flora_export.bench.stats import observer_sample, parse_observer, sample, summarize
 from flora_export.errors import FloraError
 
 from conftest import fp32_export
@@ -42,6 +43,31 @@ def test_figures_follow_the_design_definitions():
     assert o["ttft_ms"] == 30 and o["tpot_ms"] == 20 and o["generated_tokens"] == 4
     with pytest.raises(ValueError):
         parse_observer("no stats here")
+
+
+def test_summary_of_known_samples():
+    """Median, min, max, sample stdev and spread (100 (max - min) / median) of fixed values;
+    undefined values (None, inf) are skipped."""
+    assert summarize([5.0, 1.0, 3.0, None, float("inf"), 2.0, 4.0]) == {
+        "median": 3.0, "min": 1.0, "max": 5.0, "stdev": 1.581, "spread_pct": 133.3, "n": 5}
+    assert summarize([2.0, 4.0]) == {"median": 3.0, "min": 2.0, "max": 4.0, "stdev": 1.414,
+                                     "spread_pct": 66.7, "n": 2}
+    assert summarize([7.0])["stdev"] == 0.0 and summarize([None])["median"] is None
+
+
+def test_ratios_of_known_samples():
+    """2 passes x 2 runs. Baseline TPOT 10, 12 | 11, 13; artifact 11, 13.2 | 12.1, 13 ms.
+    Ratio of medians 12.55 / 11.5; paired: median of 1.1, 1.1, 1.1, 1.0; per pass
+    12.1 / 11 and 12.55 / 12; balanced: their geometric mean."""
+    def art(tpots):
+        samples = [{"tpot_ms": t, "ttft_ms": 100.0} for t in tpots]
+        return {"samples": samples, "summary": {m: summarize([s[m] for s in samples])
+                                                for m in ("tpot_ms", "ttft_ms")}}
+    arts = {"base": art([10.0, 12.0, 11.0, 13.0]), "x": art([11.0, 13.2, 12.1, 13.0])}
+    r = ratios(arts, "base", runs=2, passes=2)["x"]
+    assert r["tpot"] == 1.091 and r["tpot_paired"] == 1.1
+    assert r["tpot_per_pass"] == [1.1, 1.046] and r["tpot_balanced"] == 1.073
+    assert r["ttft"] == r["ttft_paired"] == r["ttft_balanced"] == 1.0
 
 
 def test_all_runtimes_generate_the_eager_greedy_tokens(exports):
@@ -92,8 +118,11 @@ def test_interleaved_run_reports_each_artifact_in_its_own_process(exports, tmp_p
     for name, a in r["artifacts"].items():
         assert len(a["samples"]) == 4 and a["summary"]["tpot_ms"]["n"] == 4   # 2 passes x 2
         assert all(s["generated_tokens"] == 6 and s["prompt_tokens"] == 12 for s in a["samples"])
-        assert a["summary"]["tpot_ms"]["min"] <= a["summary"]["tpot_ms"]["median"] <= \
-            a["summary"]["tpot_ms"]["max"]
+        tpots = sorted(s["tpot_ms"] for s in a["samples"])  # the summary is of these samples
+        assert a["summary"]["tpot_ms"] == summarize(tpots)
+        assert a["summary"]["tpot_ms"]["median"] == round((tpots[1] + tpots[2]) / 2, 3)
+        assert (a["summary"]["tpot_ms"]["min"], a["summary"]["tpot_ms"]["max"]) == (
+            round(tpots[0], 3), round(tpots[-1], 3))
         assert a["peak_rss_mb"] > 50
     assert r["ratios"]["et"] == {"ttft": 1.0, "ttft_paired": 1.0, "tpot": 1.0, "tpot_paired": 1.0,
                                  "ttft_per_pass": [1.0, 1.0], "ttft_balanced": 1.0,

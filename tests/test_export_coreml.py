@@ -17,6 +17,7 @@ from flora_export.export import ExportConfig, export
 from flora_export.model import file_sha256, load_model
 
 from conftest import max_step_error, shapes
+from manifest_docs import assert_documented
 
 ct = pytest.importorskip("coremltools")
 LAYERS, MAX_SEQ = 2, 64                      # the tiny preset; the exports' KV length
@@ -136,6 +137,12 @@ def test_manifest_says_parity_needs_macos(int4_coreml):
     for rel, rec in pkg.items():
         assert rec["sha256"] == file_sha256(int4_coreml / "model.mlpackage" / rel)
     assert {"tokenizer.json", "coreml_reference.safetensors"} <= set(m["files"])
+
+
+def test_every_manifest_field_is_documented(int4_coreml, fp32_ios):
+    """docs/manifest.md lists every key of a real `--target coreml` and `--target ios` manifest."""
+    assert_documented(json.loads((int4_coreml / "manifest.json").read_text()))
+    assert_documented(fp32_ios[2])
 
 
 def test_reference_holds_the_packages_weights(int4_coreml, tiny_base, tiny_ffba):

@@ -18,6 +18,7 @@ from flora_export.model import file_sha256, load_model
 from flora_export.verify import VerifyConfig
 
 from conftest import fp32_export, max_step_error, randomize_adapter
+from manifest_docs import assert_documented
 
 pytest.importorskip("executorch")
 LAYERS = 2  # the tiny preset
@@ -128,9 +129,46 @@ def test_cli_8da4w_output_and_manifest(cli_export, tiny_base, tiny_ffba):
     assert m["versions"]["executorch"].startswith("1.5")
 
 
-def test_cli_export_runs_in_llm_runner(cli_export):
-    text, stats = run_llm_runner(cli_export, "Hello there", 16)
-    assert stats["generated"] >= 15 and len(text) > 0
+def test_every_manifest_field_is_documented(cli_export, fp32_pte):
+    """docs/manifest.md lists every key of a real 8da4w and fp32 `--target android` manifest."""
+    assert_documented(json.loads((cli_export / "manifest.json").read_text()))
+    assert_documented(fp32_pte[2])
+
+
+def runtime_greedy_bytes(pte, tokenizer_json: str, prompt: str, n: int, stop: list[int]
+                         ) -> list[bytes]:
+    """Greedy continuation by the .pte itself, stepped through the ExecuTorch runtime with
+    its KV cache (prefill, then one token per call), up to a stop token; each token decoded
+    to bytes as a runner does."""
+    tok = Tokenizer.from_str(tokenizer_json)
+    ids = tok.encode(prompt, add_special_tokens=False).ids
+    step = runtime_step(pte)
+    logits, pos, pieces = step(torch.tensor([ids]), torch.tensor([0])), len(ids), []
+    for _ in range(n):
+        nxt = int(logits.argmax())
+        if nxt in stop:
+            break
+        pieces.append(tok.decode([nxt], skip_special_tokens=False))
+        logits, pos = step(torch.tensor([[nxt]]), torch.tensor([pos])), pos + 1
+    return [p.encode("utf-8", errors="surrogateescape") for p in pieces]
+
+
+def test_llm_runner_prints_the_int4_programs_greedy_text(cli_export):
+    """ExecuTorch's TextLLMRunner on the int4 .pte prints exactly the greedy text of the
+    same program stepped in the ExecuTorch runtime: the runner metadata (max_seq_len, bos,
+    eos) and its prompt, cache and stop handling change nothing."""
+    prompt, n = "Hello there", 16
+    text, stats = run_llm_runner(cli_export, prompt, n)
+    m = json.loads((cli_export / "manifest.json").read_text())
+    pieces = runtime_greedy_bytes(cli_export / "model.pte", manifest_tokenizer(cli_export),
+                                  prompt, n, m["runtime"]["eos_ids"])
+    assert stats["prompt"] == len(prompt)                   # byte-level tokenizer, no bos added
+    if len(pieces) == n:                                    # no stop token: all n generated
+        assert stats["generated"] == n - 1                  # counted after the first token
+    printable = [p for p in pieces if p.decode(errors="replace").isprintable()
+                 and "\ufffd" not in p.decode(errors="replace")]
+    assert len(printable) >= n // 2
+    assert text == b"".join(printable)
 
 
 def test_failed_verification_writes_nothing_and_keeps_old_output(cli_export, tiny_base):
@@ -152,6 +190,7 @@ def test_unmerged_lora_export_keeps_base_projections_quantized(tmp_path):
     assert c["quantized_linear_ops"] == 4 * LAYERS + 1
     assert c["delegated_linear_ops"] == 4 * LAYERS + 1 + 2 * 7 * LAYERS   # LoRA A/B in float
     assert m["adapter"]["adapter_type"] == "lora" and m["adapter"]["state"] == "unmerged"
+    assert_documented(m)                     # a preset's and a LoRA adapter's fields too
 
 
 def test_int8_export_uses_int8_weights(tmp_path):
