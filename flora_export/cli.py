@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unused-weights", action="store_true",
                    help="load a checkpoint holding tensors config.json does not use (extra "
                         "layers, stray names), skipping them with a warning; refused otherwise")
+    p.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                   help="export even when a runtime's own tokenizer differs from Hugging Face's "
+                        "on the probe set (the manifest then lists every mismatch)")
     p.add_argument("--seed", type=option(SEED), default=0,
                    help="seed for preset random weights")
     p.add_argument("--force", action="store_true",
@@ -256,7 +259,8 @@ def _run(args, out: Path) -> tuple[dict, float]:
         if isinstance(model.adapter_config, LoraConfig) and args.lora == "merged":
             merge_lora(model)
     cfg = ExportConfig(quant=args.quant, max_seq=args.max_seq, fuse_adapters=not args.no_fuse,
-                       force=args.force)
+                       force=args.force,
+                       allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
     manifest = export(model, args.target, out, cfg, progress=StageProgress(_CONSOLE.out))
     return manifest, time.perf_counter() - t0
 

@@ -23,6 +23,7 @@ from ..verify import VerifyConfig, reference_sequence
 from .context import BuildContext
 from .outdir import FORMAT, MANIFEST, config_parameters, estimate_bytes, plan_out_dir, staging_dir
 from .output import Stages, file_record, peak_rss_mb, versions, write_json
+from . import tokenizer_gate
 from .prompt import chat_format, special_ids, verify_prompt
 from .reference import REFERENCE, write_verify_reference
 from .targets import target_row
@@ -54,6 +55,7 @@ class ExportConfig:
     max_seq: int = 512
     fuse_adapters: bool = True          # False exports FFBA unfused (benchmark baseline)
     force: bool = False                 # write beside entries of `out` that are not the export's
+    allow_tokenizer_mismatch: bool = False  # export although a runtime's tokenizer differs
     verify: VerifyConfig = field(default_factory=VerifyConfig)
 
 
@@ -61,7 +63,7 @@ def stage_names(target: str) -> list[str]:
     names = list(COMMON_STAGES)
     for b in target_row(target).backends:
         names += [s for s in _backend(b).STAGES if s not in names]
-    return names + ["write"]
+    return names + ["tokenizer", "write"]
 
 
 def export(model, target: str = "android", out: str | Path = "flora-out/android",
@@ -87,6 +89,7 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     with st("reference"):
         prompt = verify_prompt(model, bos)
         tokens, fp32_logits = reference_sequence(model, prompt, config.verify.decode_steps)
+        text_case = tokenizer_gate.text_case(model, bos, eos, chat_format(model), config.max_seq)
     ctx = BuildContext(qcfg, config, tokens, len(prompt), fp32_logits, bos, eos, st)
     with staging_dir(plan) as tmp:
         results = {}
@@ -94,14 +97,19 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
             last = i == len(row.backends) - 1
             ctx.backend = name
             results[name] = _backend(name).build(model if last else copy.deepcopy(model), tmp, ctx)
+        (tmp / "tokenizer.json").write_text(model.tokenizer_json)
+        with st("tokenizer"):
+            tokenizers = {name: tokenizer_gate.check(
+                name, tmp, model, text_case, chat_format(model), qcfg.quantizes,
+                config.max_seq, config.allow_tokenizer_mismatch) for name in row.backends}
         with st("write"):
-            (tmp / "tokenizer.json").write_text(model.tokenizer_json)
             if ctx.references:         # `flora-export verify` re-runs these checks elsewhere
                 reference = write_verify_reference(tmp / REFERENCE, ctx.tokens, ctx.prompt_len,
                                                    ctx.references)
             manifest = _manifest(model, row, qcfg, config, tmp, fused, results, st, bos, eos)
             if ctx.references:
                 manifest["verify_reference"] = reference
+            tokenizer_gate.add_to_manifest(manifest, tokenizers)
             write_json(tmp / MANIFEST, manifest)
     return manifest
 

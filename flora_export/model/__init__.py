@@ -60,7 +60,8 @@ def _load_dir(path: Path, dtype: torch.dtype, allow_unused_weights: bool) -> Lla
     check_tokenizer(path / "tokenizer.json", cfg.vocab_size)
     model = load_hf_checkpoint(path, dtype, allow_unused_weights)
     model.tokenizer_json = (path / "tokenizer.json").read_text()
-    extra = ("generation_config.json", "tokenizer_config.json", INDEX)
+    model.tokenizer_files = {n: path / n for n in ("tokenizer.model",) if (path / n).is_file()}
+    extra = ("generation_config.json", "tokenizer_config.json", INDEX, *model.tokenizer_files)
     files = sorted({path / "config.json", path / "tokenizer.json",
                     *checkpoint_files(path, quiet=True),
                     *(path / n for n in extra if (path / n).is_file())})
