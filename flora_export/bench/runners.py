@@ -11,7 +11,13 @@ Engines:
   eager                  the source model in PyTorch, float, static KV cache
   coreml                 extension point: Core ML prediction needs macOS
 
-Runtimes are imported when a runner is built, never at package import.
+Runtimes are imported when a runner is built, never at package import. Each sample
+carries the generated `text`, decoded by the runtime's own tokenizer (the file the
+export's tokenizer gate checked) and streamed piece by piece through `Utf8Stream`, so a
+token that is part of a character is held back, never dropped or raised on. The
+ExecuTorch LLM runner is the exception: its Python `token_callback` raises
+`UnicodeDecodeError` on such a piece and aborts the generation, so none is passed (the
+C++ runner prints the text itself) and its figures come from its stats alone.
 """
 
 from __future__ import annotations
@@ -27,6 +33,13 @@ from .stats import observer_sample, sample, stats_dict
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 EAGER_PREFIX = "eager:"
+
+
+def tokenizer_file(path: Path, manifest: dict | None, backend: str) -> Path:
+    """The tokenizer file the export's gate checked for `backend` (tokenizer.json when the
+    manifest predates the gate)."""
+    rec = ((manifest or {}).get("tokenizers") or {}).get(backend) or {}
+    return Path(path) / rec.get("file", "tokenizer.json")
 
 
 def read_manifest(path: Path) -> dict | None:
@@ -125,6 +138,7 @@ class ExecuTorchRunner(Runner):
         self.max_seq = _constant(program, "get_max_seq_len")
         if self.bos_id is None:
             self._bos = _constant(program, "get_bos_id")
+        self.detok = _executorch_detokenizer(Path(spec), self.manifest)
 
     @property
     def bos_id(self):
@@ -133,9 +147,10 @@ class ExecuTorchRunner(Runner):
     def generate(self, prompt_ids, prompt_text, gen_len):
         torch, run = self.torch, self.method.execute
         self._check_length(len(prompt_ids) + gen_len)
-        return _timed_greedy(
+        got = _timed_greedy(
             lambda ids, pos: run([torch.tensor([ids], dtype=torch.long), torch.tensor([pos])])[0],
             prompt_ids, gen_len, self.vocab_size)
+        return {**got, "text": self.detok(got["tokens"])}
 
 
 class ExecuTorchLLMRunner(Runner):
@@ -153,8 +168,10 @@ class ExecuTorchLLMRunner(Runner):
         load_runtime_ops()
         portable_lib._unsafe_reset_threadpool(threads)
         path = Path(spec)
-        self.runner = TextLLMRunner(str(_one(path, "*.pte", "ExecuTorch program")),
-                                    str(_one(path, "tokenizer*", "tokenizer")))
+        tok = tokenizer_file(path, self.manifest, "executorch-xnnpack")
+        if not tok.is_file():
+            tok = _one(path, "tokenizer*", "tokenizer")
+        self.runner = TextLLMRunner(str(_one(path, "*.pte", "ExecuTorch program")), str(tok))
         vocab = ((self.manifest or {}).get("model", {}).get("config", {}).get("vocab_size"))
         self.vocab_size = vocab or self.runner.get_vocab_size()
         self.max_seq = (self.manifest or {}).get("runtime", {}).get("max_seq_len")
@@ -165,6 +182,8 @@ class ExecuTorchLLMRunner(Runner):
         got = []
         cfg = GenerationConfig(max_new_tokens=gen_len, temperature=0.0, echo=False,
                                seq_len=self.max_seq or -1)
+        # the same prompt as every engine (the harness's fixed ids, no bos), so prompt
+        # lengths compare; a chat app applies runtime.bos_policy (docs/tokenizers.md)
         self.runner.generate(prompt_text, cfg, stats_callback=got.append)
         self.runner.reset()
         return {**observer_sample(stats_dict(got[-1])), "observer": stats_dict(got[-1])}
@@ -189,6 +208,7 @@ class OrtGenAIRunner(Runner):
         self.vocab_size = genai["model"]["vocab_size"]
         self.max_seq = (self.manifest or {}).get("runtime", {}).get("max_seq_len")
         self._bos = genai["model"].get("bos_token_id")
+        self.tokenizer = og.Tokenizer(self.model)
 
     @property
     def bos_id(self):
@@ -203,11 +223,13 @@ class OrtGenAIRunner(Runner):
         gen = self.og.Generator(self.model, params)
         gen.append_tokens(self.np.array(prompt_ids, dtype=self.np.int32))
         stamps, tokens = [], []
-        while not gen.is_done():
+        while not gen.is_done() and len(tokens) < gen_len:   # bounded: see docs/tokenizers.md
             gen.generate_next_token()
             tokens.append(int(gen.get_next_tokens()[0]))
             stamps.append(time.perf_counter())
-        return {**sample(t0, stamps, len(prompt_ids)), "tokens": tokens}
+        stream = self.tokenizer.create_stream()     # holds partial UTF-8 until it completes
+        text = "".join(stream.decode(t) for t in tokens)
+        return {**sample(t0, stamps, len(prompt_ids)), "tokens": tokens, "text": text}
 
 
 class EagerRunner(Runner):
@@ -300,6 +322,16 @@ def make_runner(spec: str, engine: str | None, threads: int) -> Runner:
     if engine not in ENGINES:
         raise unknown_name("engine", engine, ENGINES)
     return ENGINES[engine](spec, threads)
+
+
+def _executorch_detokenizer(path: Path, manifest: dict | None):
+    """ids -> text with the C++ tokenizer TextLLMRunner uses, streamed as an app must."""
+    tok = tokenizer_file(path, manifest, "executorch-xnnpack")
+    if not tok.is_file():
+        return lambda ids: None
+    from ..export.tokenizer_runtimes import ExecuTorchTokenizer
+
+    return ExecuTorchTokenizer(tok).stream
 
 
 def _one(path: Path, pattern: str, what: str) -> Path:

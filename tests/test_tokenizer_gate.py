@@ -1,0 +1,255 @@
+"""The runtime tokenizer gate: each layout real checkpoints ship, in each runtime's own
+tokenizer (ExecuTorch's C++ HFTokenizer/SPTokenizer, ORT-GenAI's), is either shipped
+in a form the runtime reads exactly like Hugging Face on the probe set, or refused in
+one line. Tokenizers are trained here (tests/tokenizer_layouts.py), once per session."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+import tokenizer_layouts as L
+from flora_export.errors import FloraError
+from flora_export.export import tokenizer_gate as G
+from flora_export.export.tokenizer_files import Reference, probe_texts, rewrites
+from flora_export.model import PRESETS, random_model, save_hf_checkpoint
+from flora_export.utf8 import Utf8Stream, stream_text
+
+ET, ORT = "executorch-xnnpack", "onnx"
+# What each runtime gets, measured with the installed executorch 1.5.1 / pytorch_tokenizers
+# 1.5.0 and onnxruntime-genai 0.18.0; None = refused in one line.
+EXPECTED = {
+    "llama3": {ET: "tokenizer.json", ORT: "tokenizer.json"},
+    "smollm2": {ET: "tokenizer.json", ORT: "tokenizer.json"},
+    "qwen2": {ET: None, ORT: None},            # both runtimes' NFC differ from HF's
+    "llama2": {ET: "tokenizer.executorch.json", ORT: None},   # decoder without Strip
+    "mistral": {ET: "tokenizer.executorch.json", ORT: None},  # Metaspace as normalizer
+    "gemma": {ET: "tokenizer.json", ORT: None},  # ORT splits runs of spaces differently
+    "wordlevel": {ET: None, ORT: None},         # neither loads WordLevel
+    "unigram": {ET: None, ORT: None},           # neither loads Unigram
+}
+BOS_NAMES = ("<|begin_of_text|>", "<s>")
+EOS_NAMES = ("<|eot_id|>", "</s>", "<|im_end|>", "<|endoftext|>")
+
+
+def _ids(d: Path) -> tuple[int, int]:
+    bos = L.special(d, BOS_NAMES)
+    eos = L.special(d, EOS_NAMES)
+    return (eos if bos is None else bos), eos
+
+
+@pytest.fixture(scope="session")
+def layouts(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("layouts")
+    return {name: L.build(name, root / name) for name in L.BUILDERS}
+
+
+@pytest.fixture(scope="session")
+def genai_files(tmp_path_factory):
+    """genai_config.json + tokenizer_config.json as the ONNX backend writes them."""
+    from flora_export.export.onnx import write_genai_files
+
+    model = random_model(dataclasses.replace(PRESETS["tiny"], num_hidden_layers=1))
+
+    def write(out: Path, bos: int, eos: int) -> Path:
+        write_genai_files(out, model, 128, bos, [eos])
+        return out
+    return write
+
+
+def _choose(layouts, genai_files, tmp_path, name, backend, allow=False):
+    d = layouts[name]
+    tj = (d / "tokenizer.json").read_text()
+    files = {"tokenizer.model": d / "tokenizer.model"} if (d / "tokenizer.model").exists() else {}
+    bos, eos = _ids(d)
+    out = tmp_path / "out"
+    out.mkdir()
+    if backend == ORT:
+        genai_files(out, bos, eos)
+    (tmp_path / "scratch").mkdir()
+    case = G.prompt_case(tj, bos, None, 512)
+    record, _ = G.choose(backend, out, tj, files, case, None, allow, tmp_path / "scratch")
+    return record, out
+
+
+@pytest.mark.parametrize("backend", [ET, ORT])
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_each_layout_ships_what_the_runtime_reads_or_is_refused(layouts, genai_files, tmp_path,
+                                                                 name, backend):
+    want = EXPECTED[name][backend]
+    if want is None:
+        with pytest.raises(FloraError) as e:
+            _choose(layouts, genai_files, tmp_path, name, backend)
+        msg = str(e.value)
+        assert "\n" not in msg and G._runtime_name(backend) in msg
+        assert "--allow-tokenizer-mismatch" in msg
+        assert not any((tmp_path / "out").glob("tokenizer.executorch.json"))
+        return
+    record, out = _choose(layouts, genai_files, tmp_path, name, backend)
+    assert record["passed"] and record["file"] == want and record["tried"][-1]["mismatches"] == 0
+    assert record["probes"] >= len(probe_texts((layouts[name] / "tokenizer.json").read_text(),
+                                               None))
+    assert record["bos_policy"]["num_bos"] in (0, 1)
+    if want != "tokenizer.json":
+        assert (out / want).is_file() and record["tried"][0]["mismatches"] > 0
+    if backend == ET:
+        assert record["class"] == "pytorch_tokenizers.CppHFTokenizer"
+
+
+def test_allow_mismatch_ships_the_source_file_and_records_every_mismatch(layouts, genai_files,
+                                                                          tmp_path):
+    record, out = _choose(layouts, genai_files, tmp_path, "qwen2", ET, allow=True)
+    assert not record["passed"] and record["file"] == "tokenizer.json"
+    found = record["tried"][0]["found"]
+    assert record["tried"][0]["mismatches"] == len(found) > 0
+    assert any(f["check"] == "encode" and "café" in f["probe"] for f in found)
+
+
+def test_rewrites_are_equal_in_hugging_face_on_the_probes(layouts):
+    """The Metaspace rewrite encodes every probe as the original does, in HF itself."""
+    src = (layouts["mistral"] / "tokenizer.json").read_text()
+    ref = Reference(src)
+    texts = [t for t in probe_texts(src, None) if not t.startswith(("[INST]", "[/INST]"))]
+    for how, data in rewrites(src):
+        rewritten = Tokenizer.from_str(data)
+        for t in texts:
+            assert rewritten.encode(t, add_special_tokens=False).ids == ref.encode(t), (how, t)
+
+
+def test_probe_set_covers_what_the_issue_lists(layouts):
+    src = (layouts["llama3"] / "tokenizer.json").read_text()
+    chat = {"template": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{prompt}"
+                        "<|eot_id|>"}
+    texts = probe_texts(src, chat)
+    joined = "".join(texts)
+    import unicodedata
+    assert any(t != unicodedata.normalize("NFC", t) for t in texts)         # NFD
+    assert any(t == unicodedata.normalize("NFC", t) and "é" in t for t in texts)
+    for needle in ("  ", "\n\n", "\t", "12", "東京", "😀", "<|eot_id|>", "<|end_header_id|>"):
+        assert needle in joined
+    assert texts[-1].startswith("<|begin_of_text|><|start_header_id|>")
+
+
+def test_utf8_stream_holds_partial_pieces():
+    data = "東京 😀 café".encode()
+    pieces = [data[i:i + 1] for i in range(len(data))]       # one byte per piece
+    s = Utf8Stream()
+    out = [s.push(p) for p in pieces]
+    s.flush()
+    assert "".join(out) == s.text == "東京 😀 café"
+    assert out[0] == "" and out[2] == "東"
+    assert stream_text([b"\xe6", b"\x9d\xb1\xe4\xba\xac", " ok"]) == "東京 ok"
+    assert stream_text([b"\xe6"]) == "\ufffd"     # an incomplete tail at the end shows, once
+
+
+def test_executorch_pieces_keep_partial_utf8(layouts):
+    """The C++ tokenizer's binding raises UnicodeDecodeError on a partial piece; the gate
+    and the bench runners take its bytes and buffer them."""
+    from flora_export.export.tokenizer_runtimes import ExecuTorchTokenizer
+
+    rt = ExecuTorchTokenizer(layouts["llama3"] / "tokenizer.json")
+    ids = Reference((layouts["llama3"] / "tokenizer.json").read_text()).encode("東京 😀")
+    pieces = rt.pieces(ids)
+    assert any(_invalid(p) for p in pieces)
+    assert rt.stream(ids) == "東京 😀"
+
+
+def _invalid(b: bytes) -> bool:
+    try:
+        b.decode()
+        return False
+    except UnicodeDecodeError:
+        return True
+
+
+# --- end to end: one export per backend, and one refusal through the CLI ---------------
+
+def write_model(src: Path, out: Path, multibyte: str | None = None) -> Path:
+    """A tiny random model over the layout in `src`; with `multibyte`, its greedy answer
+    to any prompt repeats that text's tokens (layers zeroed, one-hot embeddings)."""
+    import shutil
+
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        shutil.copy(f, out / f.name)
+    bos, eos = _ids(src)
+    cfg = dataclasses.replace(PRESETS["tiny"], bos_token_id=bos, eos_token_ids=(eos,),
+                              tie_word_embeddings=multibyte is None)
+    model = random_model(cfg, seed=0)
+    if multibyte:
+        cycle = Reference((src / "tokenizer.json").read_text()).encode(multibyte)
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.self_attn.o_proj.weight.zero_()
+                layer.mlp.down_proj.weight.zero_()
+            model.lm_head.weight.zero_()
+            model.embed_tokens.weight[:, :len(cycle) + 1] = 0.0
+            for k, t in enumerate(cycle):      # token k -> direction k -> next token
+                model.embed_tokens.weight[t, k] = 1.0
+                nxt = cycle[(k + 1) % len(cycle)]
+                model.lm_head.weight[nxt, k] = 10.0
+            model.lm_head.weight[cycle[0], len(cycle)] = 10.0
+            model.embed_tokens.weight[:, len(cycle)] += 0.5   # every other token -> cycle[0]
+            for t in cycle:
+                model.embed_tokens.weight[t, len(cycle)] = 0.0
+    save_hf_checkpoint(model, out)
+    return out
+
+
+def _export(model_dir: Path, target: str, out: Path, *extra: str):
+    return subprocess.run([sys.executable, "-m", "flora_export.cli", "--target", target,
+                           "--model", str(model_dir), "--adapter", "none", "--quant", "fp32",
+                           "--max-seq", "96", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_executorch_export_ships_the_rewritten_llama2_tokenizer(layouts, tmp_path):
+    """Llama-2 layout: the source's tokenizer.json loses word-initial spaces in the C++
+    runner; the export ships the decoder without its Strip, and TextLLMRunner's text for a
+    multi-byte answer equals the fp32 model's."""
+    from flora_export.export.tokenizer_runtimes import executorch_generate
+
+    model_dir = write_model(layouts["llama2"], tmp_path / "m", multibyte=" 東京Ω")
+    r = _export(model_dir, "android", tmp_path / "x")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    rec = m["tokenizers"][ET]
+    assert rec["file"] == "tokenizer.executorch.json" and rec["passed"]
+    assert "tokenizer.executorch.json" in m["files"]
+    text = rec["text"]
+    assert text["equal"] and text["prompt_ids_equal"]
+    assert "東京Ω" in text["streamed_text"] and text["streamed_text"] == text["fp32_text"]
+    policy = m["runtime"]["bos_policy"][ET]
+    assert policy["num_bos"] == 0 and policy["prompt_prefix"] == "<s>"
+    # what a user who copies the README snippet runs: same prompt ids, same text
+    printed, n_prompt, _ = executorch_generate(
+        tmp_path / "x" / "model.pte", tmp_path / "x" / rec["file"],
+        policy["prompt_prefix"] + "Say café", 0, 4, 96)
+    assert n_prompt == 1 + len(Reference(
+        (layouts["llama2"] / "tokenizer.json").read_text()).encode("Say café"))
+
+
+def test_onnx_export_checks_text_in_ort_genai(layouts, tmp_path):
+    model_dir = write_model(layouts["llama3"], tmp_path / "m", multibyte="東京😀")
+    r = _export(model_dir, "onnx", tmp_path / "o")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads((tmp_path / "o" / "manifest.json").read_text())["tokenizers"][ORT]
+    assert rec["passed"] and rec["file"] == "tokenizer.json"
+    assert rec["text"]["equal"] and "東京😀" in rec["text"]["runtime_text"]
+
+
+def test_refused_layout_exits_2_in_one_line_and_writes_nothing(layouts, tmp_path):
+    model_dir = write_model(layouts["wordlevel"], tmp_path / "m")
+    r = _export(model_dir, "onnx", tmp_path / "o")
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("flora-export: error:")]
+    assert len(lines) == 1 and "ORT-GenAI" in lines[0] and "WordLevel" in lines[0]
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
