@@ -211,16 +211,31 @@ def _export(model_dir: Path, target: str, out: Path, *extra: str):
                           capture_output=True, text=True, timeout=900)
 
 
-def test_executorch_export_ships_the_rewritten_llama2_tokenizer(layouts, tmp_path):
+@pytest.fixture(scope="module")
+def et_multibyte(layouts, tmp_path_factory) -> Path:
+    """Llama-2 layout, a model whose greedy answer repeats ' 東京Ω' (Ω is byte fallback)."""
+    tmp = tmp_path_factory.mktemp("et_multibyte")
+    r = _export(write_model(layouts["llama2"], tmp / "m", multibyte=" 東京Ω"), "android",
+                tmp / "x")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tmp / "x"
+
+
+@pytest.fixture(scope="module")
+def ort_multibyte(layouts, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("ort_multibyte")
+    r = _export(write_model(layouts["llama3"], tmp / "m", multibyte="東京😀"), "onnx", tmp / "o")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tmp / "o"
+
+
+def test_executorch_export_ships_the_rewritten_llama2_tokenizer(layouts, et_multibyte):
     """Llama-2 layout: the source's tokenizer.json loses word-initial spaces in the C++
     runner; the export ships the decoder without its Strip, and TextLLMRunner's text for a
     multi-byte answer equals the fp32 model's."""
     from flora_export.export.tokenizer_runtimes import executorch_generate
 
-    model_dir = write_model(layouts["llama2"], tmp_path / "m", multibyte=" 東京Ω")
-    r = _export(model_dir, "android", tmp_path / "x")
-    assert r.returncode == 0, r.stderr[-2000:]
-    m = json.loads((tmp_path / "x" / "manifest.json").read_text())
+    m = json.loads((et_multibyte / "manifest.json").read_text())
     rec = m["tokenizers"][ET]
     assert rec["file"] == "tokenizer.executorch.json" and rec["passed"]
     assert "tokenizer.executorch.json" in m["files"]
@@ -229,21 +244,29 @@ def test_executorch_export_ships_the_rewritten_llama2_tokenizer(layouts, tmp_pat
     assert "東京Ω" in text["streamed_text"] and text["streamed_text"] == text["fp32_text"]
     policy = m["runtime"]["bos_policy"][ET]
     assert policy["num_bos"] == 0 and policy["prompt_prefix"] == "<s>"
-    # what a user who copies the README snippet runs: same prompt ids, same text
-    printed, n_prompt, _ = executorch_generate(
-        tmp_path / "x" / "model.pte", tmp_path / "x" / rec["file"],
-        policy["prompt_prefix"] + "Say café", 0, 4, 96)
+    # what a user who copies the README snippet runs: bos + the prompt's HF ids
+    _, n_prompt, _ = executorch_generate(et_multibyte / "model.pte", et_multibyte / rec["file"],
+                                         policy["prompt_prefix"] + "Say café", 0, 4, 96)
     assert n_prompt == 1 + len(Reference(
         (layouts["llama2"] / "tokenizer.json").read_text()).encode("Say café"))
 
 
-def test_onnx_export_checks_text_in_ort_genai(layouts, tmp_path):
-    model_dir = write_model(layouts["llama3"], tmp_path / "m", multibyte="東京😀")
-    r = _export(model_dir, "onnx", tmp_path / "o")
-    assert r.returncode == 0, r.stderr[-2000:]
-    rec = json.loads((tmp_path / "o" / "manifest.json").read_text())["tokenizers"][ORT]
+def test_onnx_export_checks_text_in_ort_genai(ort_multibyte):
+    rec = json.loads((ort_multibyte / "manifest.json").read_text())["tokenizers"][ORT]
     assert rec["passed"] and rec["file"] == "tokenizer.json"
     assert rec["text"]["equal"] and "東京😀" in rec["text"]["runtime_text"]
+
+
+@pytest.mark.parametrize("engine", ["executorch", "ort-genai"])
+def test_bench_runners_stream_a_multibyte_answer(et_multibyte, ort_multibyte, engine):
+    """The bench runners' sample text: partial UTF-8 pieces held back, none dropped."""
+    from flora_export.bench.runners import make_runner
+
+    art, want = (et_multibyte, "  東京Ω") if engine == "executorch" else (ort_multibyte, "東京😀")
+    tj = (art / "tokenizer.json").read_text()
+    prompt = Reference(tj).encode("Say café")
+    s = make_runner(str(art), engine, 1).generate(prompt, "Say café", 9)
+    assert len(s["tokens"]) == 9 and want * 2 in s["text"], s["text"]
 
 
 def test_refused_layout_exits_2_in_one_line_and_writes_nothing(layouts, tmp_path):

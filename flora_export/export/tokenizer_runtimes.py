@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def executorch_generate(pte: Path, tokenizer: Path, prompt: str, num_bos: int, n
 
     load_runtime_ops()
     stats = []
+    sys.stdout.flush()                # nothing of Python's own output lands in the capture
     with tempfile.TemporaryFile() as out:
         saved = os.dup(1)
         os.dup2(out.fileno(), 1)
