@@ -41,7 +41,8 @@ COMMON_FILES = (MANIFEST, "tokenizer.json")
 # The entries each backend writes (executorch.PTE_NAME, onnx.MODEL_NAME/DATA_NAME and the
 # GenAI configs, coreml.PACKAGE/REFERENCE); tests/test_bad_input_output.py checks that a
 # real export writes no other names.
-BACKEND_FILES = {"executorch-xnnpack": ("model.pte",),
+BACKEND_FILES = {"executorch-xnnpack": ("model.pte", "tokenizer.executorch.json",  # the file
+                                        "tokenizer.model"),   # the tokenizer gate ships
                  "onnx": ("model.onnx", "model.onnx.data", "genai_config.json",
                           "tokenizer_config.json"),
                  "coreml": ("model.mlpackage", "coreml_reference.safetensors")}
