@@ -283,10 +283,16 @@ def test_rope_precedence_matches_transformers(base, name):
     (dict(architectures=["MistralForCausalLM"]), ("MistralForCausalLM",)),
     (dict(hidden_size=130, head_dim=32), ("not a multiple of num_attention_heads",)),
     (dict(eos_token_id="</s>"), ("eos_token_id",)),
+    (dict(eos_token_id=[385, None]), ("eos_token_id",)),
+    (dict(max_position_embeddings="big"), ("max_position_embeddings",)),
+    (dict(rope_theta=float("nan")), ("rope_theta",)),
+    (dict(rope_scaling={"rope_type": "linear", "factor": "2"}), ("factor='2'",)),
+    (dict(model_type=None), ("model_type=None",)),
 ], ids=["partial-rotary", "partial-rotary-in-dict", "rope-key-for-other-type",
         "original-max-pos-mismatch", "llama3-low-ge-high", "dynamic-rope", "sliding-window",
         "quantized", "auto-map", "bool-as-string", "bool-as-int", "int-as-bool", "negative-eps",
-        "other-architecture", "hidden-not-divisible", "eos-not-an-id"])
+        "other-architecture", "hidden-not-divisible", "eos-not-an-id", "eos-with-null",
+        "max-pos-string", "nan-theta", "string-factor", "null-model-type"])
 def test_config_field_refused_by_name(base, edit, words):
     edit_json(base / "config.json", lambda c: c.update(edit))
     refused(base, *words)

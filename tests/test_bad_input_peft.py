@@ -148,8 +148,16 @@ def test_unsupported_peft_features_refused_by_name(base, tmp_path, name):
     (dict(rank_pattern={"q_proj": 0}), ("rank for", "positive integers")),
     (dict(task_type="SEQ_CLS"), ("task_type='SEQ_CLS'",)),
     (dict(alpha_pattern=[1]), ("alpha_pattern must be an object",)),
+    (dict(layers_to_transform="abc"), ("layers_to_transform='abc'",)),
+    (dict(layers_pattern=5, layers_to_transform=[0]), ("layers_pattern=5",)),
+    (dict(exclude_modules=7), ("exclude_modules=7",)),
+    (dict(use_rslora="yes"), ("use_rslora='yes'",)),
+    (dict(target_modules=[1, 2]), ("target_modules=(1, 2)",)),
+    (dict(r="4"), ("rank", "'4'")),
+    (dict(rank_pattern={"q_proj": "2"}), ("rank for", "'2'")),
 ], ids=["pissa-init", "unknown-switch", "matches-nothing", "bad-regex", "zero-rank",
-        "seq-cls", "pattern-not-object"])
+        "seq-cls", "pattern-not-object", "layers-string", "pattern-int", "exclude-int",
+        "rslora-string", "int-targets", "string-rank", "string-rank-pattern"])
 def test_bad_adapter_config_refused_by_name(base, tmp_path, edit, words):
     _, adapter = peft_adapter(base, tmp_path / "lora", target_modules=["q_proj"])
     meta = json.loads((adapter / "adapter_config.json").read_text())

@@ -183,16 +183,22 @@ def _config_from_meta(meta: dict, path: Path) -> FFBAConfig | LoraConfig:
             if not isinstance(meta.get(key) or {}, dict):
                 raise FloraError(f"{path}: {key} must be an object, got {meta[key]!r}",
                                  "fix adapter_config.json")
-        cfg = LoraConfig(rank=meta.get("r", 8), alpha=meta.get("lora_alpha", 8),
-                         use_rslora=bool(meta.get("use_rslora")),
-                         rank_pattern=dict(meta.get("rank_pattern") or {}),
-                         alpha_pattern=dict(meta.get("alpha_pattern") or {}),
-                         target_modules=targets, exclude_modules=meta.get("exclude_modules"),
-                         layers_to_transform=meta.get("layers_to_transform"),
-                         layers_pattern=meta.get("layers_pattern"))
-        return cfg
+        try:
+            return _lora_config(meta, targets)
+        except FloraError as e:
+            raise FloraError(f"{path}: {e.problem}", e.fix) from None
     raise FloraError(f"{path} describes no FFBA or LoRA adapter",
                      'expected "adapter_type": "ffba" or "peft_type": "LORA"')
+
+
+def _lora_config(meta: dict, targets) -> LoraConfig:
+    return LoraConfig(rank=meta.get("r", 8), alpha=meta.get("lora_alpha", 8),
+                      use_rslora=meta.get("use_rslora") or False,
+                      rank_pattern=dict(meta.get("rank_pattern") or {}),
+                      alpha_pattern=dict(meta.get("alpha_pattern") or {}),
+                      target_modules=targets, exclude_modules=meta.get("exclude_modules"),
+                      layers_to_transform=meta.get("layers_to_transform"),
+                      layers_pattern=meta.get("layers_pattern"))
 
 
 def load_adapter(model: LlamaModel, adapter_dir: str | Path, check_base: bool = True

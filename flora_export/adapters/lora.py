@@ -53,6 +53,35 @@ class LoraConfig:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
+        self._check_types()
+
+    def _check_types(self) -> None:
+        def names(v):
+            return v is None or isinstance(v, str) or (
+                isinstance(v, tuple) and all(isinstance(x, str) for x in v))
+
+        def index(x):
+            return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+        layers = self.layers_to_transform
+        checks = {
+            "use_rslora": (isinstance(self.use_rslora, bool), "true or false"),
+            "target_modules": (names(self.target_modules), "a regex string or a list of names"),
+            "exclude_modules": (names(self.exclude_modules), "a regex string or a list of names"),
+            "layers_pattern": (names(self.layers_pattern), "a name or a list of names"),
+            "layers_to_transform": (layers is None or index(layers) or (
+                isinstance(layers, tuple) and all(index(x) for x in layers)),
+                "a layer index or a list of them"),
+            "rank_pattern": (isinstance(self.rank_pattern, dict) and
+                             all(isinstance(k, str) for k in self.rank_pattern),
+                             "an object of pattern: rank"),
+            "alpha_pattern": (isinstance(self.alpha_pattern, dict) and
+                              all(isinstance(k, str) for k in self.alpha_pattern),
+                              "an object of pattern: alpha"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise FloraError(f"LoRA {name}={getattr(self, name)!r} is malformed",
+                                 f"{name} must be {allowed}")
 
     @property
     def scale(self) -> float:

@@ -43,7 +43,8 @@ class LlamaConfig:
 
     def validate(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+                     "num_attention_heads", "num_key_value_heads", "head_dim",
+                     "max_position_embeddings"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise FloraError(f"config.json: {name} must be a positive integer, got "
@@ -72,7 +73,8 @@ class LlamaConfig:
                                  "fix the model's config.json")
         for name, ids in (("bos_token_id", [self.bos_token_id]),
                           ("eos_token_id", list(self.eos_token_ids))):
-            if any(i is not None and (isinstance(i, bool) or not isinstance(i, int)) for i in ids):
+            if name == "eos_token_id" and None in ids or any(
+                    i is not None and (isinstance(i, bool) or not isinstance(i, int)) for i in ids):
                 raise FloraError(f"config.json: {name} must be an integer token id (or a list "
                                  f"of them), got {ids!r}", "fix the model's config.json")
         if self.head_dim % 2:
