@@ -204,7 +204,7 @@ def _bos_policy(rt, backend: str, case: TextCase) -> dict | None:
     body = case.text[len(case.bos_text or ""):]
     et = backend == "executorch-xnnpack"
     if case.bos_text and _try(rt.encode, case.text) == case.ids:
-        call = ('runner.generate(prompt, GenerationConfig(num_bos=0, temperature=0.0, ...)) '
+        call = ('runner.generate(prompt, GenerationConfig(num_bos=0, temperature=0.0, ...))'
                 if et else "tokenizer.encode(prompt)")
         return {"runtime_adds_bos": False, "prompt_prefix": case.bos_text, "num_bos": 0,
                 "call": f"{call} with prompt = {case.bos_text!r} + text"}
