@@ -441,3 +441,17 @@ def test_bench_out_is_a_file_or_holds_the_users_files_before_any_run(capfd, tmp_
     (d / "bench.md").write_text("my notes")
     refused(capfd, bench_cli.main([str(art), "--out", str(d)]), "bench.md", "not written by")
     assert f.read_text() == "mine" and (d / "bench.md").read_text() == "my notes"
+
+
+def test_staging_left_by_a_killed_process_is_removed(previous, real_export, tmp_path):
+    """SIGKILL cannot be handled: the next run removes the staging and trash folders of a
+    process that no longer exists, and nothing else."""
+    dead = 2 ** 22 + 12345                      # above the kernel's pid_max: never alive
+    beside = tmp_path / f".previous.flora-staging-{dead}-abc123"
+    inside = previous / f".flora-old-{dead}-xyz"
+    lookalike = tmp_path / ".previous.flora-staging-notes"
+    for d in (beside, inside, lookalike):
+        d.mkdir()
+        (d / "f").write_text("x")
+    put_export(real_export, previous)
+    assert not beside.exists() and not inside.exists() and (lookalike / "f").exists()
