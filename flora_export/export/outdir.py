@@ -34,10 +34,11 @@ from pathlib import Path
 from ..errors import FloraError
 from ..outputs import (_umask, check_free_space, check_writable_dir, existing_ancestor,
                        real_target, signals_deferred, write_failure)
+from .reference import REFERENCE
 
 MANIFEST = "manifest.json"
 FORMAT = "flora-export-manifest"
-COMMON_FILES = (MANIFEST, "tokenizer.json")
+COMMON_FILES = (MANIFEST, "tokenizer.json", REFERENCE)
 # The entries each backend writes (executorch.PTE_NAME, onnx.MODEL_NAME/DATA_NAME and the
 # GenAI configs, coreml.PACKAGE/REFERENCE); tests/test_bad_input_output.py checks that a
 # real export writes no other names.
