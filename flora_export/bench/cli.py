@@ -31,8 +31,10 @@ examples:
   flora-bench base=out/base ffba=out/ffba --device android --runner app --passes 2
       on a phone with the flora chat app's benchmark mode (install android_demo's APK
       first); one app launch per artifact and pass, load order reversed in pass 2
-  flora-bench out/base --device ssh:pi@board.local --ssh-identity ~/.ssh/id_ed25519
-      on a Linux ARM board over ssh (flora-export installed there, or pass --runner)
+  flora-bench out/base --device ssh:me@board.local --ssh-identity ~/.ssh/id_ed25519 \
+      --ssh-known-hosts board_hosts
+      on a Linux ARM board over ssh (flora-export installed there, or pass --runner);
+      ExecuTorch's aarch64 wheel needs ARMv8.1+ (a Raspberry Pi 5, not a Pi 4)
 
 Artifacts are export directories (NAME=DIR names one; default name: the directory's
 name) or eager:MODEL[+ADAPTER] (a model directory or preset, run in PyTorch).
