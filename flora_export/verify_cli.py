@@ -83,19 +83,25 @@ def load_export(folder: Path) -> tuple[dict, list[str]]:
     return manifest, backends
 
 
-# Measured ARM64 thresholds for runtimes whose ARM kernels differ from x86 by more than the
-# export's own (x86) thresholds allow; {backend: {threshold: value}}, applied on aarch64 only.
-# How they were measured: benchmarks/arm64_spread.py -> benchmarks/results/arm64_spread.json.
-ARM64_THRESHOLDS: dict[str, dict] = {}
+# ARM64 allowance on the lowering gate's SQNR threshold, per engine, in dB: ONNX Runtime's
+# ARM int4 MatMulNBits kernels (int8 dot product / i8mm) quantize activations differently
+# from its x86 ones, which costs up to 6.1 dB of SQNR against the eager model where x86
+# measured 39.8 (trained default: 33.7 dB on ARM; random models 38.3-39.2 vs 41.1-41.5);
+# ExecuTorch's ARM kernels match x86 within 0.8 dB (allowance 0: the export's thresholds).
+# Measured by benchmarks/arm64_spread.py -> benchmarks/results/arm64_spread.json ("derived";
+# tests/test_verify_cli.py keeps these equal to it).
+ARM64_SQNR_ALLOWANCE_DB = {"executorch": 0.0, "onnxruntime": 6.5, "ort-genai": 6.5}
 
 
-def thresholds(manifest: dict, backend: str, board_facts: dict) -> dict:
-    """The thresholds the export applied to this backend (from its manifest), with the
-    measured ARM64 ones (ARM64_THRESHOLDS) on an aarch64 board."""
+def thresholds(manifest: dict, backend: str, engine: str, board_facts: dict) -> dict:
+    """The thresholds the export applied to this backend (from its manifest); on an
+    aarch64 board a quantized export's SQNR threshold less the engine's measured ARM64
+    allowance (ARM64_SQNR_ALLOWANCE_DB)."""
     t = dict(manifest["results"][backend]["parity"]["thresholds"])
-    quantized = "fp32_atol" not in t
-    if board_facts["arch"] in ("aarch64", "arm64") and quantized:
-        t.update({k: v for k, v in ARM64_THRESHOLDS.get(backend, {}).items() if k in t})
+    allowance = ARM64_SQNR_ALLOWANCE_DB.get(engine, 0.0)
+    if board_facts["arch"] in ("aarch64", "arm64") and "min_sqnr_db" in t and allowance:
+        t["min_sqnr_db"] = round(t["min_sqnr_db"] - allowance, 3)
+        t["arm64_sqnr_allowance_db"] = allowance
     return t
 
 
@@ -103,10 +109,11 @@ def judge(manifest: dict, backend: str, engine: str, reference, got, facts: dict
     """verify.py's compare + check on one backend; the record for the report."""
     from .verify import VerifyConfig, check, compare
 
-    t = thresholds(manifest, backend, facts)
+    t = thresholds(manifest, backend, engine, facts)
     cfg = VerifyConfig(**{k: v for k, v in t.items() if k in VerifyConfig.__dataclass_fields__})
     quantized = "fp32_atol" not in t
-    parity = compare(list(reference), list(got))
+    k = getattr(cfg, "decisive_k", None)           # the export's decisive-position rule
+    parity = compare(list(reference), list(got), *([k] if k is not None else []))
     what = (f"the {backend} artifact in {engine} on {facts['arch']} "
             f"({facts.get('qemu_cpu') or facts['cpu']})")
     error = None

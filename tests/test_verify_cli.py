@@ -99,3 +99,22 @@ def test_isa_check_names_what_an_armv8_0_core_lacks():
 def test_cpuinfo_has_one_block_per_core():
     text = cpuinfo(3)
     assert text.count("processor\t:") == 3 and text.count("CPU implementer\t: 0x") == 3
+
+
+def test_arm64_allowances_are_the_measured_ones():
+    """ARM64_SQNR_ALLOWANCE_DB = benchmarks/results/arm64_spread.json's derived figures, and
+    that file's ARM figures clear the export's SQNR threshold less the allowance."""
+    from flora_export.verify import VerifyConfig
+    from flora_export.verify_cli import ARM64_SQNR_ALLOWANCE_DB
+
+    spread = json.loads((ROOT / "benchmarks/results/arm64_spread.json").read_text())
+    derived = spread["derived"]
+    assert {e: d["allowance_db"] for e, d in derived.items()} == ARM64_SQNR_ALLOWANCE_DB
+    for e, d in derived.items():
+        assert d["allowance_db"] >= d["max_sqnr_drop_db_arm_vs_x86"] or d["allowance_db"] == 0 \
+            and d["max_sqnr_drop_db_arm_vs_x86"] < 1
+    floor = VerifyConfig().min_sqnr_db
+    for row in spread["results"].values():
+        for cpu in ("max,sme=off", "a64fx"):
+            got = row[f"aarch64-{cpu}_vs_eager"]["sqnr_db"]
+            assert got is None or got >= floor - ARM64_SQNR_ALLOWANCE_DB[row["engine"]]
