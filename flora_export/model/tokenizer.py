@@ -47,10 +47,17 @@ def byte_level_tokenizer(vocab_size: int, special_base: int) -> Tokenizer:
 
 
 def _ascii_words():
-    letters = string.ascii_letters
+    """Filler tokens that no pre-tokenized piece can equal (each mixes a letter and a
+    digit, which the ByteLevel regex always splits): HF's BPE without merges never
+    produces them, and neither does ExecuTorch's C++ tokenizer, which looks a whole piece
+    up in the vocabulary before merging (plain letter fillers like "The" made the two
+    encode the same text differently)."""
+    chars = string.ascii_letters + string.digits
     for n in itertools.count(2):
-        for combo in itertools.product(letters, repeat=n):
-            yield "".join(combo)
+        for combo in itertools.product(chars, repeat=n):
+            word = "".join(combo)
+            if any(c.isdigit() for c in word) and any(c.isalpha() for c in word):
+                yield word
 
 
 def check_tokenizer(path: Path, vocab_size: int) -> Tokenizer:
