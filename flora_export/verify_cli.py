@@ -112,8 +112,7 @@ def judge(manifest: dict, backend: str, engine: str, reference, got, facts: dict
     t = thresholds(manifest, backend, engine, facts)
     cfg = VerifyConfig(**{k: v for k, v in t.items() if k in VerifyConfig.__dataclass_fields__})
     quantized = "fp32_atol" not in t
-    k = getattr(cfg, "decisive_k", None)           # the export's decisive-position rule
-    parity = compare(list(reference), list(got), *([k] if k is not None else []))
+    parity = compare(list(reference), list(got), cfg.decisive_k, cfg.min_sqnr_db)
     what = (f"the {backend} artifact in {engine} on {facts['arch']} "
             f"({facts.get('qemu_cpu') or facts['cpu']})")
     error = None

@@ -1,22 +1,30 @@
-"""What every backend's build() receives: the configs, the reference run, the stage timer."""
+"""What every backend's build() receives: the configs, the reference run, the stage timer,
+and the two gates (lowering and quality, see flora_export/verify.py) it applies."""
 
 from __future__ import annotations
 
+import copy
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from ..errors import FloraError
 from ..quantize import QuantConfig
-from ..verify import Parity, check, compare, eager_step, run_steps
+from ..verify import (Parity, VerifyConfig, eager_extension, eager_step, enforce, judge_lowering,
+                      judge_quality, measure, reference_sequence, run_steps)
 from .output import Stages
+from .prompt import extension_tokens
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class BuildContext:
     quant: QuantConfig
     config: "object"                 # ExportConfig
-    tokens: torch.Tensor             # [1, prompt + steps]: the verification sequence
+    tokens: torch.Tensor             # [1, L]: the verification sequence (all rounds)
     prompt_len: int
     fp32_logits: list[torch.Tensor]  # the eager fp32 model's logits on `tokens`
     bos: int
@@ -25,22 +33,114 @@ class BuildContext:
     backend: str = ""                # the backend being built (set by the pipeline)
     # backend -> the eager logits its runtime was checked against (verify_reference)
     references: dict = field(default_factory=dict)
+    random_weights: bool = False     # a preset: quality cannot be judged
+    heldout: dict | None = None      # {"tasks", "encoder", "examples", "fp32": EvalResult dict}
+    gates: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
-        return self.config.verify.decode_steps
+        """Decode steps over the whole sequence (every round)."""
+        return self.tokens.shape[1] - self.prompt_len
+
+    @property
+    def bound(self) -> str:
+        cfg = self.config
+        return (f"max_seq {cfg.max_seq}" if cfg.max_seq - self.prompt_len + 1 <=
+                cfg.verify.max_positions else f"max_positions {cfg.verify.max_positions}")
 
     def eager_logits(self, model) -> list[torch.Tensor]:
-        """The eager model's logits on the verification sequence (fresh cache)."""
-        return run_steps(eager_step(model), self.tokens, self.prompt_len, self.steps)
-
-    def verify(self, step, eager: list[torch.Tensor], what: str) -> Parity:
-        """Run `step` over the sequence, compare with `eager`, enforce the thresholds."""
-        parity = compare(eager, run_steps(step, self.tokens, self.prompt_len, self.steps))
-        self.references[self.backend] = eager[:parity.steps]
+        """The eager model's logits on the verification sequence (fresh cache): the first
+        round step by step, the extension (quantized exports) in one cached chunk."""
+        first = self.config.verify.decode_steps
+        out = run_steps(eager_step(model), self.tokens, self.prompt_len, first)
         if self.quant.quantizes:
-            parity.quant_sqnr_db_vs_fp32 = compare(self.fp32_logits, eager).sqnr_db
-        return check(parity, self.quant.quantizes, self.config.verify, what)
+            out += eager_extension(model, self.tokens, self.prompt_len + first)
+        return out
+
+    def verify(self, step, eager: list[torch.Tensor], what: str) -> dict:
+        """Both gates for `step` (the artifact in its runtime); raises FloraError when one
+        fails. Returns {"parity": lowering record, "quality": quality record}."""
+        cfg, q = self.config.verify, self.quant.quantizes
+        low, qual, _ = measure(step, self.tokens, self.prompt_len, eager, self.fp32_logits, cfg,
+                               q, quality_needed=q and not self.random_weights)
+        self.references[self.backend] = eager[:low.steps]
+        if q:
+            low.quant_sqnr_db_vs_fp32 = qual.sqnr_db
+        enforce(judge_lowering(low, q, cfg, self.bound), what)
+        if q:
+            heldout = self.heldout_result(step) if self.heldout else None
+            enforce(judge_quality(qual, cfg, self.bound, self.random_weights, heldout), what)
+        else:                       # an fp32 export's reference is the fp32 model itself
+            qual = copy.copy(low)
+            qual.gate = "quality"
+        self.gates = {"parity": low.to_dict(), "quality": qual.to_dict()}
+        return self.gates
+
+    def heldout_result(self, step) -> dict:
+        from ..evaluation import score_steps
+        h = self.heldout
+        art = score_steps(step, h["encoder"], h["examples"]).to_dict()
+        return {"tasks": h["tasks"], "n": len(h["examples"]), "fp32": h["fp32"],
+                "artifact": {k: art[k] for k in ("n", "correct", "accuracy", "loss")}}
+
+
+def reference(model, prompt: list[int], config) -> dict:
+    """The verification sequence and the fp32 model's logits on it, before quantization:
+    the prompt, the greedy continuation (first round), then teacher-forced extension
+    tokens up to max_seq (or max_positions); plus the held-out evaluation when known."""
+    vcfg: VerifyConfig = config.verify
+    tokens, logits = reference_sequence(model, prompt, vcfg.decode_steps)
+    length = min(config.max_seq, len(prompt) - 1 + vcfg.max_positions)
+    if length > tokens.shape[1]:
+        extra = torch.tensor([extension_tokens(model, length - tokens.shape[1])])
+        fed = tokens.shape[1]
+        tokens = torch.cat([tokens, extra], dim=1)
+        logits += eager_extension(model, tokens, fed)
+    random_weights = (getattr(model, "source", None) or {}).get("kind") == "preset"
+    heldout = None if random_weights else heldout_reference(model, config)
+    return {"tokens": tokens, "prompt_len": len(prompt), "fp32_logits": logits,
+            "random_weights": random_weights, "heldout": heldout}
+
+
+def heldout_tasks(model) -> list[str] | None:
+    """The built-in tasks the model (its adapter when it has one) was trained on, from the
+    recipe.yaml flora-train writes next to the weights; None when unknown."""
+    import yaml
+
+    from ..train.tasks import TASKS
+    src = getattr(model, "adapter_source", None) if getattr(model, "adapter_config", None) \
+        else getattr(model, "source", None)
+    path = Path((src or {}).get("path") or "") / "recipe.yaml"
+    if not (src and src.get("path") and path.is_file()):
+        return None
+    try:
+        tasks = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("tasks") or []
+    except yaml.YAMLError:
+        return None
+    tasks = [t for t in tasks if t in TASKS]
+    return tasks or None
+
+
+def heldout_reference(model, config) -> dict | None:
+    """fp32 held-out exact-match accuracy on the model's own tasks (None when unknown or
+    when the examples do not fit max_seq)."""
+    from ..evaluation import score_eager
+    from ..train.data import Encoder
+    from ..train.tasks import eval_set
+
+    tasks = heldout_tasks(model)
+    if not tasks or config.verify.heldout_examples <= 0:
+        return None
+    examples = eval_set(tasks, config.verify.heldout_examples)
+    encoder = Encoder.for_model(model)
+    longest = max(len(e.prompt) + len(e.target) for e in map(encoder.encode, examples))
+    if longest > config.max_seq:
+        log.info("held-out examples need %d positions > max_seq %d: skipped", longest,
+                 config.max_seq)
+        return None
+    res = score_eager(model, encoder, examples).to_dict()
+    return {"tasks": tasks, "encoder": encoder, "examples": examples,
+            "fp32": {k: res[k] for k in ("n", "correct", "accuracy", "loss")}}
 
 
 def check_quantized_count(found: int, expected: int, what: str) -> None:

@@ -45,6 +45,8 @@ STAGES = ["coreml-capture", "coreml-convert", "coreml-quantize", "coreml-save",
           "coreml-reference"]
 INPUTS, OUTPUTS, STATES = ("inputIds", "causalMask"), ("logits",), ("keyCache", "valueCache")
 PARITY_COMMAND = "python -m flora_export.export.coreml_parity"
+MACOS_THRESHOLDS = ("min_sqnr_db", "decisive_k", "min_decisive", "min_token_agreement",
+                    "min_quality_sqnr_db", "min_quality_agreement")
 MAX_SEQ_LIMIT = 32767           # Core ML shape arithmetic runs in int16 with fp16 compute
 
 
@@ -313,6 +315,7 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
     interface = counts.pop("interface")
     return {"files": [PACKAGE, REFERENCE], "counts": counts,
             "parity": parity_record(program, reference, ctx),
+            "quality": quality_estimate(reference, ctx),
             "coreml": {"package": PACKAGE, "minimum_deployment_target": "iOS18",
                        "compute_precision": "float16", "state_dtype": "float16",
                        "converted_from": source,
@@ -330,12 +333,24 @@ def parity_record(program, reference: list[torch.Tensor], ctx) -> dict:
     return {"status": "not run (needs macOS)",
             "how": f"{PARITY_COMMAND} OUT_DIR  (on macOS 15+, pip install -e \".[coreml]\")",
             "reference": REFERENCE,
-            "thresholds_on_macos": {"min_sqnr_db": ctx.config.verify.min_sqnr_db,
-                                    "min_token_agreement": ctx.config.verify.min_token_agreement},
+            "thresholds_on_macos": {f: getattr(ctx.config.verify, f) for f in MACOS_THRESHOLDS},
             "torch_program_vs_eager": program.to_dict(),
             "quant_sqnr_db_vs_fp32": (round(compare(ctx.fp32_logits, reference).sqnr_db, 3)
                                       if ctx.quant.quantizes else None),
             "passed": None}
+
+
+def quality_estimate(reference: list[torch.Tensor], ctx) -> dict:
+    """The quality gate as far as Linux can run it: the eager model carrying the package's
+    weights (fp32 math) against the fp32 model; coreml_parity runs the package on macOS."""
+    from ..verify import enforce, judge_quality
+
+    cfg = ctx.config.verify
+    q = judge_quality(compare(ctx.fp32_logits, reference, cfg.decisive_k), cfg, ctx.bound,
+                      ctx.random_weights, None)
+    enforce(q, "the Core ML package's weights")
+    return {**q.to_dict(), "status": "estimate: the eager model with the package's weights; "
+            f"the package itself is checked on macOS by {PARITY_COMMAND}"}
 
 
 def versions() -> dict:

@@ -7,8 +7,9 @@ exactly as an app does: one state, a prompt prefill, then single-token decode st
 through the KV cache, teacher-forced on the same tokens the export verified with
 (`coreml_reference.safetensors`). The logits are compared with the eager model's
 (for quantized exports: the eager model carrying the package's dequantized weights)
-using the export's thresholds: Core ML computes in fp16, so SQNR >= 15 dB and >= 75%
-greedy-token agreement on the decisive steps apply to every `--quant`. Prints the figures
+using the export's thresholds (the lowering gate, then the quality gate against the fp32
+logits; docs/verification.md): Core ML computes in fp16, so the lossy-path criteria apply
+to every `--quant`. Prints the figures
 as JSON; exit 0 when they pass, 1 when they do not, 2 on bad input.
 """
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import FloraError
-from ..verify import VerifyConfig, check, compare, run_steps
+from ..verify import VerifyConfig, compare, enforce, judge_lowering, judge_quality, run_steps
 from .coreml import INPUTS, OUTPUTS, PACKAGE, REFERENCE, causal_mask
 
 UNITS = {"all": "ALL", "cpu": "CPU_ONLY", "gpu": "CPU_AND_GPU", "ane": "CPU_AND_NE"}
@@ -44,10 +45,8 @@ def package_step(path: Path, compute_units: str = "all"):
     return step
 
 
-def _thresholds(folder: Path) -> VerifyConfig:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    t = manifest["results"]["coreml"]["parity"]["thresholds_on_macos"]
-    return VerifyConfig(min_sqnr_db=t["min_sqnr_db"], min_token_agreement=t["min_token_agreement"])
+def _thresholds(manifest: dict) -> VerifyConfig:
+    return VerifyConfig(**manifest["results"]["coreml"]["parity"]["thresholds_on_macos"])
 
 
 def run_parity(folder: str | Path, compute_units: str = "all") -> dict:
@@ -68,10 +67,16 @@ def run_parity(folder: str | Path, compute_units: str = "all") -> dict:
                                    ("tokens", "reference_logits", "fp32_logits"))
     prompt_len, steps = int(meta["prompt_len"]), int(meta["steps"])
     got = run_steps(package_step(folder / PACKAGE, compute_units), tokens, prompt_len, steps)
-    parity = compare(list(reference), got)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    cfg, bound = _thresholds(manifest), f"max_seq {manifest['runtime']['max_seq_len']}"
+    parity = judge_lowering(compare(list(reference), got, cfg.decisive_k), True, cfg, bound)
     parity.quant_sqnr_db_vs_fp32 = compare(list(fp32), list(reference)).sqnr_db
-    check(parity, True, _thresholds(folder), "the Core ML package")
-    return {**parity.to_dict(), "package_sqnr_db_vs_fp32": round(compare(list(fp32), got).sqnr_db, 3),
+    enforce(parity, "the Core ML package")
+    quality = judge_quality(compare(list(fp32), got, cfg.decisive_k), cfg, bound,
+                            manifest["model"].get("kind") == "preset", None)
+    enforce(quality, "the Core ML package")
+    return {**parity.to_dict(), "quality": quality.to_dict(),
+            "package_sqnr_db_vs_fp32": round(quality.sqnr_db, 3),
             "compute_units": compute_units, "package": str(folder / PACKAGE)}
 
 

@@ -46,9 +46,9 @@ def build(model, out: Path, ctx) -> dict:
         to_pte(edge, out / PTE_NAME)
         del edge, ep
     with st("verify"):
-        parity = ctx.verify(runtime_step(out / PTE_NAME), eager, "the exported .pte")
+        gates = ctx.verify(runtime_step(out / PTE_NAME), eager, "the exported .pte")
     model.set_attention_impl("sdpa")
-    return {"files": [PTE_NAME], "counts": counts, "parity": parity.to_dict(),
+    return {"files": [PTE_NAME], "counts": counts, **gates,
             "runtime": {"method": "forward", "inputs": ["tokens[1,S] int64", "input_pos[1] int64"],
                         "outputs": ["logits[1,1,vocab] float32"]}}
 

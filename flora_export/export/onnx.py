@@ -406,10 +406,10 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
     with st("verify"):
         step = runtime_step(path, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
                             ctx.config.max_seq)
-        parity = ctx.verify(step, eager, "the exported ONNX model")
+        gates = ctx.verify(step, eager, "the exported ONNX model")
     write_genai_files(out, model, ctx.config.max_seq, ctx.bos, ctx.eos)
     return {"files": [MODEL_NAME, DATA_NAME, "genai_config.json", "tokenizer_config.json"],
-            "counts": counts, "parity": parity.to_dict(), "onnx_quantization": qinfo,
+            "counts": counts, **gates, "onnx_quantization": qinfo,
             "runtime": {"inputs": io_names(cfg.num_hidden_layers)[0][:2] + [
                 "past_key_values.{i}.key|value [1, kv_heads, past, head_dim]"],
                 "outputs": ["logits [1, S, vocab]", "present.{i}.key|value"]}}

@@ -19,8 +19,8 @@ from ..adapters.ffba import FFBAConfig
 from ..errors import FloraError
 from ..fuse import count_fused_linears, fuse
 from ..quantize import count_quantized_linears, quant_config
-from ..verify import VerifyConfig, reference_sequence
-from .context import BuildContext
+from ..verify import VerifyConfig
+from .context import BuildContext, reference
 from .outdir import FORMAT, MANIFEST, config_parameters, estimate_bytes, plan_out_dir, staging_dir
 from .output import Stages, file_record, peak_rss_mb, versions, write_json
 from . import tokenizer_gate
@@ -87,10 +87,9 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     fused = count_fused_linears(model)
     model.setup_cache(config.max_seq)
     with st("reference"):
-        prompt = verify_prompt(model, bos)
-        tokens, fp32_logits = reference_sequence(model, prompt, config.verify.decode_steps)
+        ref = reference(model, verify_prompt(model, bos), config)
         text_case = tokenizer_gate.text_case(model, bos, eos, chat_format(model), config.max_seq)
-    ctx = BuildContext(qcfg, config, tokens, len(prompt), fp32_logits, bos, eos, st)
+    ctx = BuildContext(qcfg, config, bos=bos, eos=eos, stages=st, **ref)
     with staging_dir(plan) as tmp:
         results = {}
         for i, name in enumerate(row.backends):
@@ -161,6 +160,7 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int, results: dict, st
                    "quantized_linears_eager": count_quantized_linears(model),
                    **primary["counts"]},
         "parity": primary["parity"],
+        "quality": primary.get("quality"),
         "results": {name: {k: v for k, v in r.items() if k != "runtime"}
                     for name, r in results.items()},
         "timings_s": dict(st.seconds),

@@ -9,6 +9,16 @@ from tokenizers import Tokenizer
 from ..errors import FloraError
 
 VERIFY_TEXT = "The quick brown fox jumps over the lazy dog. 12 + 30 = 42."
+# Teacher-forced after the greedy continuation when a gate needs more decisive positions:
+# prose, a list, code and numbers, so the extension covers varied tokens and positions.
+EXTENSION_TEXTS = (
+    " Once upon a time, in a small village by the sea, there lived an old fisherman who"
+    " told the same story every evening.",
+    "\nShopping list:\n- 3 apples\n- 2 loaves of bread\n- 1 litre of milk\n",
+    "\ndef add(a, b):\n    return a + b\n\nprint(add(2, 40))\n",
+    " The meeting is on Tuesday, 14 March 2023, at 10:30 in room 4B; please bring your notes.",
+    " Water boils at 100 degrees Celsius at sea level, and freezes at 0 degrees.",
+)
 _BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>")
 _EOS_NAMES = ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>", "</s>", "<eos>")
 # Llama-3's template, bos included: a runner that tokenizes it (special tokens parsed)
@@ -50,6 +60,17 @@ def chat_format(model) -> dict | None:
     # template without it after each reply + stop[0] (android_demo's ChatFormat does).
     return {"template": _LLAMA3_CHAT, "stop": ["<|eot_id|>", "<|end_of_text|>"],
             "bos": "<|begin_of_text|>"}
+
+
+def extension_tokens(model, n: int) -> list[int]:
+    """`n` teacher-forcing tokens: EXTENSION_TEXTS encoded by the model's tokenizer, cycled."""
+    tok = Tokenizer.from_str(model.tokenizer_json)
+    ids = [i for text in EXTENSION_TEXTS for i in tok.encode(text, add_special_tokens=False).ids
+           if i < model.config.vocab_size]
+    if not ids:
+        raise FloraError("the tokenizer encodes the verification texts to no in-vocabulary ids",
+                         "check that tokenizer.json belongs to this model")
+    return [ids[j % len(ids)] for j in range(n)]
 
 
 def verify_prompt(model, bos: int) -> list[int]:
