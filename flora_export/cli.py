@@ -308,6 +308,8 @@ def _print_summary(m: dict, seconds: float, out: Path) -> None:
           for name, r in m["results"].items()],
         *[("parity vs eager" + _which(m, name), _parity_summary(r["parity"]))
           for name, r in m["results"].items()],
+        *[("quality vs fp32" + _which(m, name), _parity_summary(r["quality"]))
+          for name, r in m["results"].items() if r.get("quality")],
         ("time / peak RSS", f"{seconds:.1f} s / {m['peak_rss_mb']:.0f} MB"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -330,9 +332,17 @@ def _op_summary(c: dict) -> str:
 def _parity_summary(p: dict) -> str:
     if "max_abs_diff" not in p:          # Core ML: predictions need macOS
         return f"{p['status']}: {p['how']}"
-    return (f"max|diff| {p['max_abs_diff']:.2g}, SQNR {p['sqnr_db']:.1f} dB, greedy tokens "
-            f"{p['token_agreement']:.0%} of {p['steps']} steps ({p['decisive_agreement']:.0%} of "
-            f"{p['decisive_steps']} decisive)")
+    agree = ("no decisive positions" if p.get("decisive_agreement") is None else
+             f"{p['decisive_agreement']:.0%} of {p['decisive_steps']} decisive")
+    held = (p.get("heldout") or {}).get("artifact")
+    held = f", held-out accuracy {held['accuracy']:.1%}" if held else ""
+    verdict = p.get("verdict", "passed")
+    unsure = [k for k, v in p.get("criteria", {}).items() if v.startswith("inconclusive")]
+    if verdict == "passed" and unsure:
+        verdict += f" ({', '.join(unsure)} inconclusive)"
+    return (f"{verdict}: max|diff| {p['max_abs_diff']:.2g}, SQNR "
+            f"{p['sqnr_db']:.1f} dB, greedy tokens {p['token_agreement']:.0%} of {p['steps']} "
+            f"positions ({agree}){held}")
 
 
 if __name__ == "__main__":
