@@ -50,12 +50,13 @@ class VerifyConfig:
     decisive_k: float = 4.0
     min_decisive: int = 20             # fewer decisive positions: agreement is inconclusive
     # lowering gate (artifact vs eager, same weights)
-    min_sqnr_db: float = 15.0
+    min_sqnr_db: float = 18.5          # 1B preset measured 21.8 dB: 21.5 - 3
     min_token_agreement: float = 0.9   # on decisive positions (>= min_decisive of them)
     # quality gate (artifact vs fp32), enforced for models whose logits are decisive
-    min_quality_sqnr_db: float = 5.0
+    min_quality_sqnr_db: float = 5.0   # embedded default, int4 .pte: 8.2 dB: 8.0 - 3
     min_quality_agreement: float = 0.9
-    max_accuracy_drop: float = 0.1     # held-out exact match, fp32 minus artifact
+    max_accuracy_drop: float = 0.07    # held-out exact match, fp32 minus artifact (default
+    #                                    int4 .pte: 1.00 -> 0.97, + 3 binomial sd)
     heldout_examples: int = 200
 
 
@@ -281,7 +282,7 @@ def _accuracy(heldout: dict | None, cfg: VerifyConfig) -> str:
         return "inconclusive: no held-out task is known for this model"
     drop = heldout["fp32"]["accuracy"] - heldout["artifact"]["accuracy"]
     heldout["drop"] = round(drop, 4)
-    return PASSED if drop <= cfg.max_accuracy_drop else FAILED
+    return PASSED if drop <= cfg.max_accuracy_drop + 1e-9 else FAILED
 
 
 def enforce(p: Parity, what: str) -> Parity:

@@ -29,8 +29,10 @@ def _matches(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
 
 def _canonical(path: tuple[str, ...]) -> tuple[str, ...]:
     """Paths the doc describes once: a backend's own counts/parity, Core ML's program check."""
-    if len(path) >= 3 and path[0] == "results" and path[2] in ("counts", "parity"):
+    if len(path) >= 3 and path[0] == "results" and path[2] in ("counts", "parity", "quality"):
         path = path[2:]
+    if path and path[0] == "quality":
+        path = ("parity",) + path[1:]
     if len(path) >= 2 and path[:2] == ("parity", "torch_program_vs_eager"):
         path = ("parity",) + path[2:]
     return path

@@ -234,7 +234,9 @@ def test_parity_script_refuses_off_macos(int4_coreml, capfd):
 def test_package_parity_on_macos(int4_coreml, units):
     from flora_export.export.coreml_parity import run_parity
     p = run_parity(int4_coreml, units)
-    assert p["passed"] and p["sqnr_db"] >= 15 and p["steps"] == 9
+    assert p["passed"] and p["criteria"]["sqnr"] == "passed"
+    assert p["steps"] == p["extension"]["positions"] >= 9     # the whole saved sequence
+    assert p["quality"]["gate"] == "quality" and p["quality"]["passed"] is not False
 
 
 def _refuse(capfd, out, *args):

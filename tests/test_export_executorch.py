@@ -207,3 +207,27 @@ def test_int8_export_uses_int8_weights(tmp_path):
                                                                             max_seq=64))
     assert m["counts"]["quantized_weight_bits"] == {"int8": 4 * LAYERS + 1}
     assert m["parity"]["passed"] and m["adapter"] is None
+
+
+def test_lowering_gate_fails_a_wrong_scale_in_the_lowered_program(tmp_path, monkeypatch):
+    """A real regression: the lowered program gets a wrong scale (layer 0's input RMSNorm
+    weight doubled after the eager reference was computed), so the .pte in the runtime no
+    longer matches the eager model with the same weights. Both criteria must fail."""
+    from flora_export.adapters import load_adapter
+    from flora_export.default import DEFAULT_ADAPTER, DEFAULT_BASE
+    from flora_export.export import capture as capture_module
+
+    real_capture = capture_module.capture
+
+    def corrupted_capture(model, max_seq):
+        with torch.no_grad():
+            model.layers[0].input_layernorm.weight.mul_(2.0)
+        return real_capture(model, max_seq)
+
+    monkeypatch.setattr(capture_module, "capture", corrupted_capture)
+    model = load_model(DEFAULT_BASE)
+    load_adapter(model, str(DEFAULT_ADAPTER))
+    with pytest.raises(FloraError, match=r"does not match the eager model.*failed: sqnr, "
+                                         r"decisive_agreement"):
+        export(model, "android", tmp_path / "bad", ExportConfig(quant="8da4w", max_seq=128))
+    assert not (tmp_path / "bad").exists()

@@ -209,3 +209,38 @@ def test_quality_gate_held_out_accuracy_drop():
     assert q.criteria["heldout_accuracy"] == "failed" and q.passed is False
     held["artifact"]["accuracy"] = 1.0 - CFG.max_accuracy_drop
     assert judge_quality(compare(ref, noisy(ref)), CFG, "b", False, held).passed
+
+
+def _calibration():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gate_calibration
+    return gate_calibration, json.loads((ROOT / CALIBRATION).read_text())
+
+
+def test_thresholds_are_the_ones_derived_from_the_calibration_measurements():
+    """VerifyConfig's defaults must equal derive() of the measured cases in CALIBRATION:
+    loosening (or tightening) a threshold without new measurements fails here, and so does
+    editing the file's thresholds without measurements that give them."""
+    cal, data = _calibration()
+    derived = cal.derive(list(data["cases"].values()))
+    assert derived == data["thresholds"], "the file's thresholds are not derive() of its cases"
+    assert {f.name: getattr(CFG, f.name) for f in fields(CFG) if f.name in derived} == derived
+    loosened = VerifyConfig(min_sqnr_db=CFG.min_sqnr_db - 1.0)
+    assert loosened.min_sqnr_db != derived["min_sqnr_db"]
+
+
+def test_calibration_covers_the_faithful_lowerings_and_they_pass():
+    cal, data = _calibration()
+    cases = data["cases"].values()
+    assert any(c["trained"] for c in cases)                      # the embedded default
+    assert any(c["model"] in cal.HIDDEN_SHAPES for c in cases)   # shapes of no preset
+    assert any(c["model"] == "llama3.2-1b" for c in cases)       # the README's 1B export
+    assert all(c["machine"]["cpu"] and "load_average" in c["machine"] for c in cases)
+    for c in cases:
+        v = cal.verdicts(c, data["thresholds"])
+        assert v["lowering"]["sqnr"] == "passed" and v["lowering"]["agreement"] != "failed", c
+        if c["target"] == "android":      # same quantization on both sides: no decisive flip
+            assert v["lowering"]["flips_on_decisive"] == 0, c["name"]
+        if c["trained"] and c["target"] == "android":
+            assert v["quality"]["sqnr"] == "passed" and v["quality"]["agreement"] != "failed"
+            assert v["quality"]["heldout_accuracy"] == "passed"

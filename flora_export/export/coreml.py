@@ -346,8 +346,8 @@ def quality_estimate(reference: list[torch.Tensor], ctx) -> dict:
     from ..verify import enforce, judge_quality
 
     cfg = ctx.config.verify
-    q = judge_quality(compare(ctx.fp32_logits, reference, cfg.decisive_k), cfg, ctx.bound,
-                      ctx.random_weights, None)
+    q = judge_quality(compare(ctx.fp32_logits, reference, cfg.decisive_k,
+                              cfg.min_quality_sqnr_db), cfg, ctx.bound, ctx.random_weights, None)
     enforce(q, "the Core ML package's weights")
     return {**q.to_dict(), "status": "estimate: the eager model with the package's weights; "
             f"the package itself is checked on macOS by {PARITY_COMMAND}"}

@@ -69,11 +69,15 @@ def run_parity(folder: str | Path, compute_units: str = "all") -> dict:
     got = run_steps(package_step(folder / PACKAGE, compute_units), tokens, prompt_len, steps)
     manifest = json.loads((folder / "manifest.json").read_text())
     cfg, bound = _thresholds(manifest), f"max_seq {manifest['runtime']['max_seq_len']}"
-    parity = judge_lowering(compare(list(reference), got, cfg.decisive_k), True, cfg, bound)
+    parity = judge_lowering(compare(list(reference), got, cfg.decisive_k, cfg.min_sqnr_db),
+                            True, cfg, bound)
     parity.quant_sqnr_db_vs_fp32 = compare(list(fp32), list(reference)).sqnr_db
     enforce(parity, "the Core ML package")
-    quality = judge_quality(compare(list(fp32), got, cfg.decisive_k), cfg, bound,
-                            manifest["model"].get("kind") == "preset", None)
+    quality = judge_quality(compare(list(fp32), got, cfg.decisive_k, cfg.min_quality_sqnr_db),
+                            cfg, bound, manifest["model"].get("kind") == "preset", None)
+    for p in (parity, quality):       # the whole saved sequence, in one run
+        p.extension = {"positions": len(got), "first_round": cfg.decode_steps + 1,
+                       "available": len(got), "rounds": [len(got)]}
     enforce(quality, "the Core ML package")
     return {**parity.to_dict(), "quality": quality.to_dict(),
             "package_sqnr_db_vs_fp32": round(quality.sqnr_db, 3),
