@@ -20,7 +20,7 @@ from ..errors import FloraError
 from ..fuse import count_fused_linears, fuse
 from ..quantize import count_quantized_linears, quant_config
 from ..verify import VerifyConfig
-from .context import BuildContext, reference
+from .context import BuildContext, reference as verification_reference
 from .outdir import FORMAT, MANIFEST, config_parameters, estimate_bytes, plan_out_dir, staging_dir
 from .output import Stages, file_record, peak_rss_mb, versions, write_json
 from . import tokenizer_gate
@@ -87,7 +87,7 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     fused = count_fused_linears(model)
     model.setup_cache(config.max_seq)
     with st("reference"):
-        ref = reference(model, verify_prompt(model, bos), config)
+        ref = verification_reference(model, verify_prompt(model, bos), config)
         text_case = tokenizer_gate.text_case(model, bos, eos, chat_format(model), config.max_seq)
     ctx = BuildContext(qcfg, config, bos=bos, eos=eos, stages=st, **ref)
     with staging_dir(plan) as tmp:
