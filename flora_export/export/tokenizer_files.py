@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 
 PROBE_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",      # ASCII
+    "hi\nan ox is by me\nok",                            # short words starting a piece
     "two  spaces,   three,    four",                      # runs of spaces
     "  leading spaces", "trailing space ",
     "line one\nline two\n\nafter a blank\ttab\t\ttwo tabs",  # newlines and tabs
