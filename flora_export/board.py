@@ -233,6 +233,29 @@ def read_reference(folder: str):
                                              json.loads(meta["positions"]).items()}
 
 
+def tokenizer_answers(folder: str, backend: str, probe: dict) -> dict:
+    """The runtime's own tokenizer on the shipped file: encode each probe text, decode HF's
+    ids streamed and whole (flora_export.export.tokenizer_runtimes, staged beside this
+    script without the rest of flora_export)."""
+    from flora_export.export.tokenizer_runtimes import ExecuTorchTokenizer, OrtGenAITokenizer
+
+    try:
+        rt = (ExecuTorchTokenizer(os.path.join(folder, probe["file"]))
+              if backend == "executorch-xnnpack" else OrtGenAITokenizer(folder))
+    except Exception as e:  # the runtimes raise plain RuntimeError
+        return {"load_error": f"{type(e).__name__}: {str(e)[:200]}"}
+
+    def attempt(fn, arg):
+        try:
+            return fn(arg)
+        except Exception as e:  # recorded as the runtime's answer
+            return f"error: {type(e).__name__}: {str(e)[:120]}"
+    return {"runtime": rt.runtime, "answers": [
+        {"encode": attempt(rt.encode, text), "stream": attempt(rt.stream, ids),
+         "whole": attempt(rt.whole, ids) if hasattr(rt, "whole") else None}
+        for text, ids in zip(probe["texts"], probe["ids"])]}
+
+
 def _importable(module: str) -> bool:
     import importlib.util
 
@@ -272,6 +295,8 @@ def run(jobs: list[dict], threads: int = 0) -> dict:
                 report[engine] = {"backend": b, "positions": positions[b],
                                   "load_s": round(t1 - t0, 3), "steps_s": round(t2 - t1, 3)}
         save_file(logits, job["out"])
+        for b, probe in (job.get("tokenizer") or {}).items():
+            report.setdefault("tokenizer", {})[b] = tokenizer_answers(job["dir"], b, probe)
         results.append(report)
     return {"ok": True, "facts": f, "exports": results}
 

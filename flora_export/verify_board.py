@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,22 +50,41 @@ def _load_logits(data: bytes) -> dict:
     return load(data)
 
 
-def _job(exports: list[tuple[str, list[str]]], outs: list[str], threads: int) -> str:
-    return json.dumps({"exports": [{"dir": d, "out": o, "backends": b}
-                                   for (d, b), o in zip(exports, outs)], "threads": threads})
+def _job(exports: list[tuple], dirs: list[str], outs: list[str], threads: int) -> str:
+    """exports: (folder, backends, tokenizer probes or None) -> board.py's JSON job."""
+    return json.dumps({"exports": [{"dir": d, "out": o, "backends": e[1],
+                                    "tokenizer": e[2] if len(e) > 2 else None}
+                                   for e, d, o in zip(exports, dirs, outs)],
+                       "threads": threads})
+
+
+def stage_lib(where: Path) -> Path:
+    """The modules board.py imports from flora_export (the runtimes' tokenizers), as a
+    package without flora_export's own __init__ (which needs torch)."""
+    pkg = where / "flora_export"
+    (pkg / "export").mkdir(parents=True)
+    for init in (pkg / "__init__.py", pkg / "export" / "__init__.py"):
+        init.write_text("")
+    src = Path(__file__).parent
+    shutil.copy(src / "utf8.py", pkg / "utf8.py")
+    shutil.copy(src / "export" / "tokenizer_runtimes.py", pkg / "export" / "tokenizer_runtimes.py")
+    return where
 
 
 class LocalBoard:
-    """This machine, in a child process (native crashes stay there)."""
+    """This machine, in a child process (native crashes stay there), with the same staged
+    modules as a board."""
 
     name = "host"
 
-    def run(self, exports: list[tuple[Path, list[str]]], threads: int) -> tuple[dict, list]:
+    def run(self, exports: list[tuple], threads: int) -> tuple[dict, list]:
         with tempfile.TemporaryDirectory(prefix="flora-verify-") as tmp:
             outs = [str(Path(tmp) / f"{i}-{LOGITS}") for i in range(len(exports))]
-            job = _job([(str(Path(d).absolute()), b) for d, b in exports], outs, threads)
+            job = _job(exports, [str(Path(e[0]).absolute()) for e in exports], outs, threads)
+            lib = stage_lib(Path(tmp) / "lib")
             proc = subprocess.run([sys.executable, str(BOARD_PY), "run", job],
-                                  capture_output=True, text=True, errors="replace")
+                                  capture_output=True, text=True, errors="replace",
+                                  env={**os.environ, "PYTHONPATH": str(lib)})
             reply = _reply(proc.returncode, proc.stdout, proc.stderr, self.name)
             return reply, [_load_logits(Path(o).read_bytes()) for o in outs]
 
@@ -82,16 +102,19 @@ class SshBoard:
         self.t.remote_dir = f"/tmp/flora-verify-{os.getpid()}"
         self.name, self.python = f"ssh:{host}", python
 
-    def run(self, exports: list[tuple[Path, list[str]]], threads: int) -> tuple[dict, list]:
+    def run(self, exports: list[tuple], threads: int) -> tuple[dict, list]:
         t, remote = self.t, self.t.remote_dir
         dirs = [f"{remote}/{i}" for i in range(len(exports))]
         outs = [f"{d}/{LOGITS}" for d in dirs]
         try:
             t.shell(f"rm -rf {shlex.quote(remote)} && mkdir -p {shlex.quote(remote)}")
-            for (folder, _), d in zip(exports, dirs):
-                t.push(Path(folder), f"{d}/export")
-            job = _job([(f"{d}/export", b) for d, (_, b) in zip(dirs, exports)], outs, threads)
-            proc = subprocess.run([*t.base, t.host, f"{self.python} - run {shlex.quote(job)}"],
+            with tempfile.TemporaryDirectory(prefix="flora-verify-lib-") as tmp:
+                t.push(stage_lib(Path(tmp) / "lib"), f"{remote}/lib")
+            for e, d in zip(exports, dirs):
+                t.push(Path(e[0]), f"{d}/export")
+            job = _job(exports, [f"{d}/export" for d in dirs], outs, threads)
+            proc = subprocess.run([*t.base, t.host, f"PYTHONPATH={shlex.quote(remote + '/lib')} "
+                                   f"{self.python} - run {shlex.quote(job)}"],
                                   input=BOARD_PY.read_bytes(), capture_output=True)
             reply = _reply(proc.returncode, proc.stdout.decode(errors="replace"),
                            proc.stderr.decode(errors="replace"), self.name)

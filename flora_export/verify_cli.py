@@ -128,21 +128,32 @@ def judge(manifest: dict, backend: str, engine: str, reference, got, facts: dict
 
 def verify(args) -> int:
     from .export.reference import read_verify_reference
+    from . import verify_tokenizer
     from .verify_board import make_board
 
     folders = [Path(d) for d in args.dirs]
     exports = [(f, *load_export(f)) for f in folders]
     board = make_board(args)
     print(f"verifying {', '.join(map(str, folders))} on {board.name} ...", flush=True)
-    reply, logits = board.run([(f, backends) for f, _, backends in exports], args.threads)
+    probes = [verify_tokenizer.probes(f, m, backends) for f, m, backends in exports]
+    reply, logits = board.run([(f, backends, p) for (f, _, backends), p in zip(exports, probes)],
+                              args.threads)
     facts = reply["facts"]
     outs, failures = [], []
-    for (folder, manifest, backends), got, timing in zip(exports, logits, reply["exports"]):
+    for (folder, manifest, backends), got, timing, probe in zip(exports, logits,
+                                                                reply["exports"], probes):
         _, _, refs = read_verify_reference(folder / "verify_reference.safetensors")
+        answers = timing.pop("tokenizer", {})
         results = {e: {**t, **(judge(manifest, t["backend"], e, refs[t["backend"]], got[e], facts)
                                if "skipped" not in t else {"passed": True})}
                    for e, t in timing.items()}
-        out = {"device": board.name, "facts": facts, "export": str(folder), "results": results}
+        tokenizer = {b: verify_tokenizer.judge(folder, manifest, b, probe[b], answers[b])
+                     for b in (probe or {})}
+        out = {"device": board.name, "facts": facts, "export": str(folder), "results": results,
+               "tokenizer": tokenizer}
+        failures += [f"{folder}: the {b} runtime's tokenizer on {board.name} differs from "
+                     f"Hugging Face's ({verify_tokenizer.summary(r)})"
+                     for b, r in tokenizer.items() if not r["passed"]]
         print_report(out)
         outs.append(out)
         failures += [f"{folder}: {r['error']}" for r in results.values() if not r["passed"]]
@@ -174,6 +185,12 @@ def print_report(out: dict) -> None:
                            f"{r['positions']} positions in {r['steps_s']:.1f} s"))
         rows.append(("  export machine", _figures(r["export_parity"])))
         rows.append(("  thresholds", json.dumps(r["parity"]["thresholds"])))
+    from .verify_tokenizer import summary
+
+    for b, r in out.get("tokenizer", {}).items():
+        rows.append((f"tokenizer ({b})", f"{r.get('runtime', '?')}: {summary(r)}"))
+    if not out.get("tokenizer"):
+        rows.append(("tokenizer", "no runtime tokenizer gate recorded in the manifest"))
     width = max(len(k) for k, _ in rows)
     print()
     for k, val in rows:

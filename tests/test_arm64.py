@@ -122,6 +122,13 @@ def test_the_board_is_an_arm64_cpu_with_the_expected_features(verified):
         assert f["versions"]["executorch"] == "1.5.1" and "onnxruntime" in f["versions"]
 
 
+def test_runtime_tokenizer_gate_reruns_on_arm64(verified):
+    for name, r in verified["results"].items():
+        backend = "onnx" if name.startswith("onnx") else "executorch-xnnpack"
+        tok = r["tokenizer"][backend]
+        assert tok["passed"] and tok["mismatch_count"] == 0 and tok["probes"] > 50, (name, tok)
+
+
 @pytest.mark.parametrize("name", ET_EXPORTS)
 def test_executorch_export_matches_on_arm64(verified, name):
     r = verified["results"][name]["results"]["executorch"]

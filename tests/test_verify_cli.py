@@ -45,6 +45,8 @@ def test_verify_on_this_machine_passes_with_the_exports_thresholds(bench_et_expo
     assert et["parity"]["thresholds"] == et["export_parity"]["thresholds"]
     assert et["parity"]["max_abs_diff"] <= et["parity"]["thresholds"]["fp32_atol"]
     assert r["facts"]["versions"]["executorch"] and "executorch-xnnpack (executorch)  passed" in proc.stdout
+    tok = r["tokenizer"]["executorch-xnnpack"]          # the export's tokenizer gate, re-run
+    assert tok["passed"] and tok["enforced"] and tok["mismatch_count"] == 0 and tok["probes"] > 50
 
 
 def test_a_changed_reference_fails_in_one_line_with_exit_1(bench_et_export, tmp_path):
