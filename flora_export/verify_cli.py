@@ -181,7 +181,10 @@ def print_report(out: dict) -> None:
         if "skipped" in r:
             rows.append((name, f"not run: {r['skipped']}"))
             continue
-        rows.append((name, f"{'passed' if r['passed'] else 'FAILED'}: {_figures(r['parity'])}; "
+        verdict = r["parity"].get("verdict")
+        state = "FAILED" if not r["passed"] else (
+            "passed" if verdict in (None, "passed") else f"passed ({verdict})")
+        rows.append((name, f"{state}: {_figures(r['parity'])}; "
                            f"{r['positions']} positions in {r['steps_s']:.1f} s"))
         rows.append(("  export machine", _figures(r["export_parity"])))
         rows.append(("  thresholds", json.dumps(r["parity"]["thresholds"])))
