@@ -45,7 +45,7 @@ class BuildContext:
     @property
     def bound(self) -> str:
         cfg = self.config
-        return (f"max_seq {cfg.max_seq}" if cfg.max_seq - self.prompt_len + 1 <=
+        return (f"max_seq {cfg.max_seq}" if cfg.max_seq - self.prompt_len <=
                 cfg.verify.max_positions else f"max_positions {cfg.verify.max_positions}")
 
     def eager_logits(self, model) -> list[torch.Tensor]:
@@ -90,7 +90,9 @@ def reference(model, prompt: list[int], config) -> dict:
     tokens up to max_seq (or max_positions); plus the held-out evaluation when known."""
     vcfg: VerifyConfig = config.verify
     tokens, logits = reference_sequence(model, prompt, vcfg.decode_steps)
-    length = min(config.max_seq, len(prompt) - 1 + vcfg.max_positions)
+    # max_seq - 1: the last position must leave the query a slot (Core ML's captured program
+    # guards T < max_seq; every backend runs the same sequence)
+    length = min(config.max_seq - 1, len(prompt) - 1 + vcfg.max_positions)
     if length > tokens.shape[1]:
         extra = torch.tensor([extension_tokens(model, length - tokens.shape[1])])
         fed = tokens.shape[1]
