@@ -91,7 +91,7 @@ def test_cli_push_after_export(fake_phone, bench_et_export, tmp_path, monkeypatc
     serial, daemon = fake_phone
     out = tmp_path / "phone"
 
-    def exported(args):
+    def exported(args, out_dir):
         shutil.copytree(bench_et_export, out)
         return json.loads((out / "manifest.json").read_text()), 0.1
     monkeypatch.setattr(cli, "_run", exported)
