@@ -91,7 +91,7 @@ def int4_onnx(tiny_base, tiny_ffba, tmp_path_factory):
 
 def test_int4_one_matmulnbits_per_projection(int4_onnx):
     ops = op_counts(int4_onnx / "model.onnx")
-    assert ops["MatMulNBits"] == 4 * LAYERS + 1 and ops["GatherBlockQuantized"] == 1
+    assert ops["MatMulNBits"] == 4 * LAYERS + 1 and "GatherBlockQuantized" not in ops
     proto = onnx.load(str(int4_onnx / "model.onnx"), load_external_data=False)
     attrs = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
              for n in proto.graph.node if n.op_type == "MatMulNBits"]

@@ -6,8 +6,8 @@ dynamic prompt length; weights go to external data (`model.onnx.data`). The opse
 graph is then mapped onto ONNX Runtime's fused kernels (one `GroupQueryAttention` per
 layer with RoPE inside and a KV buffer shared by past and present; norms as
 `SkipSimplifiedLayerNormalization`), and every projection and the output head become
-one `MatMulNBits` (block 32, symmetric, accuracy level 4), the embedding one
-`GatherBlockQuantized`. The folder also holds
+one `MatMulNBits` (block 32, symmetric, accuracy level 4; int4 on torchao's grid, as
+the `.pte`); the embedding stays fp32. The folder also holds
 `genai_config.json` and the tokenizer files, so `onnxruntime_genai.Model(folder)` runs
 it, and so does a plain `onnxruntime.InferenceSession`.
 """
@@ -212,19 +212,25 @@ def weight_owners(path: Path) -> dict[str, str]:
 
 def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
              keep_float: tuple[str, ...] = ()) -> None:
-    """Replace constant-weight MatMuls (and the embedding Gather) with N-bit block ops,
+    """Replace constant-weight MatMuls with N-bit block ops (int4 on torchao's grid),
     except the nodes named in `keep_float` (unmerged LoRA halves, as on ExecuTorch)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    ops = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
+    from .onnx_grid import regrid_int4
+
+    fp32 = onnx.load(str(path))
+    # The embedding stays fp32: ORT's int4 GatherBlockQuantized costs the default ~30
+    # held-out points, and its quantizer has no int8 Gather (docs/verification.md).
     quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=block_size,
                                      is_symmetric=True, accuracy_level=accuracy_level,
-                                     op_types_to_quantize=ops,
-                                     quant_axes=(("MatMul", 0), ("Gather", 1)),
+                                     op_types_to_quantize=("MatMul",),
+                                     quant_axes=(("MatMul", 0),),
                                      nodes_to_exclude=list(keep_float))
     quantizer.process()
+    if bits == 4:
+        regrid_int4(fp32, quantizer.model.model)
     _save(quantizer.model.model, path)
 
 
@@ -390,7 +396,8 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
     if ctx.quant.quantizes:
         bits, block = ctx.quant.weight_bits, ctx.quant.group_size or 32
         qinfo = {"op": "MatMulNBits", "bits": bits, "block_size": block, "symmetric": True,
-                 "accuracy_level": 4, "embedding": "GatherBlockQuantized" if bits == 4 else None}
+                 "accuracy_level": 4, "embedding": None,
+                 "grid": "torchao" if bits == 4 else "onnxruntime"}
         with st("quantize"):
             _drop_weights(model)           # refilled from the file below: frees one copy
             quantize(path, bits, block, keep_float=tuple(
