@@ -222,30 +222,21 @@ def write_atomic(path: Path, data: bytes, option: str = "the output") -> None:
     """Write `data` to a temporary file beside `path`, flush it to disk, rename it into
     place: readers see the old file or the new one, never a part. Disk failures become
     one FloraError naming the path; the temporary file is removed in every case."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        err = write_failure(e, path, option)
-        if err is not None:
-            raise err from None
-        raise
+    write_file_atomic(path, write, option, suffix=".tmp")
 
 
-def write_file_atomic(path: Path, write: Callable[[Path], None], option: str = "the output"
-                      ) -> None:
+def write_file_atomic(path: Path, write: Callable[[Path], None], option: str = "the output",
+                      suffix: str | None = None) -> None:
     """Like write_atomic for a writer that needs a file name (`write(tmp_path)`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                               suffix=path.suffix if suffix is None else suffix)
     os.close(fd)
     try:
         write(Path(tmp))
