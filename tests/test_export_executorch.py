@@ -122,7 +122,8 @@ def test_cli_8da4w_output_and_manifest(cli_export, tiny_base, tiny_ffba):
         assert p["criteria"]["decisive_agreement"] == "passed"
         assert p["decisive_agreement"] >= cfg.min_token_agreement
     else:          # too few decisive positions: extended to the bound, and the manifest says so
-        assert p["steps"] == p["extension"]["available"] == 128 - 33 + 1   # 33-token prompt
+        # 33-token prompt; the sequence ends at max_seq - 1, leaving the last query a slot
+        assert p["steps"] == p["extension"]["available"] == (128 - 1) - 33 + 1
         assert p["criteria"]["decisive_agreement"].startswith("inconclusive: ")
     q = m["quality"]
     assert q["gate"] == "quality" and q["reference"] == "fp32 model" and q["steps"] == p["steps"]
