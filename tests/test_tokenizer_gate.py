@@ -276,3 +276,40 @@ def test_refused_layout_exits_2_in_one_line_and_writes_nothing(layouts, tmp_path
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("flora-export: error:")]
     assert len(lines) == 1 and "ORT-GenAI" in lines[0] and "WordLevel" in lines[0]
     assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+class _CrashingTokenizer:
+    """A stand-in whose native code faults: reads address 0 through ctypes, in the child."""
+    runtime, specials_shown, cls = "Crashing runtime", False, "test.CrashingTokenizer"
+
+    def __init__(self, crash_on_load: bool):
+        if crash_on_load:
+            import ctypes
+            ctypes.string_at(0)
+
+    def encode(self, text, num_bos=0):
+        if text == "boom":
+            import ctypes
+            ctypes.string_at(0)
+        if text == "bad":
+            raise ValueError("invalid character")
+        return [len(text)]
+
+
+def test_a_runtime_tokenizer_that_crashes_is_a_refusal_not_the_end_of_the_export():
+    """The gate's runtimes run in a forked child: a segfault there is an error naming the
+    runtime and the signal, an exception keeps its type, and the export process lives."""
+    from flora_export.export.tokenizer_runtimes import IsolatedTokenizer
+
+    with pytest.raises(RuntimeError, match=r"Crashing runtime's tokenizer crashed \(killed by SIGSEGV\)"):
+        IsolatedTokenizer(_CrashingTokenizer, True)
+    rt = IsolatedTokenizer(_CrashingTokenizer, False)
+    assert rt.cls == "test.CrashingTokenizer" and rt.encode("abc") == [3]
+    assert not hasattr(rt, "whole") and hasattr(rt, "encode")
+    with pytest.raises(ValueError, match="invalid character"):
+        rt.encode("bad")
+    assert rt.encode("abcd") == [4]                  # an exception leaves the child serving
+    assert G._try(rt.encode, "boom").startswith("error: RuntimeError: Crashing runtime's "
+                                                "tokenizer crashed (killed by SIGSEGV)")
+    with pytest.raises(RuntimeError, match="no longer running"):
+        rt.encode("abc")

@@ -24,8 +24,8 @@ from pathlib import Path
 from ..errors import FloraError
 from ..verify import reference_sequence
 from .tokenizer_files import Reference, probe_texts, rewrites, special_ids, token_text
-from .tokenizer_runtimes import (ExecuTorchTokenizer, OrtGenAITokenizer, executorch_generate,
-                                 ortgenai_generate, printed_like_runner)
+from .tokenizer_runtimes import (ExecuTorchTokenizer, IsolatedTokenizer, OrtGenAITokenizer,
+                                 executorch_generate, ortgenai_generate, printed_like_runner)
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,13 @@ def check(backend: str, out: Path, model, case: TextCase, chat: dict | None,
         record, chosen = choose(backend, out, model.tokenizer_json,
                                 getattr(model, "tokenizer_files", None) or {}, case, chat,
                                 allow_mismatch, Path(scratch))
-        if chosen["_rt"] is not None and chosen["bos_policy"] is not None:
-            record["text"] = _text(backend, out, chosen, Reference(model.tokenizer_json), case,
-                                   quantized, max_seq, allow_mismatch)
+        try:
+            if chosen["_rt"] is not None and chosen["bos_policy"] is not None:
+                record["text"] = _text(backend, out, chosen, Reference(model.tokenizer_json),
+                                       case, quantized, max_seq, allow_mismatch)
+        finally:
+            for rt in chosen.pop("_all"):
+                rt.close()
     return record
 
 
@@ -118,11 +122,15 @@ def choose(backend: str, out: Path, tokenizer_json: str, files: dict, case: Text
             break
     if chosen is None:
         if not allow_mismatch:
+            for t in tried:
+                if t["_rt"] is not None:
+                    t["_rt"].close()
             raise FloraError(_refusal(backend, tried[0], layout(tokenizer_json)),
                              "pass --allow-tokenizer-mismatch to export anyway (the manifest "
                              "lists every mismatch); docs/tokenizers.md lists the layouts "
                              "each runtime reads")
         chosen = next((t for t in tried if t["_rt"] is not None), tried[0])
+    chosen["_all"] = [t["_rt"] for t in tried if t["_rt"] is not None]
     _ship(out, chosen)
     record = {"runtime": _runtime_name(backend), "checked": True, "file": chosen["file"],
               "how": chosen["how"], "class": chosen["class"], "probes": len(probes),
@@ -165,10 +173,10 @@ def _load(backend: str, where: Path, name: str, data: bytes, out: Path):
     (where / name).write_bytes(data)
     try:
         if backend == "executorch-xnnpack":
-            return ExecuTorchTokenizer(where / name), None
+            return IsolatedTokenizer(ExecuTorchTokenizer, where / name), None
         for f in ("genai_config.json", "tokenizer_config.json"):
             shutil.copy(out / f, where / f)
-        return OrtGenAITokenizer(where), None
+        return IsolatedTokenizer(OrtGenAITokenizer, where), None
     except Exception as e:  # noqa: BLE001  (the runtimes raise plain RuntimeError)
         return None, {"check": "load", "runtime": f"{type(e).__name__}: {str(e)[:160]}",
                       "hf": "loads"}

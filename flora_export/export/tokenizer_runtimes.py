@@ -11,12 +11,20 @@ its piece, special tokens shown as their text.
 ONNX: `onnxruntime_genai.Tokenizer` on the model folder (tokenizer.json +
 tokenizer_config.json + genai_config.json), streamed with `create_stream()` as ORT-GenAI's
 examples do; it hides special tokens.
+
+The gate runs each of them inside `IsolatedTokenizer`, a forked child: both are native
+code reading a file the user brought, and a crash or hang there must become a refusal
+that names the runtime, not the end of flora-export.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import faulthandler
+import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -70,6 +78,89 @@ class OrtGenAITokenizer:
 
     def whole(self, ids: list[int]) -> str:
         return self.tok.decode(ids)
+
+
+class IsolatedTokenizer:
+    """`cls(*args)` loaded and called in a forked child process; the same attributes and
+    methods as `cls`. An exception in the child is raised here with its type and message;
+    a child that dies (SIGSEGV, abort) or stays silent for `timeout` seconds raises
+    RuntimeError naming it, and the child is gone. `close()` ends the child."""
+
+    timeout = 60.0
+
+    def __init__(self, cls, *args):
+        self.runtime, self.specials_shown = cls.runtime, cls.specials_shown
+        self._methods = {n for n in ("encode", "pieces", "stream", "whole", "bos")
+                         if hasattr(cls, n)}
+        ctx = multiprocessing.get_context("fork")   # no re-import: the child starts in ms
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(child, cls, args), daemon=True)
+        self._proc.start()
+        child.close()
+        self.cls = self._call("__init__")        # its class name; raises what loading raised
+
+    def __getattr__(self, name):
+        if name.startswith("_") or name not in self._methods:
+            raise AttributeError(name)
+        return lambda *a: self._call(name, *a)
+
+    def _call(self, name: str, *args):
+        if self._proc is None:
+            raise RuntimeError(f"{self.runtime}'s tokenizer is no longer running")
+        try:
+            self._conn.send((name, args))
+            if not self._conn.poll(self.timeout):
+                self.close()
+                raise RuntimeError(f"{self.runtime}'s tokenizer did not answer {name} in "
+                                   f"{self.timeout:.0f} s")
+            status, value = self._conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self._proc.join(5)
+            code = self._proc.exitcode
+            self.close()
+            how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                   else f"exited with status {code}")
+            raise RuntimeError(f"{self.runtime}'s tokenizer crashed ({how})") from None
+        if status == "ok":
+            return value
+        kind, message = value
+        exc = getattr(builtins, kind, None)
+        raise (exc(message) if isinstance(exc, type) and issubclass(exc, Exception)
+               else RuntimeError(f"{kind}: {message}"))
+
+    def close(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._conn.close()
+            self._proc.kill()
+            self._proc.join(5)
+            self._proc = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _serve(conn, cls, args) -> None:
+    """The child: load, then answer calls until the pipe closes. A crash is reported by the
+    parent in one line, so the child prints no crash dump of its own."""
+    faulthandler.disable()
+    tok = None
+    while True:
+        try:
+            name, call_args = conn.recv()
+        except EOFError:
+            os._exit(0)
+        try:
+            if name == "__init__":
+                tok = cls(*args)
+                value = tok.cls
+            else:
+                value = getattr(tok, name)(*call_args)
+            reply = ("ok", value)
+        except Exception as e:  # noqa: BLE001  (sent to the parent, raised there)
+            reply = ("error", (type(e).__name__, str(e)[:400]))
+        conn.send(reply)
 
 
 @contextlib.contextmanager
