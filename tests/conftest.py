@@ -14,6 +14,20 @@ from flora_export.model.tokenizer import byte_level_tokenizer
 from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """On a fatal signal in a native library, dump only the faulting thread: the test's own
+    frames stay within the few lines a CI log keeps (the idle helper threads of the
+    transport tests would push them out)."""
+    import faulthandler
+    import os
+    import sys
+
+    global _FAULT_FILE   # the capture plugin redirects fd 2 during tests: keep our own copy
+    _FAULT_FILE = os.fdopen(os.dup(sys.__stderr__.fileno()), "w")
+    faulthandler.enable(file=_FAULT_FILE, all_threads=False)
+
+
 def write_base(path: Path, cfg=None, seed: int = 0, dtype=None) -> Path:
     """A random-weight HF Llama directory (config.json, model.safetensors, tokenizer.json)."""
     cfg = cfg or PRESETS["tiny"]
