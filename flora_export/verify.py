@@ -110,7 +110,6 @@ def reference_sequence(model: torch.nn.Module, prompt: list[int], steps: int
 
 
 def eager_step(model: torch.nn.Module) -> Step:
-    model.set_attention_impl("sdpa")
     model.reset_cache()
 
     def step(tokens, pos):

@@ -98,7 +98,6 @@ def max_step_error(step, model, seed: int, prompt: int = 10, total: int = 20) ->
     over a prefill of `prompt` tokens and single-token decode steps up to `total`."""
     tokens = torch.randint(0, model.config.vocab_size, (1, total),
                            generator=torch.Generator().manual_seed(seed))
-    model.set_attention_impl("sdpa")
     with torch.no_grad():
         ref = model(tokens)[0]
     got = [step(tokens[:, :prompt], torch.tensor([0]))]

@@ -53,7 +53,6 @@ def eager_greedy_bytes(model, tokenizer_json: str, prompt: str, n: int) -> list[
     """Greedy continuation by the eager model, each token decoded to bytes as a runner does."""
     tok = Tokenizer.from_str(tokenizer_json)
     ids = tok.encode(prompt, add_special_tokens=False).ids
-    model.set_attention_impl("sdpa")
     pieces = []
     with torch.no_grad():
         for _ in range(n):

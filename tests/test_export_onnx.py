@@ -36,7 +36,6 @@ def genai_greedy(folder, prompt_ids: list[int], n: int) -> list[int]:
 
 def eager_greedy(model, prompt_ids: list[int], n: int) -> list[int]:
     ids = list(prompt_ids)
-    model.set_attention_impl("sdpa")
     with torch.no_grad():
         for _ in range(n):
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
@@ -146,7 +145,6 @@ def test_int4_ort_genai_greedy_is_the_eager_int4_weight_models(int4_onnx, fp32_o
     owners = weight_owners(fp32_onnx[1] / "model.onnx")
     # every projection + the head; the embedding stays fp32
     assert load_quantized_weights(model, int4_onnx / "model.onnx", owners) == 4 * LAYERS + 1
-    model.set_attention_impl("sdpa")
     with torch.no_grad():
         logits = model(torch.tensor([prompt + tokens]))[0, len(prompt) - 1:-1]
     err = json.loads((int4_onnx / "manifest.json").read_text())["parity"]["max_abs_diff"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from flora_export.export.executorch_attention import custom_op_attention
 from flora_export.model import PRESETS, load_model
 from flora_export.model.presets import random_model
 
@@ -59,9 +60,9 @@ def test_executorch_attention_ops_match_plain_sdpa(tiny_base):
     tokens = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(tokens)
-        model.set_attention_impl("executorch")
-        out = [model(tokens[:, :7], torch.tensor([0]))]
-        out += [model(tokens[:, i:i + 1], torch.tensor([i])) for i in range(7, 12)]
+        with custom_op_attention(model):
+            out = [model(tokens[:, :7], torch.tensor([0]))]
+            out += [model(tokens[:, i:i + 1], torch.tensor([i])) for i in range(7, 12)]
     assert (torch.cat(out, 1) - ref).abs().max() < 1e-5
 
 

@@ -257,7 +257,7 @@ class EagerRunner(Runner):
                 fuse(model)
             elif not isinstance(model.adapter_config, FFBAConfig) and state != "unmerged":
                 merge_lora(model)
-        self.model = model.setup_cache(max_seq).set_attention_impl("sdpa").eval()
+        self.model = model.setup_cache(max_seq).eval()
         self.vocab_size, self.max_seq = model.config.vocab_size, max_seq
         self._bos = model.config.bos_token_id
 

@@ -1,6 +1,6 @@
 """Core ML backend: a stateful `.mlpackage` (iOS 18 ML program) with int4 block weights.
 
-The decoder is captured with `torch.export` around the model's `SlicedKV` path: the KV
+The decoder is captured with `torch.export` on a `SlicedKV` cache (coreml_attention.py): the KV
 cache lives in two Core ML **states** (`keyCache`, `valueCache`, fp16, [layers, 1,
 kv_heads, max_seq, head_dim]) that every call updates in place with slice writes whose
 bounds come from input shapes. Inputs are `inputIds` [1, S] and `causalMask` [1, 1, S, T]
@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from ..errors import FloraError
-from ..model.llama import SlicedKV
 from ..verify import check, compare, run_steps
 from . import coreml_spec
+from .coreml_attention import SlicedKV
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class CoreMLDecoder(nn.Module):
 
     def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:  # noqa: N803
         kv = SlicedKV(self.keyCache, self.valueCache, causalMask)
-        return self.model(inputIds, kv, last_only=True)
+        return self.model(inputIds, last_only=True, cache=kv)
 
 
 def cache_shape(cfg, max_seq: int) -> tuple[int, ...]:
@@ -283,7 +283,6 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
 
     st, cfg, max_seq = ctx.stages, model.config, ctx.config.max_seq
     _check_limits(model, ctx)
-    model.set_attention_impl("sdpa")
     with st("coreml-capture"):
         program = check(compare(ctx.fp32_logits, run_steps(
             program_step(capture(model, max_seq)), ctx.tokens, ctx.prompt_len, ctx.steps)),

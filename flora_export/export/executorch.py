@@ -1,7 +1,8 @@
 """ExecuTorch backend: XNNPACK lowering of the captured program into `model.pte`.
 
 Attention runs on ExecuTorch's LLM custom ops (`llama.update_cache`,
-`llama.custom_sdpa`) as in ExecuTorch's own Llama export, every quantized linear
+`llama.custom_sdpa`), swapped in as a source transform as in ExecuTorch's own Llama
+export (executorch_attention.py), every quantized linear
 becomes one XNNPACK fully-connected op, and the runner metadata is stored as
 constant methods, so `TextLLMRunner(model.pte, tokenizer.json)` runs it directly.
 """
@@ -28,6 +29,7 @@ def build(model, out: Path, ctx) -> dict:
     from ..quantize import quantizable_linears, quantize
     from .capture import capture
     from .context import check_quantized_count
+    from .executorch_attention import custom_op_attention
 
     st = ctx.stages
     with st("quantize"):
@@ -36,8 +38,8 @@ def build(model, out: Path, ctx) -> dict:
     with st("quant-reference"):
         eager = ctx.eager_logits(model)
     with st("capture"):
-        model.set_attention_impl("executorch").reset_cache()
-        ep = capture(model, ctx.config.max_seq)
+        with custom_op_attention(model):
+            ep = capture(model, ctx.config.max_seq)
     with st("lower"):
         edge = lower(ep, runner_metadata(model, ctx.config.max_seq, ctx.bos, ctx.eos))
         counts = lowered_op_counts(edge)
@@ -47,7 +49,6 @@ def build(model, out: Path, ctx) -> dict:
         del edge, ep
     with st("verify"):
         gates = ctx.verify(runtime_step(out / PTE_NAME), eager, "the exported .pte")
-    model.set_attention_impl("sdpa")
     return {"files": [PTE_NAME], "counts": counts, **gates,
             "runtime": {"method": "forward", "inputs": ["tokens[1,S] int64", "input_pos[1] int64"],
                         "outputs": ["logits[1,1,vocab] float32"]}}

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.llama import ExplicitKV
 from ..quantize import is_lora_half
+from .onnx_attention import ExplicitKV
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class OnnxDecoder(nn.Module):
     def forward(self, input_ids, attention_mask, past):
         past_len = attention_mask.shape[1] - input_ids.shape[1]   # tokens already cached
         kv = ExplicitKV([(past[2 * i], past[2 * i + 1]) for i in range(self.n_layers)], past_len)
-        logits = self.model(input_ids, kv)
+        logits = self.model(input_ids, cache=kv)
         return (logits, *[t for pair in kv.present for t in pair])
 
 
