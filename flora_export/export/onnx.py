@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..quantize import is_lora_half
-from .onnx_attention import ExplicitKV
+from .onnx_attention import ExplicitKV, check_mappable
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
 def capture(model: nn.Module, max_seq: int, path: Path) -> None:
     """Export the fp32 decoder to `path` (+ external data); the head is untied first."""
     cfg = model.config
+    check_mappable(model)
     if model.lm_head.weight is model.embed_tokens.weight:  # a tied head exports as a Transpose
         model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone(),
                                             requires_grad=False)
@@ -122,7 +123,8 @@ def use_group_query_attention(path: Path) -> int:
             [q, k, v, past_k, past_v, "gqa_seqlens_k", "gqa_total_len", cos, sin],
             list(node.output[:3]), name=node.name, domain="com.microsoft",
             num_heads=attrs["q_num_heads"], kv_num_heads=attrs["kv_num_heads"],
-            do_rotary=1, rotary_interleaved=0))
+            do_rotary=1, rotary_interleaved=0, **({"scale": attrs["scale"]} if "scale" in attrs
+                                                  else {})))
         swapped += 1
     del graph.node[:]
     graph.node.extend(shared + nodes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import FloraError
 from ..model.attention import KVCache, allowed
 
 
@@ -51,3 +52,12 @@ class ExplicitKV(KVCache):
             past_k, past_v, q_num_heads=heads, kv_num_heads=k.shape[2], **extra)
         self.present[layer] = (keys, values)
         return y.view(bsz, seq, heads, dim)
+
+
+def check_mappable(model) -> None:
+    """Refuse what the `GroupQueryAttention` rewrite (export/onnx.py) would not carry over."""
+    windowed = [i for i, layer in enumerate(model.layers) if layer.self_attn.window is not None]
+    if windowed:
+        raise FloraError(f"layers {windowed} use sliding-window attention, which the ONNX "
+                         "export's GroupQueryAttention mapping does not carry yet",
+                         "export this model with --target android or --target coreml")
