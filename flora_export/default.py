@@ -20,10 +20,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-ASSETS = Path(__file__).parent / "assets" / "default"
-DEFAULT_BASE = ASSETS / "base"
-DEFAULT_ADAPTER = ASSETS / "adapter"
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+from .embedded import ASSETS, DEFAULT_ADAPTER, DEFAULT_BASE, RECIPES
+
+__all__ = ["ASSETS", "DEFAULT_BASE", "DEFAULT_ADAPTER", "RECIPES", "default_config",
+           "write_architecture", "make_default_assets"]
 
 
 def default_config():

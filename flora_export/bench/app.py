@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from ..errors import FloraError
+from .result import artifact_entry, pick_baseline, ratios
 from .stats import observer_sample
 
 log = logging.getLogger(__name__)
@@ -201,8 +202,6 @@ def result_from_reports(reports: dict[str, dict], baseline: str | None = None) -
     reports pulled by hand: the iOS app's, or Android's. Each report is one artifact; its
     runs were one launch, so the schedule is `batch`."""
     import datetime as dt
-
-    from .harness import artifact_entry, pick_baseline, ratios
 
     baseline = pick_baseline(list(reports), baseline)
     arts = {}

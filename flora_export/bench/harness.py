@@ -18,7 +18,8 @@ from typing import Callable
 from ..errors import FloraError
 from .machine import loadavg
 from .report import number_text
-from .stats import METRICS, ratio, summarize
+from .result import artifact_entry, pick_baseline, ratios
+from .transports import LocalTransport
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ def run_bench(artifacts: dict[str, str], config: BenchConfig = BenchConfig(),
     """Run every artifact `config.runs` times, interleaved, after `config.warmup` warm-up
     runs each; returns the result (samples, medians and spread, ratios to `baseline`,
     peak RSS of each artifact's own process, machine facts and load before/after)."""
-    from .transports import LocalTransport
-
     transport = transport or LocalTransport()
     say = progress or (lambda msg: log.info(msg))
     baseline = pick_baseline(list(artifacts), baseline)
@@ -94,14 +93,6 @@ def run_bench(artifacts: dict[str, str], config: BenchConfig = BenchConfig(),
                    transport, (device_before, device_after), (host_load_before, host_load_after))
 
 
-def pick_baseline(names: list[str], baseline: str | None) -> str:
-    """`baseline`, or the first name; a clear error when there is nothing to compare."""
-    if not names:
-        raise FloraError("no artifacts to benchmark", "pass at least one export directory")
-    if baseline is not None and baseline not in names:
-        raise FloraError(f"baseline {baseline!r} is not one of the artifacts {names}",
-                         "pass --baseline NAME with NAME one of the artifact names")
-    return baseline or names[0]
 
 
 def _one_pass(names, staged, config, transport, prompt, samples, rss, infos, say, tag) -> None:
@@ -167,45 +158,8 @@ def _result(artifacts, config, baseline, ids, samples, infos, rss, started, tran
     return out
 
 
-def artifact_entry(spec: str | None, load: dict, rss: dict, export: dict | None,
-                   samples: list[dict]) -> dict:
-    """One artifact of a result: how it was loaded, its peak RSS, what was exported, the
-    median and spread of every metric, and the samples."""
-    return {"spec": spec, "load": load, **rss, "export": export,
-            "summary": {m: summarize([s[m] for s in samples]) for m in METRICS},
-            "samples": samples}
 
 
-def ratios(arts: dict, baseline: str, runs: int | None = None, passes: int = 1) -> dict:
-    """Per artifact, TTFT and TPOT over the baseline's: the ratio of the medians; the median
-    of the per-round paired ratios (each run against the baseline's run of the same round);
-    with several passes, the ratio of medians within each pass and their geometric mean
-    (`*_balanced`), which cancels a penalty that depends on the load order (reversed
-    between passes), since each artifact is loaded first as often as last."""
-    import math
-    import statistics
-
-    base = arts[baseline]
-    out = {}
-    for name, a in arts.items():
-        row = {}
-        for m in ("ttft_ms", "tpot_ms"):
-            key = m[:-3]
-            row[key] = ratio(a["summary"][m]["median"], base["summary"][m]["median"])
-            pairs = [s[m] / b[m] for s, b in zip(a["samples"], base["samples"]) if b[m] and s[m]]
-            row[f"{key}_paired"] = round(statistics.median(pairs), 3) if pairs else None
-            if passes > 1 and runs:
-                per = []
-                for p in range(passes):
-                    mine = [s[m] for s in a["samples"][p * runs:(p + 1) * runs] if s[m]]
-                    ref = [s[m] for s in base["samples"][p * runs:(p + 1) * runs] if s[m]]
-                    if mine and ref:
-                        per.append(statistics.median(mine) / statistics.median(ref))
-                row[f"{key}_per_pass"] = [round(x, 3) for x in per]
-                row[f"{key}_balanced"] = (round(math.exp(sum(map(math.log, per)) / len(per)), 3)
-                                          if len(per) == passes else None)
-        out[name] = row
-    return out
 
 
 def _export_summary(manifest: dict | None) -> dict | None:

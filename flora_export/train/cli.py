@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..console import ArgumentParser, run_command
+from ..embedded import DEFAULT_BASE, EMBEDDED_BASE
 from ..errors import FloraError
 from ..limits import COUNT, option
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget", action="store_true",
                         help="print LoRA and FFBA trainable-parameter counts at a matched "
                              "budget and exit")
-    budget.add_argument("--model", default="flora-default", metavar="DIR|PRESET",
+    budget.add_argument("--model", default=EMBEDDED_BASE, metavar="DIR|PRESET",
                         help="architecture to count for (default: the embedded base)")
     budget.add_argument("--lora-rank", type=option(COUNT), metavar="R", help="LoRA rank to match")
     budget.add_argument("--ffba-width", type=option(COUNT), metavar="H", help="FFBA width to match")
@@ -98,7 +99,6 @@ def _print_fields() -> int:
 def _print_budget(args) -> int:
     from ..model.config import LlamaConfig
     from .budget import ffba_width_for_lora, lora_rank_for_ffba
-    from .trainer import EMBEDDED_BASE
 
     cfg = _arch(args.model, LlamaConfig, EMBEDDED_BASE)
     targets = tuple(t for t in args.targets.split(",") if t)
@@ -121,7 +121,6 @@ def _arch(source: str, config_cls, embedded: str):
         raise FloraError("--model is an empty string (an unset shell variable?)",
                          "pass a model directory or preset name, or leave --model out")
     if source == embedded:
-        from ..default import DEFAULT_BASE
         source = str(DEFAULT_BASE)
     if Path(source, "config.json").is_file():
         return config_cls.from_file(Path(source, "config.json"))

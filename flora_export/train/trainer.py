@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..adapters import FFBAConfig, LoraConfig, attach_ffba, attach_lora, save_adapter
+from ..embedded import DEFAULT_BASE, EMBEDDED_BASE
 from ..evaluation import score_eager
 from ..model import load_model, random_model, save_hf_checkpoint
 from ..model.checkpoint import write_atomic
@@ -29,12 +30,10 @@ from .data import IGNORE, BatchSource, Encoder, check_lengths, held_out
 from .recipe import Recipe, dump_recipe
 
 log = logging.getLogger(__name__)
-EMBEDDED_BASE = "flora-default"
 
 
 def base_source(recipe: Recipe) -> str:
     if recipe.model.base == EMBEDDED_BASE:
-        from ..default import DEFAULT_BASE
         return str(DEFAULT_BASE)
     return recipe.model.base
 
