@@ -231,7 +231,7 @@ _CONSOLE = SimpleNamespace(out=sys.stdout, err=sys.stderr)  # the terminal, whil
 
 
 def _run(args, out: Path) -> tuple[dict, float]:
-    from .adapters import LoraConfig, load_adapter
+    from .adapters import load_adapter
     from .default import DEFAULT_ADAPTER, DEFAULT_BASE
     from .export import ExportConfig, export
     from .export.outdir import plan_out_dir
@@ -256,7 +256,7 @@ def _run(args, out: Path) -> tuple[dict, float]:
         print(f"loading adapter {args.adapter or 'embedded default'} ...", file=_CONSOLE.out,
               flush=True)
         load_adapter(model, adapter, check_base=not args.no_base_check)
-        if isinstance(model.adapter_config, LoraConfig) and args.lora == "merged":
+        if model.adapter_state.is_lora and args.lora == "merged":
             merge_lora(model)
     cfg = ExportConfig(quant=args.quant, max_seq=args.max_seq, fuse_adapters=not args.no_fuse,
                        force=args.force,

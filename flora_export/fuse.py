@@ -15,8 +15,11 @@ import torch
 from torch import nn
 
 from .adapters.ffba import FFBAConfig, FFBAPair, sub_block
-from .adapters.lora import LoraConfig, LoraProjection, lora_projections
+from .adapters.io import ffba_tensors
+from .adapters.lora import LoraProjection, lora_projections
+from .adapters.state import AdapterStatus
 from .errors import FloraError
+from .model.llama import LlamaModel
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +28,21 @@ def padded_width(width: int, pad_to: int) -> int:
     return -(-width // pad_to) * pad_to if pad_to > 1 else width
 
 
-def fuse(model: nn.Module, pad_to: int = 32) -> nn.Module:
+def fuse(model: LlamaModel, pad_to: int = 32) -> LlamaModel:
     """Fuse the model's unfused FFBA adapter into its projections, in place."""
-    cfg = getattr(model, "adapter_config", None)
-    if not isinstance(cfg, FFBAConfig):
+    state = model.adapter_state
+    if state is None or not state.is_ffba:
         raise FloraError("fuse() needs a model with an FFBA adapter",
                          "attach_ffba() or load_adapter() first; for LoRA use merge_lora()")
-    if model.adapter_state == "fused":
+    if state.status is AdapterStatus.FUSED:
         return model
+    cfg: FFBAConfig = state.config
     width = padded_width(cfg.width, pad_to)
     with torch.no_grad():
         for layer in model.layers:
             for name in cfg.sub_blocks:
                 _fuse_block(sub_block(layer, name), width)
-    model.adapter_state = "fused"
-    model.fused_width = width
+    model.adapter_state = state.with_status(AdapterStatus.FUSED, fused_width=width)
     log.info("fused FFBA (%s, width %d -> %d) into %d layers", cfg.variant, cfg.width, width,
              len(model.layers))
     return model
@@ -75,18 +78,18 @@ def _widen(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor 
     return out
 
 
-def unfuse(model: nn.Module) -> nn.Module:
+def unfuse(model: LlamaModel) -> LlamaModel:
     """Undo `fuse`: restore the base projections and unfused (trainable) FFBA pairs."""
-    cfg = getattr(model, "adapter_config", None)
-    if not isinstance(cfg, FFBAConfig) or model.adapter_state != "fused":
+    state = model.adapter_state
+    if state is None or state.status is not AdapterStatus.FUSED:
         raise FloraError("unfuse() needs a model with a fused FFBA adapter", "fuse() first")
-    from .adapters.io import ffba_tensors
+    cfg: FFBAConfig = state.config
     tensors = ffba_tensors(model)
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
             for name in cfg.sub_blocks:
                 _unfuse_block(sub_block(layer, name), cfg, tensors, f"layers.{i}.{name}")
-    model.adapter_state = "unfused"
+    model.adapter_state = state.with_status(AdapterStatus.UNFUSED)
     return model
 
 
@@ -112,16 +115,17 @@ def _narrow(lin: nn.Linear, rows: int | None = None, cols: int | None = None) ->
     return out
 
 
-def merge_lora(model: nn.Module) -> nn.Module:
+def merge_lora(model: LlamaModel) -> LlamaModel:
     """Fold an unmerged LoRA adapter into the base weights (the "LoRA merged" baseline)."""
-    if not isinstance(getattr(model, "adapter_config", None), LoraConfig):
+    state = model.adapter_state
+    if state is None or not state.is_lora:
         raise FloraError("merge_lora() needs a model with a LoRA adapter", "attach or load one")
     with torch.no_grad():
         for _, _, parent, attr, proj in lora_projections(model):
             if isinstance(proj, LoraProjection):
                 proj.base.weight.copy_(proj.merged_weight())
                 setattr(parent, attr, proj.base)
-    model.adapter_state = "merged"
+    model.adapter_state = state.with_status(AdapterStatus.MERGED)
     return model
 
 

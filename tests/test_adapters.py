@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from flora_export.adapters import (FFBAConfig, LoraConfig, attach_ffba, attach_lora,
-                                   load_adapter, save_adapter)
+from flora_export.adapters import (AdapterStatus, FFBAConfig, LoraConfig, attach_ffba,
+                                   attach_lora, load_adapter, save_adapter)
 from flora_export.fuse import count_fused_linears, fuse, merge_lora, unfuse
 from flora_export.model import PRESETS, load_model, random_model
 from flora_export.model.llama import activation
@@ -106,7 +106,7 @@ def test_unfuse_restores_adapter_and_base():
     ref_A = model.layers[1].mlp.adapter.A.weight.clone()
     ref = logits(model)
     unfuse(fuse(model))
-    assert model.adapter_state == "unfused"
+    assert model.adapter_state.status is AdapterStatus.UNFUSED
     assert torch.equal(model.layers[1].mlp.adapter.A.weight, ref_A)
     assert model.layers[1].mlp.down_proj.in_features == 256
     assert (logits(model) - ref).abs().max() < 1e-5
@@ -181,6 +181,6 @@ def test_lora_matches_peft_semantics(tmp_path):
 def test_loaded_model_adapter_on_disk(tiny_base, tiny_ffba):
     model = load_model(tiny_base)
     load_adapter(model, tiny_ffba)
-    assert model.adapter_source["files"]["adapter_model.safetensors"]
+    assert model.adapter_state.source.files["adapter_model.safetensors"]
     fuse(model)
-    assert model.fused_width == 64
+    assert model.adapter_state.fused_width == 64

@@ -243,7 +243,7 @@ def test_adapter_for_another_base(capfd, base, foreign_adapter, out):
 
 def test_no_base_check_accepts_foreign_adapter(capfd, base, foreign_adapter, out):
     model = load_adapter(load_model(base), foreign_adapter, check_base=False)
-    assert model.adapter_config.width == 32
+    assert model.adapter_state.config.width == 32
     line = refuse(capfd, out, "--model", str(base), "--adapter", str(foreign_adapter),
                   "--no-base-check", "--max-seq", "100000", expect=("max_seq 100000",))
     assert "another base" not in line

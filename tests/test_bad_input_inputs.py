@@ -336,7 +336,7 @@ def test_generation_config_ids_win_and_its_fields_are_checked(base):
         transformers_version="5.24.0"))
     cfg = load_model(base).config
     assert cfg.eos_token_ids == (390, 391) and cfg.bos_token_id == 384
-    assert "generation_config.json" in load_model(base).source["files"]
+    assert "generation_config.json" in load_model(base).source.files
     edit_json(base / "generation_config.json", lambda g: g.update(eos_token_id="end"))
     refused(base, "generation_config.json", "eos_token_id")
     edit_json(base / "generation_config.json", lambda g: g.update(eos_token_id=2,

@@ -57,7 +57,7 @@ def test_shipped_default_metrics_are_reproduced():
 def test_default_adapter_fits_default_base_and_trains():
     model = load_model(DEFAULT_BASE)
     load_adapter(model, DEFAULT_ADAPTER)         # base fingerprint checked
-    assert model.adapter_config.width == 48
+    assert model.adapter_state.config.width == 48
     model.train()
     tokens = torch.randint(0, model.config.vocab_size, (2, 16))
     loss = torch.nn.functional.cross_entropy(model(tokens)[:, :-1].flatten(0, 1),

@@ -14,7 +14,7 @@ import torch
 
 from flora_export.adapters import load_adapter
 from flora_export.export import ExportConfig, export
-from flora_export.model import file_sha256, load_model
+from flora_export.model import ModelSource, file_sha256, load_model
 
 from conftest import max_step_error, shapes
 from manifest_docs import assert_documented
@@ -263,7 +263,7 @@ def test_max_seq_above_core_ml_limit(tmp_path):
     from flora_export.errors import FloraError
     from flora_export.model import random_model
     model = random_model(shapes(max_position_embeddings=65536, num_hidden_layers=1))
-    model.tokenizer_json, model.source = load_model("tiny").tokenizer_json, {"name": "wide"}
+    model.tokenizer_json, model.source = load_model("tiny").tokenizer_json, ModelSource("wide")
     with pytest.raises(FloraError, match="Core ML export's limit 32767"):
         export(model, "coreml", tmp_path / "o", ExportConfig(quant="fp32", max_seq=40000))
     assert not (tmp_path / "o").exists()

@@ -100,7 +100,7 @@ def test_preset_is_reproducible():
     a, b = random_model(PRESETS["tiny"], seed=7), random_model(PRESETS["tiny"], seed=7)
     assert torch.equal(a.layers[0].mlp.down_proj.weight, b.layers[0].mlp.down_proj.weight)
     model = load_model("tiny")
-    assert model.tokenizer_json and model.source["kind"] == "preset"
+    assert model.tokenizer_json and model.source.kind == "preset" and model.source.random_weights
 
 
 LOAD_RSS = r"""

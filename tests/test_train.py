@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flora_export.adapters import AdapterStatus
 from flora_export.errors import FloraError
 from flora_export.model.presets import PRESETS
 from flora_export.train import ffba_width_for_lora, load_recipe, lora_rank_for_ffba, train
@@ -194,7 +195,8 @@ def test_lora_and_full_recipes_train_and_save(tmp_path, kind, extra):
     if kind == "lora":
         model = load_model(DEFAULT_BASE)
         load_adapter(model, out)
-        assert model.adapter_state == "unmerged" and m["trainable_params"] == 4 * 9728
+        assert model.adapter_state.status is AdapterStatus.UNMERGED
+        assert m["trainable_params"] == 4 * 9728
     else:
         model = load_model(out)
         assert m["trainable_params"] == sum(p.numel() for p in model.parameters())

@@ -8,51 +8,16 @@ the projection that reads x_p and B into the one that writes the output.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from ..model.llama import LlamaModel, activation
 from .common import prepare_base
-from ..errors import FloraError, unknown_name
-from ..model.llama import ACTIVATIONS, LlamaModel, activation
+from .config import VARIANTS, FFBAConfig
+from .state import AdapterState, AdapterStatus
 
-VARIANTS = {"ffba": ("attn", "mlp"), "ffba-attn": ("attn",), "ffba-mlp": ("mlp",)}
-
-
-@dataclass(frozen=True)
-class FFBAConfig:
-    """An FFBA adapter: which sub-blocks, how wide, how scaled, which nonlinearity."""
-
-    width: int = 64
-    alpha: float | None = None      # scale s = alpha / width; None -> alpha = width (s = 1)
-    variant: str = "ffba"
-    activation: str = "identity"
-
-    def __post_init__(self):
-        if isinstance(self.width, bool) or not isinstance(self.width, int) or self.width <= 0:
-            raise FloraError(f"FFBA width must be a positive integer, got {self.width!r}",
-                             "set width to e.g. 64")
-        if self.alpha is not None and (isinstance(self.alpha, bool) or
-                                       not isinstance(self.alpha, (int, float)) or
-                                       not math.isfinite(self.alpha)):
-            raise FloraError(f"FFBA alpha must be a finite number or null, got {self.alpha!r}",
-                             "set alpha to e.g. 2 * width")
-        if not isinstance(self.variant, str) or self.variant not in VARIANTS:
-            raise unknown_name("FFBA variant", self.variant, VARIANTS)
-        if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
-            raise unknown_name("FFBA activation", self.activation, ACTIVATIONS)
-
-    @property
-    def scale(self) -> float:
-        return (self.alpha if self.alpha is not None else self.width) / self.width
-
-    @property
-    def sub_blocks(self) -> tuple[str, ...]:
-        return VARIANTS[self.variant]
-
-    def to_dict(self) -> dict:
-        return {"adapter_type": "ffba", **asdict(self)}
+__all__ = ["FFBAConfig", "FFBAPair", "VARIANTS", "attach_ffba", "sub_block"]
 
 
 class FFBAPair(nn.Module):
@@ -82,6 +47,5 @@ def attach_ffba(model: LlamaModel, cfg: FFBAConfig, freeze_base: bool = True) ->
     for layer in model.layers:
         for name in cfg.sub_blocks:
             sub_block(layer, name).adapter = FFBAPair(model.config.hidden_size, cfg).to(dtype)
-    model.adapter_config = cfg
-    model.adapter_state = "unfused"
+    model.adapter_state = AdapterState(cfg, AdapterStatus.UNFUSED)
     return model

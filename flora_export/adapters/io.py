@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from ..model.llama import LlamaModel
 from .ffba import FFBAConfig, attach_ffba, sub_block
 from .fields import FFBA, PEFT_LORA
 from .lora import ALL_TARGETS, LoraConfig, attach_lora, lora_projections
+from .state import AdapterSource, AdapterStatus
 
 log = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -55,20 +57,21 @@ def _base_record(model: LlamaModel) -> dict:
 
 
 def model_name(model: LlamaModel) -> str | None:
-    return (getattr(model, "source", None) or {}).get("name")
+    return model.source.name if model.source is not None else None
 
 
 # ---------------------------------------------------------------- save
 
 def save_adapter(model: LlamaModel, out_dir: str | Path) -> Path:
     """Write the model's adapter (FFBA fused or unfused, or LoRA) to `out_dir`."""
-    cfg = getattr(model, "adapter_config", None)
-    if cfg is None:
+    state = model.adapter_state
+    if state is None:
         raise FloraError("the model carries no adapter to save", "attach or load one first")
+    cfg = state.config
     if isinstance(cfg, FFBAConfig):
         tensors, meta = ffba_tensors(model), {**cfg.to_dict(), "base": _base_record(model)}
     else:
-        if model.adapter_state != "unmerged":
+        if state.status is not AdapterStatus.UNMERGED:
             raise FloraError("a merged LoRA adapter cannot be saved any more",
                              "save the adapter before merge_lora()")
         tensors, meta = _lora_tensors(model), _peft_config(cfg, model)
@@ -83,12 +86,13 @@ def save_adapter(model: LlamaModel, out_dir: str | Path) -> Path:
 
 def ffba_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
     """The FFBA A/B matrices, read from unfused pairs or cut back out of fused weights."""
-    cfg: FFBAConfig = model.adapter_config
+    state = model.adapter_state
+    cfg: FFBAConfig = state.config
     out = {}
     for i, layer in enumerate(model.layers):
         for name in cfg.sub_blocks:
             blk = sub_block(layer, name)
-            if model.adapter_state == "unfused":
+            if state.status is AdapterStatus.UNFUSED:
                 A, B = blk.adapter.A.weight, blk.adapter.B.weight
             else:
                 read_proj, write_proj = _fused_pair(blk)
@@ -219,8 +223,9 @@ def load_adapter(model: LlamaModel, adapter_dir: str | Path, check_base: bool = 
         attach_lora(model, cfg, where=str(adapter_dir / CONFIG_FILE))
         expected = _lora_tensors(model)
     _copy_checked(expected, tensors, adapter_dir)
-    model.adapter_source = {"path": str(adapter_dir.resolve()), "files": {
-        f.name: file_sha256(f) for f in (adapter_dir / CONFIG_FILE, adapter_dir / WEIGHTS_FILE)}}
+    files = (adapter_dir / CONFIG_FILE, adapter_dir / WEIGHTS_FILE)
+    model.adapter_state = replace(model.adapter_state, source=AdapterSource(
+        str(adapter_dir.resolve()), {f.name: file_sha256(f) for f in files}))
     log.info("loaded %s adapter from %s", meta.get("adapter_type", "lora"), adapter_dir)
     return model
 

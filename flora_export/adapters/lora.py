@@ -11,90 +11,17 @@ alpha_pattern and use_rslora.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from .common import prepare_base
-from .targets import lora_sites
-from ..errors import FloraError
 from ..model.llama import LlamaModel
+from .common import prepare_base
+from .config import ALL_TARGETS, LoraConfig
+from .state import AdapterState, AdapterStatus
 
-ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class LoraConfig:
-    """A LoRA adapter. `rank`, `alpha`, `targets` are what recipes set; the other fields
-    carry PEFT's adapter_config.json options (their defaults are PEFT's: off)."""
-
-    rank: int = 16
-    alpha: float = 32.0
-    targets: tuple[str, ...] = ALL_TARGETS
-    use_rslora: bool = False
-    rank_pattern: dict = field(default_factory=dict)
-    alpha_pattern: dict = field(default_factory=dict)
-    target_modules: str | tuple[str, ...] | None = None   # PEFT form; None: `targets`
-    exclude_modules: str | tuple[str, ...] | None = None
-    layers_to_transform: int | tuple[int, ...] | None = None
-    layers_pattern: str | tuple[str, ...] | None = None
-
-    def __post_init__(self):
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
-            raise FloraError(f"LoRA rank must be a positive integer, got {self.rank!r}",
-                             "set rank to e.g. 16")
-        bad = [t for t in self.targets if t not in ALL_TARGETS]
-        if bad:
-            raise FloraError(f"unknown LoRA target(s) {bad}", f"use some of: {', '.join(ALL_TARGETS)}")
-        object.__setattr__(self, "targets", tuple(self.targets))
-        for name in ("target_modules", "exclude_modules", "layers_to_transform",
-                     "layers_pattern"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        self._check_types()
-
-    def _check_types(self) -> None:
-        def names(v):
-            return v is None or isinstance(v, str) or (
-                isinstance(v, tuple) and all(isinstance(x, str) for x in v))
-
-        def index(x):
-            return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-        layers = self.layers_to_transform
-        checks = {
-            "use_rslora": (isinstance(self.use_rslora, bool), "true or false"),
-            "target_modules": (names(self.target_modules), "a regex string or a list of names"),
-            "exclude_modules": (names(self.exclude_modules), "a regex string or a list of names"),
-            "layers_pattern": (names(self.layers_pattern), "a name or a list of names"),
-            "layers_to_transform": (layers is None or index(layers) or (
-                isinstance(layers, tuple) and all(index(x) for x in layers)),
-                "a layer index or a list of them"),
-            "rank_pattern": (isinstance(self.rank_pattern, dict) and
-                             all(isinstance(k, str) for k in self.rank_pattern),
-                             "an object of pattern: rank"),
-            "alpha_pattern": (isinstance(self.alpha_pattern, dict) and
-                              all(isinstance(k, str) for k in self.alpha_pattern),
-                              "an object of pattern: alpha"),
-        }
-        for name, (ok, allowed) in checks.items():
-            if not ok:
-                raise FloraError(f"LoRA {name}={getattr(self, name)!r} is malformed",
-                                 f"{name} must be {allowed}")
-
-    @property
-    def scale(self) -> float:
-        """The global scale (per-module scales: `sites`)."""
-        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
-
-    def sites(self, num_layers: int, where: str = "the LoRA config"
-              ) -> dict[tuple[int, str], tuple[int, float]]:
-        """(layer, HF projection) -> (rank, scale), PEFT's matching (targets.py)."""
-        return lora_sites(self, num_layers, where)
-
-    def to_dict(self) -> dict:
-        return {"adapter_type": "lora", **asdict(self)}
+__all__ = ["ALL_TARGETS", "LoraConfig", "LoraProjection", "attach_lora", "lora_projections",
+           "segments"]
 
 
 def segments(model: LlamaModel) -> dict[str, list[tuple[str, int]]]:
@@ -172,6 +99,5 @@ def attach_lora(model: LlamaModel, cfg: LoraConfig, freeze_base: bool = True,
         mine = {name: sites[(i, name)] for name, _ in segs[path] if (i, name) in sites}
         if mine:
             setattr(parent, attr, LoraProjection(lin, segs[path], mine))
-    model.adapter_config = cfg
-    model.adapter_state = "unmerged"
+    model.adapter_state = AdapterState(cfg, AdapterStatus.UNMERGED)
     return model

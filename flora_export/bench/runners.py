@@ -243,7 +243,7 @@ class EagerRunner(Runner):
         super().__init__(spec, threads)
         import torch
 
-        from ..adapters import FFBAConfig, load_adapter
+        from ..adapters import load_adapter
         from ..fuse import fuse, merge_lora
         from ..model import load_model
 
@@ -253,9 +253,9 @@ class EagerRunner(Runner):
         model = load_model(model_src)
         if adapter_src:
             load_adapter(model, adapter_src)
-            if isinstance(model.adapter_config, FFBAConfig) and state != "unfused":
+            if model.adapter_state.is_ffba and state != "unfused":
                 fuse(model)
-            elif not isinstance(model.adapter_config, FFBAConfig) and state != "unmerged":
+            elif model.adapter_state.is_lora and state != "unmerged":
                 merge_lora(model)
         self.model = model.setup_cache(max_seq).eval()
         self.vocab_size, self.max_seq = model.config.vocab_size, max_seq

@@ -98,7 +98,7 @@ def reference(model, prompt: list[int], config) -> dict:
         fed = tokens.shape[1]
         tokens = torch.cat([tokens, extra], dim=1)
         logits += eager_extension(model, tokens, fed)
-    random_weights = (getattr(model, "source", None) or {}).get("kind") == "preset"
+    random_weights = model.source is not None and model.source.random_weights
     heldout = None if random_weights else heldout_reference(model, config)
     return {"tokens": tokens, "prompt_len": len(prompt), "fp32_logits": logits,
             "random_weights": random_weights, "heldout": heldout}
@@ -110,10 +110,11 @@ def heldout_tasks(model) -> list[str] | None:
     import yaml
 
     from ..train.tasks import TASKS
-    src = getattr(model, "adapter_source", None) if getattr(model, "adapter_config", None) \
-        else getattr(model, "source", None)
-    path = Path((src or {}).get("path") or "") / "recipe.yaml"
-    if not (src and src.get("path") and path.is_file()):
+    src = model.adapter_state.source if model.adapter_state is not None else model.source
+    if src is None or not src.path:
+        return None
+    path = Path(src.path) / "recipe.yaml"
+    if not path.is_file():
         return None
     try:
         tasks = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("tasks") or []

@@ -15,7 +15,6 @@ from pathlib import Path
 from importlib import import_module
 from typing import Callable
 
-from ..adapters.ffba import FFBAConfig
 from ..errors import FloraError
 from ..fuse import count_fused_linears, fuse
 from ..quantize import count_quantized_linears, quant_config
@@ -82,7 +81,8 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     _check_max_seq(model, config, len(verify_prompt(model, bos)))
     st = Stages(stage_names(target), progress)
     with st("fuse"):
-        if isinstance(getattr(model, "adapter_config", None), FFBAConfig) and config.fuse_adapters:
+        if model.adapter_state is not None and model.adapter_state.is_ffba \
+                and config.fuse_adapters:
             fuse(model, pad_to=qcfg.group_size or 32)
     fused = count_fused_linears(model)
     model.setup_cache(config.max_seq)
@@ -120,7 +120,7 @@ def export_size(model, qcfg, row) -> int:
     _, embedding = config_parameters(model.config)
     linear = total if model.config.tie_word_embeddings else total - embedding
     return estimate_bytes(linear, embedding, qcfg, row.backends,
-                          len((getattr(model, "tokenizer_json", "") or "").encode()))
+                          len((model.tokenizer_json or "").encode()))
 
 
 def _check_max_seq(model, config: ExportConfig, prompt_len: int) -> None:
@@ -137,7 +137,7 @@ def _check_max_seq(model, config: ExportConfig, prompt_len: int) -> None:
 
 def _manifest(model, row, qcfg, config, tmp: Path, fused: int, results: dict, st, bos, eos
               ) -> dict:
-    adapter = getattr(model, "adapter_config", None)
+    adapter = model.adapter_state
     primary = results[row.backends[0]]
     return {
         "format": FORMAT,
@@ -145,12 +145,9 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int, results: dict, st
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": row.name,
         "backends": list(row.backends),
-        "model": {**model.source, "config": model.config.to_hf_dict(),
+        "model": {**model.source.to_dict(), "config": model.config.to_hf_dict(),
                   "parameters": sum(p.numel() for p in model.parameters())},
-        "adapter": None if adapter is None else {
-            **adapter.to_dict(), "state": model.adapter_state,
-            "fused_width": getattr(model, "fused_width", None),
-            "source": getattr(model, "adapter_source", None)},
+        "adapter": None if adapter is None else adapter.manifest(),
         "quantization": asdict(qcfg),
         "runtime": {"max_seq_len": config.max_seq, "bos_id": bos, "eos_ids": eos,
                     "chat": chat_format(model), **primary.get("runtime", {})},

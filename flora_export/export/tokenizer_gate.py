@@ -85,7 +85,7 @@ def check(backend: str, out: Path, model, case: TextCase, chat: dict | None,
                 "file": "tokenizer.json"}
     with tempfile.TemporaryDirectory(prefix="flora-tok-") as scratch:
         record, chosen = choose(backend, out, model.tokenizer_json,
-                                getattr(model, "tokenizer_files", None) or {}, case, chat,
+                                model.source.tokenizer_files if model.source else {}, case, chat,
                                 allow_mismatch, Path(scratch))
         try:
             if chosen["_rt"] is not None and chosen["bos_policy"] is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -12,10 +13,12 @@ from ..errors import FloraError
 from .checkpoint import INDEX, checkpoint_files, load_hf_checkpoint, save_hf_checkpoint
 from .config import LlamaConfig
 from .llama import LlamaModel
+from .source import PRESET, ModelSource
 from .presets import PRESETS, preset_config, random_model, special_base
 from .tokenizer import byte_level_tokenizer, check_tokenizer
 
-__all__ = ["LlamaConfig", "LlamaModel", "PRESETS", "load_model", "save_hf_checkpoint",
+__all__ = ["LlamaConfig", "LlamaModel", "ModelSource", "PRESETS", "load_model",
+           "save_hf_checkpoint",
            "random_model", "file_sha256"]
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ def load_model(source: str | Path, dtype: torch.dtype = torch.float32, seed: int
     """Load an HF Llama directory, or build a named preset with random weights.
 
     The returned model carries `tokenizer_json` (the tokenizer file's text) and
-    `source` (name, kind and sha256 of every input file) for the manifest. Tensors in
+    `source` (a ModelSource: name, kind and sha256 of every input file) for the manifest. Tensors in
     the checkpoint that config.json does not use are refused unless
     `allow_unused_weights` (then skipped with a warning naming them).
     """
@@ -60,15 +63,13 @@ def _load_dir(path: Path, dtype: torch.dtype, allow_unused_weights: bool) -> Lla
     check_tokenizer(path / "tokenizer.json", cfg.vocab_size)
     model = load_hf_checkpoint(path, dtype, allow_unused_weights)
     model.tokenizer_json = (path / "tokenizer.json").read_text()
-    model.tokenizer_files = {n: path / n for n in ("tokenizer.model",) if (path / n).is_file()}
-    extra = ("generation_config.json", "tokenizer_config.json", INDEX, *model.tokenizer_files)
+    tokenizer_files = {n: path / n for n in ("tokenizer.model",) if (path / n).is_file()}
+    extra = ("generation_config.json", "tokenizer_config.json", INDEX, *tokenizer_files)
     files = sorted({path / "config.json", path / "tokenizer.json",
                     *checkpoint_files(path, quiet=True),
                     *(path / n for n in extra if (path / n).is_file())})
-    model.source = {"name": path.name, "kind": "directory", "path": str(path.resolve()),
-                    "files": {p.name: file_sha256(p) for p in files}}
-    if model.skipped_tensors:   # --allow-unused-weights: the manifest names what was left out
-        model.source["skipped_tensors"] = model.skipped_tensors
+    model.source = replace(model.source, files={p.name: file_sha256(p) for p in files},
+                           tokenizer_files=tokenizer_files)
     log.info("loaded %s (%d layers, d=%d)", path, cfg.num_hidden_layers, cfg.hidden_size)
     return model
 
@@ -77,6 +78,6 @@ def _load_preset(name: str, dtype: torch.dtype, seed: int) -> LlamaModel:
     cfg = preset_config(name)
     model = random_model(cfg, seed=seed).to(dtype)
     model.tokenizer_json = byte_level_tokenizer(cfg.vocab_size, special_base(cfg)).to_str()
-    model.source = {"name": name, "kind": "preset", "seed": seed, "files": {}}
+    model.source = ModelSource(name, PRESET, seed=seed)
     log.info("built preset %s with random weights (seed %d)", name, seed)
     return model

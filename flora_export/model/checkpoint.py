@@ -19,6 +19,7 @@ from ..errors import FloraError
 from .config import LlamaConfig
 from .fields import SAFETENSORS_INDEX
 from .llama import LlamaModel
+from .source import DIRECTORY, ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,8 @@ def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32,
     model.load_state_dict(state, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
-    model.skipped_tensors = skipped
+    model.source = ModelSource(model_dir.name, DIRECTORY, str(model_dir.resolve()),
+                               skipped_tensors=tuple(skipped))
     return model.eval()
 
 

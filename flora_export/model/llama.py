@@ -16,6 +16,8 @@ through `adapter_act`, the extra input columns of `o_proj` / `down_proj`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +25,10 @@ from torch import nn
 from .attention import FullCausal, KVCache, StaticKVCache
 from .config import LlamaConfig
 from .rope import Rope
+from .source import ModelSource
+
+if TYPE_CHECKING:       # for the annotation only: adapters build on this module
+    from ..adapters.state import AdapterState
 
 ACTIVATIONS = {"identity": lambda x: x, "relu": F.relu, "silu": F.silu}
 
@@ -146,6 +152,9 @@ class LlamaModel(nn.Module):
         self.ropes = nn.ModuleDict({"default": Rope(cfg)})   # a layer's `rope` names one
         self.max_seq = 0
         self.kv_cache: KVCache | None = None
+        self.source: ModelSource | None = None          # where the weights came from
+        self.tokenizer_json: str | None = None          # the tokenizer file's text
+        self.adapter_state: AdapterState | None = None  # None: no adapter
 
     def setup_cache(self, max_seq: int, batch_size: int = 1) -> "LlamaModel":
         """(Re)allocate RoPE tables and the eager zeroed KV cache for `max_seq` positions."""

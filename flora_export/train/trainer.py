@@ -22,6 +22,7 @@ from ..embedded import DEFAULT_BASE, EMBEDDED_BASE
 from ..evaluation import score_eager
 from ..model import load_model, random_model, save_hf_checkpoint
 from ..model.checkpoint import write_atomic
+from ..model.source import FROM_SCRATCH, ModelSource
 from ..outputs import check_run_dir, json_with_keys, nonempty_path, write_failure
 from ..version import __version__
 from .checkpoint import (CHECKPOINT, drop_checkpoint, has_checkpoint, load_checkpoint,
@@ -44,7 +45,7 @@ def build_model(recipe: Recipe):
     if recipe.model.init == "random":
         fresh = random_model(model.config, seed=recipe.model.seed)
         fresh.tokenizer_json = model.tokenizer_json
-        fresh.source = {"name": Path(recipe.out).name, "kind": "trained from scratch"}
+        fresh.source = ModelSource(Path(recipe.out).name, FROM_SCRATCH)
         model = fresh
     torch.manual_seed(recipe.train.seed)       # adapter init draws from the global generator
     cfg = recipe.adapter_config()
@@ -224,7 +225,6 @@ def _metrics(recipe: Recipe, model, params, before, after, window, tokens, wall,
 def _write_outputs(recipe: Recipe, model, metrics: dict) -> None:
     out = Path(recipe.out)
     if recipe.method.kind == "full":
-        model.adapter_config = None
         save_hf_checkpoint(model, out)
         write_atomic(out / "tokenizer.json", model.tokenizer_json.encode())
     else:

@@ -1,0 +1,135 @@
+"""The adapter config types, FFBA (ours) and LoRA (baseline): one type per adapter.
+
+The API (`attach_ffba(model, FFBAConfig(...))`), adapter files (`adapter_config.json`)
+and training recipes (`method.ffba`, `method.lora`, built from YAML) all use these
+classes, so there is one set of defaults and one validation path. Fields declared with
+`setting()` are the ones recipes set; the other LoRA fields carry PEFT's
+adapter_config.json options.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import FloraError
+from ..limits import Limit
+from ..model.llama import ACTIVATIONS
+from ..settings import check_settings, setting
+from .targets import lora_sites
+
+VARIANTS = {"ffba": ("attn", "mlp"), "ffba-attn": ("attn",), "ffba-mlp": ("mlp",)}
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+WIDTH = Limit(int, 1, example="64")
+RANK = Limit(int, 1, example="16")
+# An adapter scaled by 0 learns nothing; a negative scale only flips the sign of B.
+ALPHA = Limit(float, 0, low_open=True, example="2 * width")
+LORA_ALPHA = Limit(float, 0, low_open=True, example="2 * rank")
+
+
+def _check(cfg, prefix: str) -> None:
+    check_settings(type(cfg), {f.name: getattr(cfg, f.name) for f in fields(cfg)}, prefix)
+
+
+@dataclass(frozen=True)
+class FFBAConfig:
+    """An FFBA adapter: which sub-blocks, how wide, how scaled, which nonlinearity."""
+
+    width: int = setting("adapter width h (A: d->h, B: h->d per sub-block)", 64, limit=WIDTH)
+    alpha: float | None = setting("scale numerator: the adapter output is multiplied by "
+                                  "alpha / width; null: alpha = width (scale 1)", None,
+                                  limit=ALPHA, optional=True)
+    variant: str = setting("ffba (attention and MLP), ffba-attn or ffba-mlp", "ffba",
+                           choices=VARIANTS)
+    activation: str = setting("nonlinearity between A and B: identity, relu or silu",
+                              "identity", choices=ACTIVATIONS)
+
+    def __post_init__(self):
+        _check(self, "FFBA ")
+
+    @property
+    def scale(self) -> float:
+        return (self.alpha if self.alpha is not None else self.width) / self.width
+
+    @property
+    def sub_blocks(self) -> tuple[str, ...]:
+        return VARIANTS[self.variant]
+
+    def to_dict(self) -> dict:
+        return {"adapter_type": "ffba", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """A LoRA adapter. `rank`, `alpha`, `targets` are what recipes set; the other fields
+    carry PEFT's adapter_config.json options (their defaults are PEFT's: off)."""
+
+    rank: int = setting("LoRA rank r", 16, limit=RANK)
+    alpha: float = setting("LoRA alpha (scale alpha / rank)", 32.0, limit=LORA_ALPHA)
+    targets: tuple[str, ...] = setting("projections: q_proj k_proj v_proj o_proj gate_proj "
+                                       "up_proj down_proj", ALL_TARGETS, choices=ALL_TARGETS)
+    use_rslora: bool = False
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
+    target_modules: str | tuple[str, ...] | None = None   # PEFT form; None: `targets`
+    exclude_modules: str | tuple[str, ...] | None = None
+    layers_to_transform: int | tuple[int, ...] | None = None
+    layers_pattern: str | tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if isinstance(self.targets, (list, tuple)):
+            object.__setattr__(self, "targets", tuple(self.targets))
+        for name in ("target_modules", "exclude_modules", "layers_to_transform",
+                     "layers_pattern"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        _check(self, "LoRA ")
+        self._check_types()
+
+    def _check_types(self) -> None:
+        def names(v):
+            return v is None or isinstance(v, str) or (
+                isinstance(v, tuple) and all(isinstance(x, str) for x in v))
+
+        def index(x):
+            return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+        layers = self.layers_to_transform
+        checks = {
+            "use_rslora": (isinstance(self.use_rslora, bool), "true or false"),
+            "target_modules": (names(self.target_modules), "a regex string or a list of names"),
+            "exclude_modules": (names(self.exclude_modules), "a regex string or a list of names"),
+            "layers_pattern": (names(self.layers_pattern), "a name or a list of names"),
+            "layers_to_transform": (layers is None or index(layers) or (
+                isinstance(layers, tuple) and all(index(x) for x in layers)),
+                "a layer index or a list of them"),
+            "rank_pattern": (isinstance(self.rank_pattern, dict) and
+                             all(isinstance(k, str) for k in self.rank_pattern),
+                             "an object of pattern: rank"),
+            "alpha_pattern": (isinstance(self.alpha_pattern, dict) and
+                              all(isinstance(k, str) for k in self.alpha_pattern),
+                              "an object of pattern: alpha"),
+        }
+        for name, (ok, allowed) in checks.items():
+            if not ok:
+                raise FloraError(f"LoRA {name}={getattr(self, name)!r} is malformed",
+                                 f"{name} must be {allowed}")
+
+    @property
+    def scale(self) -> float:
+        """The global scale (per-module scales: `sites`)."""
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+    def sites(self, num_layers: int, where: str = "the LoRA config"
+              ) -> dict[tuple[int, str], tuple[int, float]]:
+        """(layer, HF projection) -> (rank, scale), PEFT's matching (targets.py)."""
+        return lora_sites(self, num_layers, where)
+
+    def to_dict(self) -> dict:
+        return {"adapter_type": "lora", **asdict(self)}
+
+
+AdapterConfig = FFBAConfig | LoraConfig
+
+__all__ = ["FFBAConfig", "LoraConfig", "AdapterConfig", "VARIANTS", "ALL_TARGETS"]
