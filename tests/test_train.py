@@ -49,8 +49,8 @@ def test_every_field_is_documented():
     ("train.stepz=3", "unknown recipe field 'train.stepz'"),
     ("trian.steps=3", "unknown recipe section"),
     ("method.kind=adapterx", "unknown method.kind 'adapterx'"),
-    ("method.ffba.variant=ffba-all", "unknown FFBA variant"),
-    ("method.lora.targets=q_proj,x_proj", "unknown LoRA target"),
+    ("method.ffba.variant=ffba-all", "unknown method.ffba.variant 'ffba-all'"),
+    ("method.lora.targets=q_proj,x_proj", "unknown method.lora.targets 'x_proj'"),
     ("data.tasks=divide", "unknown data task 'divide'"),
     ("train.batch_size=0", "train.batch_size must be an integer >= 1, got 0"),
     ("train.lr", "has no '='"),
@@ -63,8 +63,28 @@ def test_bad_overrides_fail_with_one_clear_line(override, message):
 def test_overrides_are_typed():
     r = load_recipe(Path("recipes/default-adapter.yaml"),
                     ["train.lr=1e-3", "method.lora.targets=q_proj,v_proj", "data.tasks=shift"])
-    assert r.train.lr == 1e-3 and r.method.lora.targets == ["q_proj", "v_proj"]
+    assert r.train.lr == 1e-3 and r.method.lora.targets == ("q_proj", "v_proj")
     assert r.data.tasks == ["shift"]
+
+
+def test_recipe_adapter_sections_are_the_api_configs():
+    """One type per adapter: a recipe's method.ffba / method.lora is the API's config, with
+    the API's defaults (FFBA alpha null: scale 1 at any width) and its checks."""
+    from flora_export.adapters import FFBAConfig, LoraConfig
+    r = load_recipe(Path("recipes/default-adapter.yaml"), ["method.ffba.width=40"])
+    assert r.adapter_config() == FFBAConfig(width=40, alpha=96.0)
+    assert isinstance(r.adapter_config().alpha, float)   # adapter_config.json records 96.0
+    r = load_recipe(Path("recipes/lora-shift.yaml"), ["method.lora.rank=4"])
+    assert r.adapter_config() == LoraConfig(rank=4, alpha=16.0)
+    docs = field_docs()
+    for key, value in FFBAConfig().to_dict().items():
+        if key != "adapter_type":
+            assert docs[f"method.ffba.{key}"][1] == value
+    assert docs["method.ffba.alpha"][1] is None and FFBAConfig(width=40).scale == 1.0
+    nulled = load_recipe(Path("recipes/default-adapter.yaml"), ["method.ffba.alpha=null"])
+    assert nulled.method.ffba.scale == 1.0
+    with pytest.raises(FloraError, match="FFBA width must be an integer >= 1, got 0"):
+        FFBAConfig(width=0)
 
 
 def test_bad_recipe_files(tmp_path):

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from ..adapters.config import FFBAConfig, LoraConfig
 from ..errors import FloraError, unknown_name
-from ..limits import COUNT, OPTIONAL_COUNT, POSITIVE, SEED, THREADS, Limit, check
+from ..limits import COUNT, OPTIONAL_COUNT, SEED, THREADS, Limit, check
+from ..settings import check_settings, settable
+from ..settings import setting as doc     # a documented (and range-checked) field
 
 METHODS = ("ffba", "lora", "full")
 # Adam moves each weight by about lr per step: a step above 1 is never a fine-tuning rate.
@@ -26,15 +30,6 @@ LR = Limit(float, 0, 1, low_open=True, example="1e-3")
 # held-out prompts, so a larger set could never be drawn.
 EVAL_SIZE = Limit(int, 1, 100_000, example="200")
 NON_NEGATIVE = Limit(float, 0, example="0")
-
-
-def doc(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING,
-        limit: Limit | None = None):
-    """A dataclass field with its documentation (and allowed range) in the metadata."""
-    meta = {"doc": text, "limit": limit}
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -47,30 +42,13 @@ class ModelSpec:
 
 
 @dataclass
-class FFBASpec:
-    width: int = doc("adapter width h (A: d->h, B: h->d per sub-block)", 64, limit=COUNT)
-    alpha: float = doc("scale numerator: the adapter output is multiplied by alpha / width", 64.0,
-                       limit=POSITIVE)
-    variant: str = doc("ffba (attention and MLP), ffba-attn or ffba-mlp", "ffba")
-    activation: str = doc("nonlinearity between A and B: identity, relu or silu", "identity")
-
-
-@dataclass
-class LoraSpec:
-    rank: int = doc("LoRA rank r", 16, limit=COUNT)
-    alpha: float = doc("LoRA alpha (scale alpha / rank)", 32.0, limit=POSITIVE)
-    targets: list[str] = doc("projections: q_proj k_proj v_proj o_proj gate_proj up_proj "
-                             "down_proj", factory=lambda: ["q_proj", "k_proj", "v_proj",
-                                                           "o_proj", "gate_proj", "up_proj",
-                                                           "down_proj"])
-
-
-@dataclass
 class MethodSpec:
     kind: str = doc("what trains: ffba (an FFBA adapter), lora (a LoRA adapter) or full "
                     "(every weight; saves a full checkpoint)", "ffba")
-    ffba: FFBASpec = doc("FFBA settings (kind: ffba)", factory=FFBASpec)
-    lora: LoraSpec = doc("LoRA settings (kind: lora)", factory=LoraSpec)
+    ffba: FFBAConfig = doc("FFBA settings (kind: ffba): the API's FFBAConfig",
+                           factory=FFBAConfig)
+    lora: LoraConfig = doc("LoRA settings (kind: lora): the API's LoraConfig",
+                           factory=LoraConfig)
 
 
 @dataclass
@@ -120,9 +98,8 @@ class Recipe:
     source: str = field(default="", metadata={"doc": "", "internal": True})
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("source")
-        return d
+        """The settable fields as plain YAML/JSON values (what recipe.yaml records)."""
+        return _plain(self)
 
     def validate(self) -> "Recipe":
         if self.method.kind not in METHODS:
@@ -139,26 +116,30 @@ class Recipe:
         for t in self.data.tasks:
             if t not in TASKS:
                 raise unknown_name("data task", t, TASKS)
-        for kind in ("ffba", "lora"):   # FFBAConfig / LoraConfig validate their fields
-            self.adapter_config(kind)
         return self
 
-    def adapter_config(self, kind: str | None = None):
-        from ..adapters import FFBAConfig, LoraConfig
-        m = self.method
-        kind = kind or m.kind
-        if kind == "ffba":
-            return FFBAConfig(width=m.ffba.width, alpha=float(m.ffba.alpha),
-                              variant=m.ffba.variant, activation=m.ffba.activation)
-        if kind == "lora":
-            return LoraConfig(rank=m.lora.rank, alpha=float(m.lora.alpha),
-                              targets=tuple(m.lora.targets))
-        return None
+    def adapter_config(self) -> FFBAConfig | LoraConfig | None:
+        """The adapter this recipe trains (None for method.kind full)."""
+        return {"ffba": self.method.ffba, "lora": self.method.lora}.get(self.method.kind)
 
     def resolve(self, path: str) -> Path:
         """A data path relative to the recipe file."""
         p = Path(path)
         return p if p.is_absolute() or not self.source else Path(self.source).parent / p
+
+
+def _plain(obj) -> dict:
+    out = {}
+    for f in dataclasses.fields(obj):
+        if not settable(f):
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = _plain(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
 
 
 def get_field(recipe: Recipe, key: str):
@@ -171,7 +152,9 @@ def get_field(recipe: Recipe, key: str):
 def check_ranges(recipe: Recipe) -> None:
     """Every numeric field within its documented range, and the fields that bound each other."""
     for key, limit in field_limits().items():
-        check(key, get_field(recipe, key), limit)
+        value = get_field(recipe, key)
+        if value is not None or not _optional(key):
+            check(key, value, limit)
     t = recipe.train
     if t.warmup_steps > t.steps:
         raise FloraError(f"train.warmup_steps={t.warmup_steps} is more than train.steps="
@@ -188,12 +171,22 @@ def field_limits(cls=None, prefix: str = "") -> dict[str, Limit]:
     cls = cls or Recipe
     out = {}
     for f in dataclasses.fields(cls):
+        if not settable(f):
+            continue
         ftype = _field_type(cls, f.name)
         if dataclasses.is_dataclass(ftype):
             out.update(field_limits(ftype, f"{prefix}{f.name}."))
         elif f.metadata.get("limit") is not None:
             out[prefix + f.name] = f.metadata["limit"]
     return out
+
+
+def _optional(key: str) -> bool:
+    *parents, name = key.split(".")
+    cls = Recipe
+    for part in parents:
+        cls = _field_type(cls, part)
+    return next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("optional")
 
 
 # ------------------------------------------------------------------ loading
@@ -222,7 +215,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 def from_dict(cls, data: dict, prefix: str):
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    fields = {f.name: f for f in dataclasses.fields(cls) if settable(f)}
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise unknown_name("recipe field", prefix + unknown[0], [prefix + k for k in fields])
@@ -236,6 +229,7 @@ def from_dict(cls, data: dict, prefix: str):
             kwargs[name] = from_dict(ftype, value, f"{prefix}{name}.")
         else:
             kwargs[name] = coerce(value, ftype, prefix + name)
+    check_settings(cls, kwargs, prefix)     # the type's own checks, named as the recipe's keys
     return cls(**kwargs)
 
 
@@ -244,8 +238,14 @@ def _field_type(cls, name: str):
 
 
 def coerce(value, ftype, key: str):
-    """`value` as `ftype` (int, float, str, bool, list[str]); strings are parsed."""
+    """`value` as `ftype` (int, float, str, bool, list[str], or one of them or None);
+    strings are parsed."""
     origin = typing.get_origin(ftype)
+    if origin is types.UnionType:
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            return None
+        ftype = next(t for t in typing.get_args(ftype) if t is not type(None))
+        origin = typing.get_origin(ftype)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split() if v]
@@ -267,10 +267,13 @@ def coerce(value, ftype, key: str):
     elif ftype is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     raise FloraError(f"{key} must be {_type_name(ftype)}, got {value!r}",
-                     f"set {key} to a {_type_name(ftype)} value")
+                     f"set {key} to {_type_name(ftype)}")
 
 
 def _type_name(ftype) -> str:
+    if typing.get_origin(ftype) is types.UnionType:
+        return " or ".join(_type_name(t) if t is not type(None) else "null"
+                           for t in typing.get_args(ftype))
     if typing.get_origin(ftype) in (list, tuple):
         return "a list"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"
@@ -288,11 +291,17 @@ def apply_override(recipe: Recipe, item: str) -> None:
         if not hasattr(obj, part) or not dataclasses.is_dataclass(getattr(obj, part)):
             raise unknown_name("recipe section", key, list(field_docs()))
         obj = getattr(obj, part)
-    names = [f.name for f in dataclasses.fields(obj) if not f.metadata.get("internal")]
+    names = [f.name for f in dataclasses.fields(obj) if settable(f)]
     if name not in names or dataclasses.is_dataclass(getattr(obj, name)):
         raise unknown_name("recipe field", key, list(field_docs()))
     value = yaml.safe_load(raw) if raw.strip() else ""
-    setattr(obj, name, coerce(value, _field_type(type(obj), name), key))
+    value = coerce(value, _field_type(type(obj), name), key)
+    check_settings(type(obj), {name: value}, key[:-len(name)])
+    if type(obj).__dataclass_params__.frozen:     # an adapter config: a new one in its place
+        owner = get_field(recipe, ".".join(parents[:-1])) if len(parents) > 1 else recipe
+        setattr(owner, parents[-1], dataclasses.replace(obj, **{name: value}))
+    else:
+        setattr(obj, name, value)
 
 
 def field_docs(cls=Recipe, prefix: str = "") -> dict[str, tuple[str, object, str]]:
@@ -300,17 +309,24 @@ def field_docs(cls=Recipe, prefix: str = "") -> dict[str, tuple[str, object, str
     out = {}
     instance = cls()
     for f in dataclasses.fields(cls):
-        if f.metadata.get("internal"):
+        if not settable(f):
             continue
         ftype = _field_type(cls, f.name)
         if dataclasses.is_dataclass(ftype):
             out.update(field_docs(ftype, f"{prefix}{f.name}."))
         else:
-            short = "list" if typing.get_origin(ftype) in (list, tuple) else ftype.__name__
+            short = _short_type(ftype)
             limit = f.metadata.get("limit")
             out[prefix + f.name] = (short, getattr(instance, f.name), f.metadata["doc"] + (
                 f"; {limit.text()}" if limit else ""))
     return out
+
+
+def _short_type(ftype) -> str:
+    if typing.get_origin(ftype) is types.UnionType:
+        return "|".join(_short_type(t) if t is not type(None) else "null"
+                        for t in typing.get_args(ftype))
+    return "list" if typing.get_origin(ftype) in (list, tuple) else ftype.__name__
 
 
 def dump_recipe(recipe: Recipe) -> str:
