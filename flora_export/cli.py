@@ -304,7 +304,7 @@ def _print_summary(m: dict, seconds: float, out: Path) -> None:
           if adapter.get("fused_width") else "")),
         ("quantization", m["quantization"]["name"]),
         ("fused linears", str(c["fused_linears"])),
-        *[("quantized linear ops" + _which(m, name), _op_summary(r["counts"]))
+        *[("quantized linear ops" + _which(m, name), _op_summary(name, r["counts"]))
           for name, r in m["results"].items()],
         *[("parity vs eager" + _which(m, name), _parity_summary(r["parity"]))
           for name, r in m["results"].items()],
@@ -322,9 +322,9 @@ def _which(m: dict, backend: str) -> str:
     return f" ({backend})" if len(m["results"]) > 1 else ""
 
 
-def _op_summary(c: dict) -> str:
+def _op_summary(backend: str, c: dict) -> str:
     detail = (f", {c['delegates']} XNNPACK delegates" if "delegates" in c else
-              f", {c['matmulnbits']} MatMulNBits" if "matmulnbits" in c else
+              f", {c['quantized_linear_ops']} MatMulNBits" if backend == "onnx" else
               "".join(f", {n} {op}" for op, n in c.get("quantized_weight_ops", {}).items()))
     return f"{c['quantized_linear_ops']} of {c['linear_ops']} linears{detail}"
 

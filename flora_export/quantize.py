@@ -65,6 +65,14 @@ def quantizable_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
             if isinstance(m, nn.Linear) and not is_lora_half(fqn)]
 
 
+def untie_head(model: nn.Module) -> None:
+    """Give a tied output head its own copy of the embedding, so that the head is quantized
+    (or exported as a constant MatMul weight) on its own."""
+    if model.lm_head.weight is model.embed_tokens.weight:
+        model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone(),
+                                            requires_grad=False)
+
+
 def check_quantizable(model: nn.Module, cfg: QuantConfig) -> None:
     """Fail, naming the linear and the fix, if any projection cannot be group-quantized."""
     if not cfg.quantizes or cfg.group_size == 0:
@@ -86,9 +94,7 @@ def quantize(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     from torchao.quantization.granularity import PerAxis, PerGroup
 
     check_quantizable(model, cfg)
-    if model.config.tie_word_embeddings:  # embedding and head get their own quantized copies
-        model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone(),
-                                            requires_grad=False)
+    untie_head(model)                     # embedding and head get their own quantized copies
     if cfg.embedding_bits:
         quantize_(model, IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{cfg.embedding_bits}"),
                                               granularity=PerAxis(0)),

@@ -235,17 +235,22 @@ def _verdict(p: Parity) -> None:
         p.passed, p.verdict = None, next(iter(states), "inconclusive")
 
 
+def lowering_thresholds(cfg: VerifyConfig, quantized: bool) -> dict:
+    """The thresholds the lowering gate applies: the lossy ones, or fp32's tolerance."""
+    if not quantized:
+        return {"fp32_atol": cfg.fp32_atol}
+    return {"min_sqnr_db": cfg.min_sqnr_db, "decisive_k": cfg.decisive_k,
+            "min_decisive": cfg.min_decisive, "min_token_agreement": cfg.min_token_agreement}
+
+
 def judge_lowering(p: Parity, quantized: bool, cfg: VerifyConfig, bound: str) -> Parity:
     p.gate, p.reference = "lowering", ("eager model, same quantized weights" if quantized
                                        else "eager fp32 model")
+    p.thresholds = lowering_thresholds(cfg, quantized)
     if quantized:
-        p.thresholds = {"min_sqnr_db": cfg.min_sqnr_db, "decisive_k": cfg.decisive_k,
-                        "min_decisive": cfg.min_decisive,
-                        "min_token_agreement": cfg.min_token_agreement}
         p.criteria = {"sqnr": PASSED if p.sqnr_db >= cfg.min_sqnr_db else FAILED,
                       "decisive_agreement": _agreement(p, cfg, cfg.min_token_agreement, bound)}
     else:
-        p.thresholds = {"fp32_atol": cfg.fp32_atol}
         p.criteria = {"max_abs_diff": PASSED if p.max_abs_diff <= cfg.fp32_atol else FAILED}
     _verdict(p)
     return p

@@ -106,7 +106,10 @@ def test_one_int4_block32_linear_per_fused_projection(int4_coreml):
     m = json.loads((int4_coreml / "manifest.json").read_text())
     c = m["counts"]
     assert c["quantized_linear_ops"] == c["linear_ops"] == 4 * LAYERS + 1
-    assert c["quantized_weight_dtypes"] == {"int4": 4 * LAYERS + 1}
+    assert c["quantized_weight_bits"] == {"int4": 4 * LAYERS + 1}
+    assert c["expected_quantized_linear_ops"] == 4 * LAYERS + 1
+    assert c["quantized_per_projection"] == {"down_proj": LAYERS, "gate_up_proj": LAYERS,
+                                             "lm_head": 1, "o_proj": LAYERS, "qkv_proj": LAYERS}
     assert c["fused_linears"] == 4 * LAYERS
     assert m["results"]["coreml"]["coreml"]["weights"]["block_size"] == 32
     assert m["results"]["coreml"]["coreml"]["converted_from"] == "float16"
@@ -198,7 +201,7 @@ def test_ios_folder_holds_both_backends(fp32_ios):
 def test_int8_per_channel(tmp_path):
     out = tmp_path / "c8"
     m = export(load_model("tiny"), "coreml", out, ExportConfig(quant="int8", max_seq=MAX_SEQ))
-    assert m["counts"]["quantized_weight_dtypes"] == {"int8": 4 * LAYERS + 1}
+    assert m["counts"]["quantized_weight_bits"] == {"int8": 4 * LAYERS + 1}
     for name, (data, scale) in quantized_linears(out / "model.mlpackage").items():
         assert scale.shape == (data.shape[0], 1), name
         assert data.dtype == np.int8
@@ -296,5 +299,5 @@ def test_llama32_1b_with_ffba_to_coreml(tmp_path):
     randomize_adapter(model, std=0.01)
     m = export(model, "coreml", tmp_path / "c", ExportConfig(max_seq=256))
     assert m["counts"]["quantized_linear_ops"] == m["counts"]["linear_ops"] == 4 * 16 + 1
-    assert m["counts"]["quantized_weight_dtypes"] == {"int4": 65}
+    assert m["counts"]["quantized_weight_bits"] == {"int4": 65}
     assert m["parity"]["torch_program_vs_eager"]["passed"]

@@ -113,6 +113,9 @@ def test_cli_8da4w_output_and_manifest(cli_export, tiny_base, tiny_ffba):
     assert c["fused_linears"] == 4 * LAYERS
     assert c["quantized_linear_ops"] == c["delegated_linear_ops"] == 4 * LAYERS + 1
     assert c["quantized_weight_bits"] == {"int4": 4 * LAYERS + 1}
+    assert c["expected_quantized_linear_ops"] == 4 * LAYERS + 1
+    assert c["quantized_per_projection"] == {"down_proj": LAYERS, "gate_up_proj": LAYERS,
+                                             "lm_head": 1, "o_proj": LAYERS, "qkv_proj": LAYERS}
     assert m["adapter"]["state"] == "fused" and m["adapter"]["fused_width"] == 64
     p, cfg = m["parity"], VerifyConfig()
     assert p["passed"] and p["criteria"]["sqnr"] == "passed" and p["sqnr_db"] >= 25

@@ -97,8 +97,12 @@ def test_int4_one_matmulnbits_per_projection(int4_onnx):
     assert all(a["bits"] == 4 and a["block_size"] == 32 and a["accuracy_level"] == 4
                for a in attrs)
     m = json.loads((int4_onnx / "manifest.json").read_text())
-    assert m["counts"]["matmulnbits"] == 4 * LAYERS + 1 and m["counts"]["float_weight_matmuls"] == 0
-    assert m["counts"]["fused_linears"] == 4 * LAYERS
+    c = m["counts"]
+    assert c["quantized_linear_ops"] == c["expected_quantized_linear_ops"] == 4 * LAYERS + 1
+    assert c["float_weight_linear_ops"] == 0 and c["quantized_weight_bits"] == {"int4": 4 * LAYERS + 1}
+    assert c["quantized_per_projection"] == {"down_proj": LAYERS, "gate_up_proj": LAYERS,
+                                             "lm_head": 1, "o_proj": LAYERS, "qkv_proj": LAYERS}
+    assert c["fused_linears"] == 4 * LAYERS
     assert m["parity"]["passed"] and m["parity"]["sqnr_db"] >= 25
     assert m["results"]["onnx"]["onnx_quantization"]["bits"] == 4
     for name, rec in m["files"].items():
@@ -158,7 +162,7 @@ def test_int4_ort_genai_greedy_is_the_eager_int4_weight_models(int4_onnx, fp32_o
 def test_int8_onnx(tmp_path):
     m = export(load_model("tiny"), "onnx", tmp_path / "o8", ExportConfig(quant="int8",
                                                                          max_seq=64))
-    assert m["counts"]["matmulnbits_bits"] == {"int8": 4 * LAYERS + 1}
+    assert m["counts"]["quantized_weight_bits"] == {"int8": 4 * LAYERS + 1}
     assert m["parity"]["passed"]
 
 
@@ -171,8 +175,8 @@ def test_unmerged_lora_onnx_keeps_lora_halves_float(tmp_path):
     attach_lora(model, LoraConfig(rank=16, alpha=32.0))
     randomize_adapter(model, std=0.02)
     m = export(model, "onnx", tmp_path / "lora", ExportConfig(quant="8da4w", max_seq=64))
-    assert m["counts"]["matmulnbits"] == 4 * LAYERS + 1
-    assert m["counts"]["float_weight_matmuls"] == 2 * 7 * LAYERS
+    assert m["counts"]["quantized_linear_ops"] == 4 * LAYERS + 1
+    assert m["counts"]["float_weight_linear_ops"] == 2 * 7 * LAYERS
     assert m["parity"]["passed"] and m["adapter"]["state"] == "unmerged"
     assert_documented(m)
 

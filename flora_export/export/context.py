@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import FloraError
 from ..quantize import QuantConfig
-from ..verify import (Parity, VerifyConfig, eager_extension, eager_step, enforce, judge_lowering,
-                      judge_quality, measure, reference_sequence, run_steps)
+from ..verify import (VerifyConfig, compare, eager_extension, eager_step, enforce, judge_lowering,
+                      judge_quality, lowering_thresholds, measure, reference_sequence, run_steps)
+from .backend import Gates
 from .output import Stages
 from .prompt import extension_tokens
 
@@ -35,7 +35,6 @@ class BuildContext:
     references: dict = field(default_factory=dict)
     random_weights: bool = False     # a preset: quality cannot be judged
     heldout: dict | None = None      # {"tasks", "encoder", "examples", "fp32": EvalResult dict}
-    gates: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -57,10 +56,22 @@ class BuildContext:
             out += eager_extension(model, self.tokens, self.prompt_len + first)
         return out
 
-    def verify(self, step, eager: list[torch.Tensor], what: str) -> dict:
-        """Both gates for `step` (the artifact in its runtime); raises FloraError when one
-        fails. Returns {"parity": lowering record, "quality": quality record}."""
+    def verify(self, step, eager: list[torch.Tensor], what: str, *,
+               program_only: bool = False) -> Gates:
+        """Both gates for `step` (the artifact in its runtime) against `eager` (the eager
+        model with the artifact's weights) and the fp32 logits; raises FloraError when one
+        fails.
+
+        program_only: `step` is the torch program a backend converts, not the artifact
+        (which this machine cannot run, e.g. Core ML off macOS): it is held to the fp32
+        tolerance against `eager` over the whole sequence, without a quality gate and
+        without a verify_reference entry; `defer()` then records the artifact's gates."""
         cfg, q = self.config.verify, self.quant.quantizes
+        if program_only:
+            got = run_steps(step, self.tokens, self.prompt_len, len(eager) - 1)
+            low = compare(eager, got, cfg.decisive_k, cfg.min_sqnr_db)
+            enforce(judge_lowering(low, False, cfg, "the reference sequence"), what)
+            return Gates(parity=low.to_dict(), quality=None)
         low, qual, _ = measure(step, self.tokens, self.prompt_len, eager, self.fp32_logits, cfg,
                                q, quality_needed=q and not self.random_weights)
         self.references[self.backend] = eager[:low.steps]
@@ -73,8 +84,31 @@ class BuildContext:
         else:                       # an fp32 export's reference is the fp32 model itself
             qual = copy.copy(low)
             qual.gate = "quality"
-        self.gates = {"parity": low.to_dict(), "quality": qual.to_dict()}
-        return self.gates
+        return Gates(parity=low.to_dict(), quality=qual.to_dict())
+
+    def defer(self, program: Gates, estimate: list[torch.Tensor], what: str, *, needs: str,
+              command: str, how: str, reference: str) -> Gates:
+        """The gates of an artifact that runs only on its device: `program` (verify() of the
+        torch program that was converted) and the quality gate estimated here, with the
+        eager model carrying the artifact's weights (`estimate`, its logits) against fp32;
+        raises FloraError when that fails. The parity record says how to run the artifact's
+        own gates where the artifact runs (`needs`: `command`, used as `how` says, with the
+        saved `reference` file), under the lossy thresholds (a device computing in fp16 is
+        never exact)."""
+        cfg, q = self.config.verify, self.quant.quantizes
+        quality = judge_quality(compare(self.fp32_logits, estimate, cfg.decisive_k,
+                                        cfg.min_quality_sqnr_db),
+                                cfg, self.bound, self.random_weights, None)
+        enforce(quality, what)
+        parity = {"status": f"not run (needs {needs})", "how": how, "reference": reference,
+                  "thresholds": lowering_thresholds(cfg, True),
+                  "torch_program_vs_eager": program.parity,
+                  "quant_sqnr_db_vs_fp32": (round(compare(self.fp32_logits, estimate).sqnr_db, 3)
+                                            if q else None),
+                  "passed": None}
+        return Gates(parity=parity, quality={
+            **quality.to_dict(), "status": "estimate: the eager model with the package's "
+            f"weights; the package itself is checked on {needs} by {command}"})
 
     def heldout_result(self, step) -> dict:
         from ..evaluation import score_steps
@@ -144,11 +178,3 @@ def heldout_reference(model, config) -> dict | None:
     res = score_eager(model, encoder, examples).to_dict()
     return {"tasks": tasks, "encoder": encoder, "examples": examples,
             "fp32": {k: res[k] for k in ("n", "correct", "accuracy", "loss")}}
-
-
-def check_quantized_count(found: int, expected: int, what: str) -> None:
-    if found != expected:
-        raise FloraError(
-            f"the {what} has {found} quantized linear ops, expected {expected} (one per "
-            "projection and the output head)",
-            "some projections fell back to float; report this with the manifest inputs")

@@ -33,8 +33,9 @@ import torch
 from torch import nn
 
 from ..errors import FloraError
-from ..verify import check, compare, run_steps
 from . import coreml_spec
+from .backend import (BuildResult, LoweringCounts, expected_quantized, load_device_weights,
+                      lowering_counts)
 from .coreml_attention import SlicedKV
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ STAGES = ["coreml-capture", "coreml-convert", "coreml-quantize", "coreml-save",
           "coreml-reference"]
 INPUTS, OUTPUTS, STATES = ("inputIds", "causalMask"), ("logits",), ("keyCache", "valueCache")
 PARITY_COMMAND = "python -m flora_export.export.coreml_parity"
-MACOS_THRESHOLDS = ("min_sqnr_db", "decisive_k", "min_decisive", "min_token_agreement",
-                    "min_quality_sqnr_db", "min_quality_agreement")
 MAX_SEQ_LIMIT = 32767           # Core ML shape arithmetic runs in int16 with fp16 compute
 
 
@@ -198,10 +197,11 @@ def set_metadata(mlmodel, meta: dict[str, str]) -> None:
     mlmodel.output_description[OUTPUTS[0]] = "last-token logits [1, 1, vocab]"
 
 
-def check_package(path: Path, cfg, max_seq: int, expected_quantized: int) -> dict:
-    """Reopen the saved package and check its interface and op counts; returns the counts."""
-    from .context import check_quantized_count
-
+def check_package(path: Path, model: nn.Module, max_seq: int, expected: dict[str, int]
+                  ) -> tuple[LoweringCounts, dict]:
+    """Reopen the saved package and check its interface and op counts; returns the counts
+    and the interface."""
+    cfg = model.config
     spec = coreml_spec.load_spec(path)
     io = coreml_spec.interface(spec)
     want_states = {n: {"shape": list(cache_shape(cfg, max_seq)), "dtype": "float16"}
@@ -213,14 +213,22 @@ def check_package(path: Path, cfg, max_seq: int, expected_quantized: int) -> dic
         problems.append(f"states {io['states']}")
     if io["inputs"][INPUTS[1]]["shape"][3] != [1, max_seq]:
         problems.append(f"mask shape {io['inputs'][INPUTS[1]]['shape']}")
-    counts = coreml_spec.op_counts(spec)
-    if counts["states_written"] != len(STATES):
-        problems.append(f"{counts['states_written']} state writes")
+    ops = coreml_spec.op_counts(spec)
+    if ops["states_written"] != len(STATES):
+        problems.append(f"{ops['states_written']} state writes")
     if problems:
         raise FloraError(f"the saved Core ML package is not what was converted: {'; '.join(problems)}",
                          "report this with the manifest inputs")
-    check_quantized_count(counts["quantized_linear_ops"], expected_quantized, "Core ML package")
-    return {**counts, "functions": coreml_spec.functions(spec), "interface": io}
+    owners = weight_owners(model)
+    if model.lm_head.weight is model.embed_tokens.weight:   # one constant: a linear is the head
+        owners = {k: "lm_head" if v == "embed_tokens" else v for k, v in owners.items()}
+    counts = lowering_counts(
+        expected, [owners.get(_weight_name(n)) for n in ops["quantized_linear_weights"]],
+        ops["linear_ops"], ops["quantized_weight_bits"],
+        quantized_weight_ops=ops["quantized_weight_ops"], states_written=ops["states_written"],
+        ops=ops["ops"], quantized_linear_weights=ops["quantized_linear_weights"],
+        functions=coreml_spec.functions(spec))
+    return counts.check("Core ML package"), io
 
 
 def dequantized_weights(mlmodel) -> dict[str, torch.Tensor]:
@@ -239,24 +247,27 @@ def _weight_name(const: str) -> str:
     return const.removesuffix("_quantized").removesuffix("_to_fp16")
 
 
-def load_package_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> int:
-    """Give the eager model the package's dequantized weights (matched by torch name)."""
-    tied = model.lm_head.weight is model.embed_tokens.weight
-    done = 0
-    for fqn, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Embedding)):
+def weight_owners(model: nn.Module) -> dict[str, str]:
+    """Package weight name (converter suffixes removed) -> the module it is the weight of."""
+    return {"p_model_" + fqn.replace(".", "_") + "_weight": fqn
+            for fqn, module in model.named_modules()
+            if isinstance(module, (nn.Linear, nn.Embedding))}
+
+
+def load_package_weights(model: nn.Module, weights: dict[str, torch.Tensor],
+                         expected: int = 0) -> int:
+    """Give the eager model the package's dequantized weights (matched by torch name); a
+    tied head and embedding (one constant in the package) stay one parameter."""
+    owners, tied = weight_owners(model), model.lm_head.weight is model.embed_tokens.weight
+    by_module = {}
+    for name, w in weights.items():
+        fqn = owners.get(_weight_name(name))
+        if fqn is None:
             continue
-        key = "p_model_" + fqn.replace(".", "_") + "_weight"
-        match = next((w for name, w in weights.items() if _weight_name(name) == key), None)
-        if match is None:
-            continue
-        param = nn.Parameter(match.reshape(module.weight.shape).float(),
-                             requires_grad=False)
-        module.weight = param
-        if tied and module in (model.lm_head, model.embed_tokens):
-            model.lm_head.weight = model.embed_tokens.weight = param
-        done += 1
-    return done
+        for target in (("lm_head", "embed_tokens") if tied and fqn in ("lm_head", "embed_tokens")
+                       else (fqn,)):
+            by_module[target] = w
+    return load_device_weights(model, by_module, expected, "Core ML package")
 
 
 def write_reference(path: Path, ctx, reference: list[torch.Tensor]) -> None:
@@ -277,79 +288,50 @@ def _check_limits(model, ctx) -> None:
     check_quantizable(model, ctx.quant)
 
 
-def build(model: nn.Module, out: Path, ctx) -> dict:
-    """Capture, check the torch program, convert, quantize, save, check the package."""
-    from ..quantize import quantizable_linears
-
+def build(model: nn.Module, out: Path, ctx) -> BuildResult:
+    """Capture, check the torch program, convert, quantize, save, check the package; the
+    package's own gates run on macOS (coreml_parity), the quality gate is estimated here."""
     st, cfg, max_seq = ctx.stages, model.config, ctx.config.max_seq
     _check_limits(model, ctx)
+    expected = expected_quantized(model, ctx.quant)
     with st("coreml-capture"):
-        program = check(compare(ctx.fp32_logits, run_steps(
-            program_step(capture(model, max_seq)), ctx.tokens, ctx.prompt_len, ctx.steps)),
-            False, ctx.config.verify, "the captured Core ML torch program")
+        program = ctx.verify(program_step(capture(model, max_seq)), ctx.fp32_logits,
+                             "the captured Core ML torch program", program_only=True)
     with st("coreml-convert"):
         mlmodel, source = convert_from_fp16(model, cfg, max_seq)
-    expected = 0
     if ctx.quant.quantizes:
         with st("coreml-quantize"):
             mlmodel = quantize(mlmodel, ctx.quant, lora_consts(mlmodel))
-            expected = len(quantizable_linears(model))
     with st("coreml-save"):
         set_metadata(mlmodel, app_metadata(model, max_seq, ctx.bos, ctx.eos, ctx.quant))
         mlmodel.save(str(out / PACKAGE))
-        counts = check_package(out / PACKAGE, cfg, max_seq, expected)
+        counts, interface = check_package(out / PACKAGE, model, max_seq, expected)
     with st("coreml-reference"):
         weights = dequantized_weights(mlmodel) if ctx.quant.quantizes else {}
         del mlmodel
         reference = ctx.fp32_logits
         if ctx.quant.quantizes:
-            loaded = load_package_weights(model, weights)
-            if loaded < expected:
-                raise FloraError(f"only {loaded} of the package's {expected} quantized weights "
-                                 "map to the model's linears", "report this with the manifest inputs")
+            load_package_weights(model, weights, counts.expected_quantized_linear_ops)
             del weights
             reference = ctx.eager_logits(model.float())
         write_reference(out / REFERENCE, ctx, reference)
     model.float()
-    interface = counts.pop("interface")
-    return {"files": [PACKAGE, REFERENCE], "counts": counts,
-            "parity": parity_record(program, reference, ctx),
-            "quality": quality_estimate(reference, ctx),
-            "coreml": {"package": PACKAGE, "minimum_deployment_target": "iOS18",
-                       "compute_precision": "float16", "state_dtype": "float16",
-                       "converted_from": source,
-                       "weights": weight_quantization(ctx.quant),
-                       "activations": "float16 (Core ML has no dynamic activation quantization)",
-                       "interface": interface, "metadata": app_metadata(
-                           model, max_seq, ctx.bos, ctx.eos, ctx.quant)},
-            "runtime": {"coreml": {"package": PACKAGE, "inputs": list(INPUTS),
-                                   "outputs": list(OUTPUTS), "states": list(STATES),
-                                   "max_context": max_seq, "tokenizer": "tokenizer.json"}}}
-
-
-def parity_record(program, reference: list[torch.Tensor], ctx) -> dict:
-    """Parity as far as Linux can measure it; the package itself needs macOS."""
-    return {"status": "not run (needs macOS)",
-            "how": f"{PARITY_COMMAND} OUT_DIR  (on macOS 15+, pip install -e \".[coreml]\")",
-            "reference": REFERENCE,
-            "thresholds_on_macos": {f: getattr(ctx.config.verify, f) for f in MACOS_THRESHOLDS},
-            "torch_program_vs_eager": program.to_dict(),
-            "quant_sqnr_db_vs_fp32": (round(compare(ctx.fp32_logits, reference).sqnr_db, 3)
-                                      if ctx.quant.quantizes else None),
-            "passed": None}
-
-
-def quality_estimate(reference: list[torch.Tensor], ctx) -> dict:
-    """The quality gate as far as Linux can run it: the eager model carrying the package's
-    weights (fp32 math) against the fp32 model; coreml_parity runs the package on macOS."""
-    from ..verify import enforce, judge_quality
-
-    cfg = ctx.config.verify
-    q = judge_quality(compare(ctx.fp32_logits, reference, cfg.decisive_k,
-                              cfg.min_quality_sqnr_db), cfg, ctx.bound, ctx.random_weights, None)
-    enforce(q, "the Core ML package's weights")
-    return {**q.to_dict(), "status": "estimate: the eager model with the package's weights; "
-            f"the package itself is checked on macOS by {PARITY_COMMAND}"}
+    gates = ctx.defer(program, reference, "the Core ML package's weights", needs="macOS",
+                      command=PARITY_COMMAND, reference=REFERENCE,
+                      how=f"{PARITY_COMMAND} OUT_DIR  (on macOS 15+, pip install -e \".[coreml]\")")
+    return BuildResult(
+        files=[PACKAGE, REFERENCE], counts=counts, gates=gates,
+        extra={"coreml": {"package": PACKAGE, "minimum_deployment_target": "iOS18",
+                          "compute_precision": "float16", "state_dtype": "float16",
+                          "converted_from": source,
+                          "weights": weight_quantization(ctx.quant),
+                          "activations": "float16 (Core ML has no dynamic activation "
+                                         "quantization)",
+                          "interface": interface, "metadata": app_metadata(
+                              model, max_seq, ctx.bos, ctx.eos, ctx.quant)}},
+        runtime={"coreml": {"package": PACKAGE, "inputs": list(INPUTS),
+                            "outputs": list(OUTPUTS), "states": list(STATES),
+                            "max_context": max_seq, "tokenizer": "tokenizer.json"}})
 
 
 def versions() -> dict:

@@ -39,7 +39,7 @@ def _data_dtype(argument, producer: dict) -> str:
 
 
 def op_counts(spec) -> dict:
-    """Linear ops, how many take a weight from a quantized constant, and its bit width."""
+    """Linear ops, which take a weight from a quantized constant (by name), and its width."""
     linear = quantized = 0
     bits, ops, names = Counter(), Counter(), []
     for _, block in _blocks(spec):
@@ -57,7 +57,7 @@ def op_counts(spec) -> dict:
             bits[_data_dtype(weight.inputs["data"].arguments[0], producer)] += 1
     return {"quantized_linear_ops": quantized, "linear_ops": linear,
             "float_weight_linear_ops": linear - quantized,
-            "quantized_weight_dtypes": dict(bits),
+            "quantized_weight_bits": dict(bits),
             "quantized_weight_ops": {t: ops[t] for t in QUANT_OPS if ops[t]},
             "states_written": ops["write_state"], "ops": sum(ops.values()),
             "quantized_linear_weights": sorted(names)}

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .backend import BuildResult, LoweringCounts, expected_quantized, lowering_counts
+
 log = logging.getLogger(__name__)
 
 PTE_NAME = "model.pte"
@@ -24,17 +26,17 @@ _LINEAR_OPS = ("aten.linear.default", "aten.mm.default", "aten.addmm.default")
 _DEQUANT_PREFIXES = ("torchao.dequantize_affine", "quantized_decomposed.dequantize")
 
 
-def build(model, out: Path, ctx) -> dict:
-    """Quantize (torchao), capture, lower to XNNPACK, write `model.pte`, verify it."""
-    from ..quantize import quantizable_linears, quantize
+def build(model, out: Path, ctx) -> BuildResult:
+    """Quantize (torchao), capture, lower to XNNPACK, write `model.pte`, verify it. The eager
+    model carries the device weights already (torchao's), so nothing is loaded back."""
+    from ..quantize import quantize
     from .capture import capture
-    from .context import check_quantized_count
     from .executorch_attention import custom_op_attention
 
     st = ctx.stages
     with st("quantize"):
+        expected = expected_quantized(model, ctx.quant)
         quantize(model, ctx.quant)
-        expected = len(quantizable_linears(model)) if ctx.quant.quantizes else 0
     with st("quant-reference"):
         eager = ctx.eager_logits(model)
     with st("capture"):
@@ -42,16 +44,15 @@ def build(model, out: Path, ctx) -> dict:
             ep = capture(model, ctx.config.max_seq)
     with st("lower"):
         edge = lower(ep, runner_metadata(model, ctx.config.max_seq, ctx.bos, ctx.eos))
-        counts = lowered_op_counts(edge)
-        check_quantized_count(counts["quantized_linear_ops"], expected, "lowered program")
+        counts = lowered_op_counts(edge, expected).check("lowered program")
     with st("serialize"):
         to_pte(edge, out / PTE_NAME)
         del edge, ep
     with st("verify"):
         gates = ctx.verify(runtime_step(out / PTE_NAME), eager, "the exported .pte")
-    return {"files": [PTE_NAME], "counts": counts, **gates,
-            "runtime": {"method": "forward", "inputs": ["tokens[1,S] int64", "input_pos[1] int64"],
-                        "outputs": ["logits[1,1,vocab] float32"]}}
+    return BuildResult(files=[PTE_NAME], counts=counts, gates=gates, runtime={
+        "method": "forward", "inputs": ["tokens[1,S] int64", "input_pos[1] int64"],
+        "outputs": ["logits[1,1,vocab] float32"]})
 
 
 def load_runtime_ops() -> None:
@@ -100,12 +101,13 @@ def to_pte(edge, path: Path) -> int:
     return path.stat().st_size
 
 
-def lowered_op_counts(edge) -> dict:
-    """Linear ops inside XNNPACK delegates, and how many take a quantized weight."""
+def lowered_op_counts(edge, expected: dict[str, int]) -> LoweringCounts:
+    """Linear ops inside XNNPACK delegates, and which take a quantized weight (by the
+    module each was captured from); `expected`: expected_quantized(model, quant)."""
     gm = edge.exported_program().graph_module
     delegates = [m for n, m in gm.named_children() if n.startswith("lowered_module")]
-    linear = quantized = 0
-    bits = Counter()
+    linear = 0
+    quantized, bits = [], Counter()
     for lowered in delegates:
         for node in lowered.original_module.graph.nodes:
             if node.op != "call_function" or _op_name(node) not in _LINEAR_OPS:
@@ -114,14 +116,19 @@ def lowered_op_counts(edge) -> dict:
             weight = node.args[1] if _op_name(node) != "aten.addmm.default" else node.args[2]
             b = _dequant_bits(weight)
             if b:
-                quantized += 1
+                quantized.append(_module_name(node))
                 bits[f"int{b}"] += 1
     portable = sum(1 for n in gm.graph.nodes
                    if n.op == "call_function" and _op_name(n) in _LINEAR_OPS)
-    return {"quantized_linear_ops": quantized, "linear_ops": linear + portable,
-            "delegates": len(delegates), "delegated_linear_ops": linear,
-            "quantized_weight_bits": dict(bits),
-            "non_delegated_linear_ops": portable}
+    return lowering_counts(expected, quantized, linear + portable, bits,
+                           delegates=len(delegates), delegated_linear_ops=linear,
+                           non_delegated_linear_ops=portable)
+
+
+def _module_name(node) -> str | None:
+    """The module a captured op came from (torch.export's nn_module_stack), if recorded."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    return stack[-1][0] if stack else None
 
 
 def _op_name(node) -> str:

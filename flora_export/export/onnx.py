@@ -25,7 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..quantize import is_lora_half
+from ..quantize import is_lora_half, untie_head
+from .backend import (BuildResult, LoweringCounts, expected_quantized, load_device_weights,
+                      lowering_counts)
 from .onnx_attention import ExplicitKV, check_mappable
 
 log = logging.getLogger(__name__)
@@ -60,9 +62,7 @@ def capture(model: nn.Module, max_seq: int, path: Path) -> None:
     """Export the fp32 decoder to `path` (+ external data); the head is untied first."""
     cfg = model.config
     check_mappable(model)
-    if model.lm_head.weight is model.embed_tokens.weight:  # a tied head exports as a Transpose
-        model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone(),
-                                            requires_grad=False)
+    untie_head(model)                      # a tied head exports as a Transpose
     past = tuple(torch.zeros(1, cfg.num_key_value_heads, 3, cfg.head_dim)
                  for _ in range(2 * cfg.num_hidden_layers))
     example = (torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 5, dtype=torch.long), past)
@@ -236,22 +236,28 @@ def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
     _save(quantizer.model.model, path)
 
 
-def node_counts(path: Path) -> dict:
+def node_counts(path: Path, owners: dict[str, str], expected: dict[str, int]) -> LoweringCounts:
+    """MatMulNBits (the quantized linears, by the module each replaced: `owners`, from
+    weight_owners) and float constant-weight MatMuls of the saved graph."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in proto.graph.initializer}
     ops = Counter(n.op_type for n in proto.graph.node)
-    bits = Counter(f"int{_attr(n, 'bits')}" for n in proto.graph.node if n.op_type == "MatMulNBits")
+    nbits = [n for n in proto.graph.node if n.op_type == "MatMulNBits"]
+    bits = Counter(f"int{_attr(n, 'bits')}" for n in nbits)
     float_mm = sum(1 for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")
                    and len(n.input) > 1 and n.input[1] in inits)
-    return {"quantized_linear_ops": ops.get("MatMulNBits", 0),
-            "linear_ops": ops.get("MatMulNBits", 0) + float_mm,
-            "matmulnbits": ops.get("MatMulNBits", 0), "matmulnbits_bits": dict(bits),
-            "gather_block_quantized": ops.get("GatherBlockQuantized", 0),
-            "float_weight_matmuls": float_mm, "nodes": sum(ops.values()),
-            "opset": max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-                         default=None)}
+    return lowering_counts(
+        expected, [owners.get(_replaced(n.name)) for n in nbits], len(nbits) + float_mm, bits,
+        gather_block_quantized=ops.get("GatherBlockQuantized", 0), nodes=sum(ops.values()),
+        opset=max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                  default=None))
+
+
+def _replaced(name: str) -> str:
+    """The MatMul/Gather a quantized node replaced (the quantizer appends `_Q<bits>`)."""
+    return re.sub(r"_Q\d+$", "", name)
 
 
 def _attr(node, name: str):
@@ -267,28 +273,25 @@ def _drop_weights(model: nn.Module) -> None:
         lin.weight = nn.Parameter(torch.empty(0), requires_grad=False)
 
 
-def load_quantized_weights(model: nn.Module, path: Path, owners: dict[str, str]) -> int:
+def load_quantized_weights(model: nn.Module, path: Path, owners: dict[str, str],
+                           expected: int = 0) -> int:
     """Set the eager model's weights to the ONNX file's dequantized ones: the reference
-    then computes with exactly the int4/int8 weights that ONNX Runtime uses."""
+    then computes with exactly the int4/int8 weights that ONNX Runtime uses. Returns how
+    many were set; fails when fewer than `expected` linears got one."""
     import onnx
     from onnx import numpy_helper
 
     proto = onnx.load(str(path))
     inits = {i.name: i for i in proto.graph.initializer}
-    done = 0
-    with torch.no_grad():
-        for node in proto.graph.node:
-            if node.op_type not in _WEIGHT_OPS:
-                continue
-            owner = owners.get(re.sub(r"_Q\d+$", "", node.name))
-            arrays = [numpy_helper.to_array(inits[x]) for x in node.input if x in inits]
-            weight = (_dequant_matmulnbits(node, *arrays) if node.op_type == "MatMulNBits"
-                      else _dequant_gather(node, *arrays))
-            module = model.get_submodule(owner)
-            module.weight = nn.Parameter(weight.to(module.weight.dtype).contiguous(),
-                                         requires_grad=False)
-            done += 1
-    return done
+    weights = {}
+    for node in proto.graph.node:
+        if node.op_type not in _WEIGHT_OPS:
+            continue
+        arrays = [numpy_helper.to_array(inits[x]) for x in node.input if x in inits]
+        weights[owners[_replaced(node.name)]] = (
+            _dequant_matmulnbits(node, *arrays) if node.op_type == "MatMulNBits"
+            else _dequant_gather(node, *arrays))
+    return load_device_weights(model, weights, expected, "ONNX model")
 
 
 def _dequant_matmulnbits(node, packed: np.ndarray, scales: np.ndarray, *zp) -> torch.Tensor:
@@ -383,13 +386,10 @@ def versions() -> dict:
     return out
 
 
-def build(model: nn.Module, out: Path, ctx) -> dict:
+def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     """Export, quantize to MatMulNBits, verify in ONNX Runtime, write the ORT-GenAI files."""
-    from ..quantize import quantizable_linears
-    from .context import check_quantized_count
-
     st, cfg, path = ctx.stages, model.config, out / MODEL_NAME
-    expected = len(quantizable_linears(model))
+    expected = expected_quantized(model, ctx.quant)
     with st("capture"):
         capture(model, ctx.config.max_seq, path)
         owners = weight_owners(path)
@@ -404,21 +404,20 @@ def build(model: nn.Module, out: Path, ctx) -> dict:
             _drop_weights(model)           # refilled from the file below: frees one copy
             quantize(path, bits, block, keep_float=tuple(
                 node for node, owner in owners.items() if is_lora_half(owner)))
-            counts = node_counts(path)
-            check_quantized_count(counts["matmulnbits"], expected, "ONNX model")
+            counts = node_counts(path, owners, expected).check("ONNX model")
         with st("quant-reference"):
-            load_quantized_weights(model, path, owners)
+            load_quantized_weights(model, path, owners, counts.expected_quantized_linear_ops)
             eager = ctx.eager_logits(model)
     else:
-        counts = node_counts(path)
-        check_quantized_count(counts["matmulnbits"], 0, "ONNX model")
+        counts = node_counts(path, owners, expected).check("ONNX model")
     with st("verify"):
         step = runtime_step(path, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
                             ctx.config.max_seq)
         gates = ctx.verify(step, eager, "the exported ONNX model")
     write_genai_files(out, model, ctx.config.max_seq, ctx.bos, ctx.eos)
-    return {"files": [MODEL_NAME, DATA_NAME, "genai_config.json", "tokenizer_config.json"],
-            "counts": counts, **gates, "onnx_quantization": qinfo,
-            "runtime": {"inputs": io_names(cfg.num_hidden_layers)[0][:2] + [
-                "past_key_values.{i}.key|value [1, kv_heads, past, head_dim]"],
-                "outputs": ["logits [1, S, vocab]", "present.{i}.key|value"]}}
+    return BuildResult(
+        files=[MODEL_NAME, DATA_NAME, "genai_config.json", "tokenizer_config.json"],
+        counts=counts, gates=gates, extra={"onnx_quantization": qinfo},
+        runtime={"inputs": io_names(cfg.num_hidden_layers)[0][:2] + [
+            "past_key_values.{i}.key|value [1, kv_heads, past, head_dim]"],
+            "outputs": ["logits [1, S, vocab]", "present.{i}.key|value"]})

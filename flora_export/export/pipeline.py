@@ -12,13 +12,13 @@ import datetime as dt
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from importlib import import_module
 from typing import Callable
 
 from ..errors import FloraError
 from ..fuse import count_fused_linears, fuse
 from ..quantize import count_quantized_linears, quant_config
 from ..verify import VerifyConfig
+from .backend import BuildResult, backend
 from .context import BuildContext, reference as verification_reference
 from .outdir import FORMAT, MANIFEST, config_parameters, estimate_bytes, plan_out_dir, staging_dir
 from .output import Stages, file_record, peak_rss_mb, versions, write_json
@@ -30,22 +30,6 @@ from .targets import target_row
 log = logging.getLogger(__name__)
 
 COMMON_STAGES = ["fuse", "reference"]
-
-
-_BACKENDS = {"executorch-xnnpack": ("executorch", "android"), "onnx": ("onnx", "onnx"),
-             "coreml": ("coreml", "coreml")}
-
-
-def _backend(name: str):
-    """The backend module; fails clearly when its runtime packages are not installed."""
-    module, extra = _BACKENDS[name]
-    runtime = {"executorch": "executorch", "onnx": "onnxruntime", "coreml": "coremltools"}[module]
-    try:
-        import_module(runtime)
-    except ImportError:
-        raise FloraError(f"the {name} backend needs the {runtime} package, which is not "
-                         "installed", f'pip install "flora-export[{extra}]"') from None
-    return import_module(f"{__package__}.{module}")
 
 
 @dataclass(frozen=True)
@@ -61,7 +45,7 @@ class ExportConfig:
 def stage_names(target: str) -> list[str]:
     names = list(COMMON_STAGES)
     for b in target_row(target).backends:
-        names += [s for s in _backend(b).STAGES if s not in names]
+        names += [s for s in backend(b).STAGES if s not in names]
     return names + ["tokenizer", "write"]
 
 
@@ -95,7 +79,7 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
         for i, name in enumerate(row.backends):
             last = i == len(row.backends) - 1
             ctx.backend = name
-            results[name] = _backend(name).build(model if last else copy.deepcopy(model), tmp, ctx)
+            results[name] = backend(name).build(model if last else copy.deepcopy(model), tmp, ctx)
         (tmp / "tokenizer.json").write_text(model.tokenizer_json)
         with st("tokenizer"):
             tokenizers = {name: tokenizer_gate.check(
@@ -135,8 +119,8 @@ def _check_max_seq(model, config: ExportConfig, prompt_len: int) -> None:
                          f"pass --max-seq {need} or more")
 
 
-def _manifest(model, row, qcfg, config, tmp: Path, fused: int, results: dict, st, bos, eos
-              ) -> dict:
+def _manifest(model, row, qcfg, config, tmp: Path, fused: int,
+              results: dict[str, BuildResult], st, bos, eos) -> dict:
     adapter = model.adapter_state
     primary = results[row.backends[0]]
     return {
@@ -150,16 +134,15 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int, results: dict, st
         "adapter": None if adapter is None else adapter.manifest(),
         "quantization": asdict(qcfg),
         "runtime": {"max_seq_len": config.max_seq, "bos_id": bos, "eos_ids": eos,
-                    "chat": chat_format(model), **primary.get("runtime", {})},
+                    "chat": chat_format(model), **primary.runtime},
         "files": {p.name: file_record(p) for p in sorted(tmp.iterdir())
                   if p.name != MANIFEST},
         "counts": {"fused_linears": fused,
                    "quantized_linears_eager": count_quantized_linears(model),
-                   **primary["counts"]},
-        "parity": primary["parity"],
-        "quality": primary.get("quality"),
-        "results": {name: {k: v for k, v in r.items() if k != "runtime"}
-                    for name, r in results.items()},
+                   **primary.counts.to_dict()},
+        "parity": primary.gates.parity,
+        "quality": primary.gates.quality,
+        "results": {name: r.record() for name, r in results.items()},
         "timings_s": dict(st.seconds),
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_mb_after_stage": dict(st.rss_mb),
@@ -170,5 +153,5 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int, results: dict, st
 def _backend_versions(row) -> dict:
     out = {}
     for name in row.backends:
-        out.update(_backend(name).versions())
+        out.update(backend(name).versions())
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import FloraError, unknown_name
+from .backend import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,8 @@ TARGETS: dict[str, Target] = {
     "onnx": Target("onnx", ("onnx",), "ONNX with int4 MatMulNBits, for ONNX Runtime (GenAI)"),
 }
 
-# Backends this version can build; the others are listed so their targets fail clearly.
-AVAILABLE_BACKENDS = ("executorch-xnnpack", "onnx", "coreml")
+# Backends this version can build (the backend table); a target naming another fails clearly.
+AVAILABLE_BACKENDS = tuple(BACKENDS)
 
 
 def target_row(name: str) -> Target:
