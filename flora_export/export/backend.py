@@ -189,9 +189,9 @@ def load_device_weights(model: nn.Module, weights: dict[str, torch.Tensor], expe
     with torch.no_grad():
         for fqn, w in weights.items():
             module = model.get_submodule(fqn)
-            if id(w) not in params:
-                params[id(w)] = nn.Parameter(w.reshape(module.weight.shape).float()
-                                             .contiguous(), requires_grad=False)
+            if id(w) not in params:       # the module's shape, unless its weight was freed
+                shaped = w.reshape(module.weight.shape) if module.weight.numel() else w
+                params[id(w)] = nn.Parameter(shaped.float().contiguous(), requires_grad=False)
             module.weight = params[id(w)]
             linears += isinstance(module, nn.Linear)
     if linears < expected:
