@@ -142,6 +142,18 @@ def test_manifest_says_parity_needs_macos(int4_coreml):
     assert {"tokenizer.json", "coreml_reference.safetensors"} <= set(m["files"])
 
 
+def test_parity_script_applies_the_exports_thresholds(int4_coreml):
+    """coreml_parity on a Mac judges with the thresholds the export recorded (its lowering
+    and quality records; older manifests: parity.thresholds_on_macos)."""
+    from flora_export.export.coreml_parity import _thresholds
+    from flora_export.verify import VerifyConfig
+    m = json.loads((int4_coreml / "manifest.json").read_text())
+    assert m["parity"]["thresholds"]["min_sqnr_db"] == VerifyConfig().min_sqnr_db
+    assert _thresholds(m) == VerifyConfig()
+    old = {"results": {"coreml": {"parity": {"thresholds_on_macos": {"min_sqnr_db": 30.0}}}}}
+    assert _thresholds(old) == VerifyConfig(min_sqnr_db=30.0)
+
+
 def test_every_manifest_field_is_documented(int4_coreml, fp32_ios):
     """docs/manifest.md lists every key of a real `--target coreml` and `--target ios` manifest."""
     assert_documented(json.loads((int4_coreml / "manifest.json").read_text()))
