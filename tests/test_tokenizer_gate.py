@@ -12,30 +12,37 @@ import sys
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer
 
 import tokenizer_layouts as L
 from flora_export.errors import FloraError
 from flora_export.export import tokenizer_gate as G
-from flora_export.export.tokenizer_files import Reference, probe_texts, rewrites
+from flora_export.export.tokenizer_files import Reference, probe_texts
+from flora_export.export.tokenizer_rewrites import STEPS, candidates
 from flora_export.model import PRESETS, random_model, save_hf_checkpoint
 from flora_export.utf8 import Utf8Stream, stream_text
 
 ET, ORT = "executorch-xnnpack", "onnx"
 # What each runtime gets, measured with the installed executorch 1.5.1 / pytorch_tokenizers
-# 1.5.0 and onnxruntime-genai 0.18.0; None = refused in one line.
+# 1.5.0 and onnxruntime-genai 0.18.0 (docs/tokenizers.md's table): "source" = the source's
+# tokenizer.json as is, "rewrite" = a rewritten file, "nfc" = a rewritten file without the
+# NFC normalizer, the caller applying NFC; None = refused in one line, with `REASON`.
+SAME = {ET: "source", ORT: "source"}
 EXPECTED = {
-    "llama3": {ET: "tokenizer.json", ORT: "tokenizer.json"},
-    "smollm2": {ET: "tokenizer.json", ORT: "tokenizer.json"},
-    "qwen2": {ET: None, ORT: None},            # both runtimes' NFC differ from HF's
-    "llama2": {ET: "tokenizer.executorch.json", ORT: None},   # decoder without Strip
-    "mistral": {ET: "tokenizer.executorch.json", ORT: None},  # Metaspace as normalizer
-    "gemma": {ET: "tokenizer.json", ORT: None},  # ORT splits runs of spaces differently
+    "llama3": SAME, "smollm2": SAME, "smollm3": SAME, "phi4mini": SAME, "gemma3": SAME,
+    "qwen2": {ET: "nfc", ORT: "nfc"},           # both runtimes' NFC differ from HF's
+    "qwen3": {ET: "nfc", ORT: "nfc"},
+    "llama2": {ET: "rewrite", ORT: None},       # ET: decoder without Strip
+    "phi35": {ET: None, ORT: None},             # ET ignores rstrip; ORT: decode after specials
+    "mistral": {ET: "rewrite", ORT: None},      # ET: Metaspace as normalizer
+    "gemma": {ET: "source", ORT: "rewrite"},    # ORT: the whole text as one pre-token
     "wordlevel": {ET: None, ORT: None},         # neither loads WordLevel
     "unigram": {ET: None, ORT: None},           # neither loads Unigram
 }
-BOS_NAMES = ("<|begin_of_text|>", "<s>")
-EOS_NAMES = ("<|eot_id|>", "</s>", "<|im_end|>", "<|endoftext|>")
+REASON = {("phi35", ET): "ignores the rstrip/lstrip", ("phi35", ORT): "drops the space",
+          ("llama2", ORT): "drops the space", ("mistral", ORT): "prepend_scheme 'first'",
+          ("wordlevel", ET): "cannot load", ("unigram", ORT): "cannot load"}
+BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>")
+EOS_NAMES = ("<|eot_id|>", "</s>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
 def _ids(d: Path) -> tuple[int, int]:
@@ -89,37 +96,68 @@ def test_each_layout_ships_what_the_runtime_reads_or_is_refused(layouts, genai_f
         msg = str(e.value)
         assert "\n" not in msg and G._runtime_name(backend) in msg
         assert "--allow-tokenizer-mismatch" in msg
+        assert REASON.get((name, backend), "") in msg
         assert not any((tmp_path / "out").glob("tokenizer.executorch.json"))
         return
     record, out = _choose(layouts, genai_files, tmp_path, name, backend)
-    assert record["passed"] and record["file"] == want and record["tried"][-1]["mismatches"] == 0
+    file = "tokenizer.json" if want == "source" or backend == ORT else "tokenizer.executorch.json"
+    assert record["passed"] and record["file"] == file and record["tried"][-1]["mismatches"] == 0
+    assert (want == "source") == (record["how"] == "the source's tokenizer.json")
+    assert record["input_normalization"] == ("NFC" if want == "nfc" else None)
     assert record["probes"] >= len(probe_texts((layouts[name] / "tokenizer.json").read_text(),
                                                None))
     assert record["bos_policy"]["num_bos"] in (0, 1)
-    if want != "tokenizer.json":
-        assert (out / want).is_file() and record["tried"][0]["mismatches"] > 0
+    if want != "source":
+        assert (out / file).is_file() and record["tried"][0]["mismatches"] > 0
+        assert json.loads((out / file).read_text()) != json.loads(
+            (layouts[name] / "tokenizer.json").read_text())
     if backend == ET:
         assert record["class"] == "pytorch_tokenizers.CppHFTokenizer"
 
 
 def test_allow_mismatch_ships_the_source_file_and_records_every_mismatch(layouts, genai_files,
                                                                           tmp_path):
-    record, out = _choose(layouts, genai_files, tmp_path, "qwen2", ET, allow=True)
+    record, out = _choose(layouts, genai_files, tmp_path, "mistral", ORT, allow=True)
     assert not record["passed"] and record["file"] == "tokenizer.json"
     found = record["tried"][0]["found"]
     assert record["tried"][0]["mismatches"] == len(found) > 0
-    assert any(f["check"] == "encode" and "café" in f["probe"] for f in found)
+    assert any(f["check"] == "encode" and f["probe"] == "  leading spaces" for f in found)
 
 
-def test_rewrites_are_equal_in_hugging_face_on_the_probes(layouts):
-    """The Metaspace rewrite encodes every probe as the original does, in HF itself."""
-    src = (layouts["mistral"] / "tokenizer.json").read_text()
-    ref = Reference(src)
-    texts = [t for t in probe_texts(src, None) if not t.startswith(("[INST]", "[/INST]"))]
-    for how, data in rewrites(src):
-        rewritten = Tokenizer.from_str(data)
-        for t in texts:
-            assert rewritten.encode(t, add_special_tokens=False).ids == ref.encode(t), (how, t)
+@pytest.mark.parametrize("runtime", list(STEPS))
+def test_rewrites_are_equal_in_hugging_face_on_the_probes(layouts, runtime):
+    """Every rewrite encodes every probe as the source does, in HF itself (after the input
+    rule it records), and decodes the ids to the same continuation text."""
+    seen = 0
+    for name in EXPECTED:
+        src = (layouts[name] / "tokenizer.json").read_text()
+        ref = Reference(src)
+        texts = [t for t in probe_texts(src, None) if not t.startswith(("[INST]", "[/INST]"))]
+        for c in candidates(runtime, src):
+            seen += 1
+            rewritten, prep = Reference(c.data), G.prepare(c.input_normalization)
+            for t in texts:
+                ids = ref.encode(t)
+                assert rewritten.encode(prep(t)) == ids, (name, c.how, t)
+                assert rewritten.text(ids, True) == ref.text(ids, True), (name, c.how, t)
+    assert seen >= 4
+
+
+def test_the_nfc_rule_is_recorded_for_the_apps(layouts, genai_files, tmp_path):
+    """Qwen's NFC moves to the caller: the manifest says so, and the shipped file gives HF's
+    ids for NFD text only once the caller applied NFC."""
+    import unicodedata
+
+    record, out = _choose(layouts, genai_files, tmp_path, "qwen3", ORT)
+    manifest = {"runtime": {}}
+    G.add_to_manifest(manifest, {ORT: record, "coreml": {"checked": False}})
+    assert manifest["runtime"]["input_normalization"] == "NFC"
+    assert manifest["runtime"]["bos_policy"][ORT] == record["bos_policy"]
+    src = (layouts["qwen3"] / "tokenizer.json").read_text()
+    nfd = "cafe\u0301 東京"
+    shipped = Reference((out / "tokenizer.json").read_text())
+    assert shipped.encode(unicodedata.normalize("NFC", nfd)) == Reference(src).encode(nfd)
+    assert shipped.encode(nfd) != Reference(src).encode(nfd)
 
 
 def test_probe_set_covers_what_the_issue_lists(layouts):

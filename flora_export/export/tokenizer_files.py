@@ -1,4 +1,4 @@
-"""The probe set, Hugging Face's reference answers, and tokenizer.json rewrites.
+"""The probe set and Hugging Face's reference answers (rewrites: tokenizer_rewrites.py).
 
 The reference is HF `tokenizers` on the source's tokenizer.json. Decoding is compared
 as a continuation, the way an app shows an answer after its prompt: a decoder's
@@ -64,32 +64,6 @@ class Reference:
 
     def text(self, ids: list[int], specials: bool) -> str:
         return self.cont.decode(ids, skip_special_tokens=not specials)
-
-
-def rewrites(tokenizer_json: str) -> list[tuple[str, str]]:
-    """Equivalent forms of tokenizer.json that a runtime may read better, each with a
-    description: the decoder without its leading-space Strip; a Metaspace pre-tokenizer
-    as the normalizer steps it stands for. The gate proves each on the probe set."""
-    out = []
-    cont = continuation_json(tokenizer_json)
-    if cont != json.dumps(json.loads(tokenizer_json), ensure_ascii=False):
-        out.append(("decoder without its leading-space Strip (the text is streamed as a "
-                    "continuation)", cont))
-    j = json.loads(cont)
-    pre = j.get("pre_tokenizer") or {}
-    if pre.get("type") == "Metaspace" and not pre.get("split", True) and not j.get("normalizer"):
-        rep = pre.get("replacement", "\u2581")
-        steps = [{"type": "Replace", "pattern": {"String": " "}, "content": rep}]
-        if pre.get("prepend_scheme", "always") != "never":
-            # Metaspace prepends the replacement unless the text already starts with it
-            steps = ([{"type": "Prepend", "prepend": rep}] + steps
-                     + [{"type": "Replace", "pattern": {"Regex": f"^{rep}{rep}"},
-                         "content": rep}])
-        j["normalizer"] = {"type": "Sequence", "normalizers": steps}
-        j["pre_tokenizer"] = None
-        out.append(("Metaspace pre-tokenizer rewritten as Prepend + Replace normalizer steps",
-                    json.dumps(j, ensure_ascii=False)))
-    return out
 
 
 def added_token_id(tokenizer_json: str, content: str) -> int | None:

@@ -18,12 +18,14 @@ import json
 import logging
 import shutil
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import FloraError
 from ..verify import reference_sequence
-from .tokenizer_files import Reference, probe_texts, rewrites, special_ids, token_text
+from .tokenizer_files import Reference, probe_texts, special_ids, token_text
+from .tokenizer_rewrites import candidates
 from .tokenizer_runtimes import (ExecuTorchTokenizer, IsolatedTokenizer, OrtGenAITokenizer,
                                  executorch_generate, ortgenai_generate, printed_like_runner)
 
@@ -105,18 +107,19 @@ def choose(backend: str, out: Path, tokenizer_json: str, files: dict, case: Text
     probes = probe_texts(tokenizer_json, chat)
     specials = special_ids(tokenizer_json)
     tried, chosen = [], None
-    for i, (name, how, data) in enumerate(_candidates(backend, tokenizer_json, files)):
+    for i, (name, how, data, rule) in enumerate(_candidates(backend, tokenizer_json, files)):
         rt, problem = _load(backend, scratch / str(i), name, data, out)
-        found = [problem] if problem else _probe(rt, ref, probes)
+        prep = prepare(rule)
+        found = [problem] if problem else _probe(rt, ref, probes, prep)
         quirks = [f for f in found if _quirk(f, specials)]
         mism = [f for f in found if f not in quirks]
-        policy = None if problem else _bos_policy(rt, backend, case)
+        policy = None if problem else _bos_policy(rt, backend, case, prep)
         if policy is None and not problem:
             mism.append({"check": "bos", "hf": case.ids[:_CAP],
                          "runtime": "no call gives bos + the prompt's ids"})
         tried.append({"file": name, "how": how, "class": rt.cls if rt else _cls(backend, name),
-                      "mismatches": len(mism), "found": mism[:20], "quirks": quirks[:8],
-                      "_rt": rt, "_data": data, "bos_policy": policy})
+                      "input_normalization": rule, "mismatches": len(mism), "found": mism[:20],
+                      "quirks": quirks[:8], "_rt": rt, "_data": data, "bos_policy": policy})
         if not mism:
             chosen = tried[-1]
             break
@@ -125,7 +128,7 @@ def choose(backend: str, out: Path, tokenizer_json: str, files: dict, case: Text
             for t in tried:
                 if t["_rt"] is not None:
                     t["_rt"].close()
-            raise FloraError(_refusal(backend, tried[0], layout(tokenizer_json)),
+            raise FloraError(_refusal(backend, tried, tokenizer_json),
                              "pass --allow-tokenizer-mismatch to export anyway (the manifest "
                              "lists every mismatch); docs/tokenizers.md lists the layouts "
                              "each runtime reads")
@@ -133,7 +136,8 @@ def choose(backend: str, out: Path, tokenizer_json: str, files: dict, case: Text
     chosen["_all"] = [t["_rt"] for t in tried if t["_rt"] is not None]
     _ship(out, chosen)
     record = {"runtime": _runtime_name(backend), "checked": True, "file": chosen["file"],
-              "how": chosen["how"], "class": chosen["class"], "probes": len(probes),
+              "how": chosen["how"], "class": chosen["class"],
+              "input_normalization": chosen["input_normalization"], "probes": len(probes),
               "passed": chosen["mismatches"] == 0,
               "tried": [{k: v for k, v in t.items() if not k.startswith("_")} for t in tried],
               "bos_policy": chosen["bos_policy"]}
@@ -148,23 +152,35 @@ def _quirk(found: dict, specials: set[int]) -> bool:
 
 
 def add_to_manifest(manifest: dict, records: dict) -> None:
-    """The manifest's `tokenizers` section (per backend) and `runtime.bos_policy`."""
+    """The manifest's `tokenizers` section (per backend), `runtime.bos_policy` and
+    `runtime.input_normalization`."""
     manifest["tokenizers"] = records
-    manifest["runtime"]["bos_policy"] = {b: r.get("bos_policy") for b, r in records.items()
-                                         if r.get("checked")}
+    checked = {b: r for b, r in records.items() if r.get("checked")}
+    manifest["runtime"]["bos_policy"] = {b: r.get("bos_policy") for b, r in checked.items()}
+    manifest["runtime"]["input_normalization"] = next(
+        (r["input_normalization"] for r in checked.values() if r.get("input_normalization")),
+        None)
 
 
-def _candidates(backend: str, src: str, files: dict) -> list[tuple[str, str, bytes]]:
-    out = [("tokenizer.json", "the source's tokenizer.json", src.encode())]
+def prepare(rule: str | None):
+    """What the caller does to a text before the runtime's tokenizer sees it."""
+    if rule is None:
+        return lambda text: text
+    if rule == "NFC":
+        return lambda text: unicodedata.normalize("NFC", text)
+    raise ValueError(f"unknown input normalization {rule!r}")
+
+
+def _candidates(backend: str, src: str, files: dict) -> list[tuple[str, str, bytes, str | None]]:
+    out = [("tokenizer.json", "the source's tokenizer.json", src.encode(), None)]
     sp = files.get("tokenizer.model")
-    if backend == "executorch-xnnpack":
-        if sp:
-            out.append(("tokenizer.model", "the source's SentencePiece tokenizer.model",
-                        Path(sp).read_bytes()))
-        out += [("tokenizer.executorch.json", how, data.encode()) for how, data in rewrites(src)]
-    else:
-        out += [("tokenizer.json", how, data.encode()) for how, data in rewrites(src)
-                if "Metaspace" in how]
+    et = backend == "executorch-xnnpack"
+    if et and sp:
+        out.append(("tokenizer.model", "the source's SentencePiece tokenizer.model",
+                    Path(sp).read_bytes(), None))
+    name = "tokenizer.executorch.json" if et else "tokenizer.json"
+    out += [(name, c.how, c.data.encode(), c.input_normalization)
+            for c in candidates("executorch" if et else "onnx", src)]
     return out
 
 
@@ -182,11 +198,11 @@ def _load(backend: str, where: Path, name: str, data: bytes, out: Path):
                       "hf": "loads"}
 
 
-def _probe(rt, ref: Reference, probes: list[str]) -> list[dict]:
+def _probe(rt, ref: Reference, probes: list[str], prep) -> list[dict]:
     found = []
     for text in probes:
         want = ref.encode(text)
-        got = _try(rt.encode, text)
+        got = _try(rt.encode, prep(text))
         if got != want:
             found.append({"probe": text, "check": "encode", "hf": want[:_CAP],
                           "runtime": got[:_CAP] if isinstance(got, list) else got})
@@ -207,11 +223,11 @@ def _try(fn, arg):
         return f"error: {type(e).__name__}: {str(e)[:120]}"
 
 
-def _bos_policy(rt, backend: str, case: TextCase) -> dict | None:
+def _bos_policy(rt, backend: str, case: TextCase, prep) -> dict | None:
     """How a prompt gets its bos in this runtime: in the text, or added by the runtime."""
-    body = case.text[len(case.bos_text or ""):]
+    body = prep(case.text[len(case.bos_text or ""):])
     et = backend == "executorch-xnnpack"
-    if case.bos_text and _try(rt.encode, case.text) == case.ids:
+    if case.bos_text and _try(rt.encode, prep(case.text)) == case.ids:
         call = ('runner.generate(prompt, GenerationConfig(num_bos=0, temperature=0.0, ...))'
                 if et else "tokenizer.encode(prompt)")
         return {"runtime_adds_bos": False, "prompt_prefix": case.bos_text, "num_bos": 0,
@@ -231,7 +247,8 @@ def _text(backend, out: Path, chosen: dict, ref: Reference, case: TextCase, quan
           max_seq: int, allow_mismatch: bool) -> dict:
     """A real prompt through the runtime's tokenizer, greedy generation and detokenizer."""
     rt, policy = chosen["_rt"], chosen["bos_policy"]
-    prompt = case.text if not policy["runtime_adds_bos"] else case.text[len(case.bos_text or ""):]
+    prompt = prepare(chosen["input_normalization"])(
+        case.text if not policy["runtime_adds_bos"] else case.text[len(case.bos_text or ""):])
     want = ref.text(case.greedy, rt.specials_shown)
     n = len(case.greedy)
     rec = {"prompt": prompt, "prompt_tokens": len(case.ids), "fp32_text": want}
@@ -298,13 +315,39 @@ def layout(tokenizer_json: str) -> str:
             f"normalizer, {names(j.get('pre_tokenizer'))} pre-tokenizer")
 
 
-def _refusal(backend: str, first: dict, kind: str) -> str:
-    name = _runtime_name(backend)
-    m = first["found"][0]
-    if m["check"] == "load":
-        return (f"{name}'s tokenizer ({first['class']}) cannot load this tokenizer.json "
+def _refusal(backend: str, tried: list[dict], tokenizer_json: str) -> str:
+    """One line: the runtime, its class, the layout, and the closest candidate's first
+    mismatch (the one with the fewest), with the known reason when there is one."""
+    name, kind = _runtime_name(backend), layout(tokenizer_json)
+    loaded = [t for t in tried if not (t["found"] and t["found"][0]["check"] == "load")]
+    if not loaded:
+        return (f"{name}'s tokenizer ({tried[0]['class']}) cannot load this tokenizer.json "
                 f"({kind}) and no equivalent file passed the probes")
-    return (f"{name}'s tokenizer ({first['class']}) differs from Hugging Face on this "
-            f"tokenizer.json ({kind}) in "
-            f"{first['mismatches']} probe checks, e.g. {m['check']} of {m.get('probe', '')[:40]!r}: "
-            f"{str(m['runtime'])[:60]} instead of {str(m['hf'])[:60]}; no equivalent file passed")
+    best = min(loaded, key=lambda t: t["mismatches"])
+    m = best["found"][0]
+    why = known_limit(backend, tokenizer_json)
+    return (f"{name}'s tokenizer ({best['class']}) differs from Hugging Face on this "
+            f"tokenizer.json ({kind}){f': {why}' if why else ''}; closest file "
+            f"({best['how'][:80]}) fails {best['mismatches']} probe checks, e.g. {m['check']} of "
+            f"{m.get('probe', '')[:40]!r}: {str(m['runtime'])[:60]} instead of "
+            f"{str(m['hf'])[:60]}")
+
+
+def known_limit(backend: str, tokenizer_json: str) -> str | None:
+    """The measured reason a runtime cannot read a layout exactly (docs/tokenizers.md)."""
+    j = json.loads(tokenizer_json)
+    pre, norm = j.get("pre_tokenizer") or {}, j.get("normalizer") or {}
+    steps = norm.get("normalizers") or [norm]
+    stripped = [t["content"] for t in j.get("added_tokens", []) if t.get("rstrip") or t.get("lstrip")]
+    if backend == "onnx" and pre.get("type") == "Metaspace" and pre.get("prepend_scheme") == "first":
+        return ("ORT-GenAI's SentencePiece mode adds the '\u2581' prefix to every part of the "
+                "text (after each special token, and before a leading space), Metaspace with "
+                "prepend_scheme 'first' only at the start of the text")
+    if backend == "onnx" and any(s.get("type") == "Prepend" for s in steps):
+        return ("ORT-GenAI's SentencePiece decode drops the space that starts the token after a "
+                "special token; Hugging Face keeps it")
+    if backend == "executorch-xnnpack" and stripped:
+        return (f"ExecuTorch's HFTokenizer ignores the rstrip/lstrip of added tokens "
+                f"({', '.join(stripped[:3])}), so it keeps whitespace Hugging Face removes "
+                "next to them")
+    return None
