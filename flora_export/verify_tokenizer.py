@@ -17,6 +17,7 @@ from pathlib import Path
 def probes(folder: Path, manifest: dict, backends: list[str]) -> dict | None:
     """{backend: {"file", "texts", "ids"}} for the gated backends, or None (no gate)."""
     from .export.tokenizer_files import Reference, probe_texts
+    from .export.tokenizer_gate import prepare
 
     records = manifest.get("tokenizers") or {}
     gated = [b for b in backends if (records.get(b) or {}).get("checked")]
@@ -25,9 +26,15 @@ def probes(folder: Path, manifest: dict, backends: list[str]) -> dict | None:
     src = (folder / "tokenizer.json").read_text()
     ref = Reference(src)
     texts = probe_texts(src, (manifest.get("runtime") or {}).get("chat"))
-    ids = [ref.encode(t) for t in texts]
-    return {b: {"file": records[b].get("file", "tokenizer.json"), "texts": texts, "ids": ids}
-            for b in gated}
+    out = {}
+    for b in gated:
+        # the caller's input rule applied, as the app applies it; HF's ids are the same for
+        # the prepared text (its own normalizer starts with that rule)
+        prep = prepare(records[b].get("input_normalization"))
+        prepared = [prep(t) for t in texts]
+        out[b] = {"file": records[b].get("file", "tokenizer.json"), "texts": prepared,
+                  "ids": [ref.encode(t) for t in prepared]}
+    return out
 
 
 class _Replay:
@@ -72,7 +79,8 @@ def judge(folder: Path, manifest: dict, backend: str, probe: dict, answers: dict
                 "mismatches": [{"check": "load", "runtime": answers["load_error"]}],
                 "mismatch_count": 1}
     src = (folder / "tokenizer.json").read_text()
-    found = _probe(_Replay(backend, probe, answers["answers"]), Reference(src), probe["texts"])
+    found = _probe(_Replay(backend, probe, answers["answers"]), Reference(src), probe["texts"],
+                   lambda text: text)
     specials = special_ids(src)
     quirks = [f for f in found if _quirk(f, specials)]
     bad = [f for f in found if f not in quirks]

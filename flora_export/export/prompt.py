@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from tokenizers import Tokenizer
 
 from ..errors import FloraError
+from .chat_template import render_format, template_source, token_strings
+
+log = logging.getLogger(__name__)
 
 VERIFY_TEXT = "The quick brown fox jumps over the lazy dog. 12 + 30 = 42."
 # Teacher-forced after the greedy continuation when a gate needs more decisive positions:
@@ -51,15 +55,47 @@ def special_ids(model) -> tuple[int, list[int]]:
 
 
 def chat_format(model) -> dict | None:
-    """The prompt template apps should use, when the tokenizer has Llama-3 chat tokens."""
+    """The prompt template apps should use: the checkpoint's own chat template rendered
+    into one turn (chat_template.py), else Llama-3's when the tokenizer has its chat
+    tokens, else None (logged). Computed once per model."""
+    cached = getattr(model, "_chat_format", False)
+    if cached is not False:
+        return cached
+    fmt = _derive(model)
+    try:
+        model._chat_format = fmt
+    except AttributeError:
+        pass
+    return fmt
+
+
+def _derive(model) -> dict | None:
     added = _added_tokens(model)
-    if not {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
-            } <= set(added):
-        return None
-    # `bos` starts only the first turn: apps that send a whole conversation repeat the
-    # template without it after each reply + stop[0] (android_demo's ChatFormat does).
-    return {"template": _LLAMA3_CHAT, "stop": ["<|eot_id|>", "<|end_of_text|>"],
-            "bos": "<|begin_of_text|>"}
+    origin = getattr(model, "source", None)
+    source = template_source(getattr(origin, "tokenizer_files", None) or {})
+    if source is not None:
+        text, config = source
+        bos, eos = special_ids(model)
+        names = {i: t for t, i in added.items()}
+        tokens = {**{k: v for k, v in (("bos_token", names.get(bos)),
+                                       ("eos_token", names.get(eos[0]))) if v},
+                  **token_strings(config)}
+        specials = [t["content"] for t in json.loads(model.tokenizer_json).get("added_tokens", [])
+                    if t.get("special")]
+        fmt = render_format(text, tokens, names.get(bos),
+                            [names[i] for i in eos if i in names], specials)
+        if fmt is not None:
+            return fmt
+    if {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
+        } <= set(added):
+        # `bos` starts only the first turn: apps that send a whole conversation repeat the
+        # template without it after each reply + stop[0] (android_demo's ChatFormat does).
+        return {"template": _LLAMA3_CHAT, "stop": ["<|eot_id|>", "<|end_of_text|>"],
+                "bos": "<|begin_of_text|>"}
+    if source is None:
+        log.info("the checkpoint has no chat template and no Llama-3 chat tokens; the export "
+                 "records no chat format (apps send the prompt as typed)")
+    return None
 
 
 def extension_tokens(model, n: int) -> list[int]:

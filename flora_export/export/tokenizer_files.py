@@ -13,6 +13,8 @@ import json
 
 from tokenizers import Tokenizer
 
+from .chat_template import fill
+
 PROBE_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",      # ASCII
     "hi\nan ox is by me\nok",                            # short words starting a piece
@@ -36,7 +38,7 @@ def probe_texts(tokenizer_json: str, chat: dict | None) -> list[str]:
     for s in specials[:64]:
         texts += [s, f"word {s} word"]
     if chat:
-        texts.append(chat["template"].format(prompt="Hi there, café 東京 😀 12345?"))
+        texts.append(fill(chat["template"], "Hi there, café 東京 😀 12345?"))
     return texts
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import FloraError
 from ..verify import reference_sequence
+from .chat_template import fill
 from .tokenizer_files import Reference, probe_texts, special_ids, token_text
 from .tokenizer_rewrites import candidates
 from .tokenizer_runtimes import (ExecuTorchTokenizer, IsolatedTokenizer, OrtGenAITokenizer,
@@ -52,7 +53,7 @@ def prompt_case(tokenizer_json: str, bos: int, chat: dict | None, vocab_size: in
     """The verification prompt as text and as the ids the model must see (no generation)."""
     ref = Reference(tokenizer_json)
     bos_text = token_text(tokenizer_json, bos)
-    body = chat["template"].format(prompt=TEXT_PROMPT) if chat else TEXT_PROMPT
+    body = fill(chat["template"], TEXT_PROMPT) if chat else TEXT_PROMPT
     if bos_text and body.startswith(bos_text):
         body = body[len(bos_text):]
     ids = [bos] + [i for i in ref.encode(body) if i < vocab_size]

@@ -23,6 +23,9 @@ __all__ = ["LlamaConfig", "LlamaModel", "ModelSource", "PRESETS", "load_model",
 
 log = logging.getLogger(__name__)
 
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "chat_template.jinja",
+                   "chat_template.json")
+
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
@@ -63,8 +66,10 @@ def _load_dir(path: Path, dtype: torch.dtype, allow_unused_weights: bool) -> Lla
     check_tokenizer(path / "tokenizer.json", cfg.vocab_size)
     model = load_hf_checkpoint(path, dtype, allow_unused_weights)
     model.tokenizer_json = (path / "tokenizer.json").read_text()
-    tokenizer_files = {n: path / n for n in ("tokenizer.model",) if (path / n).is_file()}
-    extra = ("generation_config.json", "tokenizer_config.json", INDEX, *tokenizer_files)
+    # beside tokenizer.json: the SentencePiece model (a runtime may read it) and the files
+    # that may hold the chat template (export/chat_template.py)
+    tokenizer_files = {n: path / n for n in TOKENIZER_FILES if (path / n).is_file()}
+    extra = ("generation_config.json", INDEX, *tokenizer_files)
     files = sorted({path / "config.json", path / "tokenizer.json",
                     *checkpoint_files(path, quiet=True),
                     *(path / n for n in extra if (path / n).is_file())})

@@ -21,7 +21,8 @@ class ModelSource:
     seed: int | None = None               # PRESET: the seed of its random weights
     files: dict[str, str] = field(default_factory=dict)        # input file name -> sha256
     skipped_tensors: tuple[str, ...] = ()  # unused checkpoint tensors (--allow-unused-weights)
-    # tokenizer files beside tokenizer.json that a backend may ship (tokenizer.model)
+    # files beside tokenizer.json: tokenizer.model (a backend may ship it) and the chat
+    # template's (tokenizer_config.json, chat_template.jinja, chat_template.json)
     tokenizer_files: dict[str, Path] = field(default_factory=dict)
 
     @property

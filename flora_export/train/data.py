@@ -15,6 +15,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import FloraError
+from ..export.chat_template import fill
 from ..export.prompt import chat_format, special_ids
 from .recipe import Recipe
 from .tasks import Example, eval_set, generated, read_jsonl, split_jsonl
@@ -48,7 +49,7 @@ class Encoder:
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """bos + the templated prompt (a template may start with the bos token itself)."""
-        ids = self.tok.encode(self.template.format(prompt=prompt), add_special_tokens=False).ids
+        ids = self.tok.encode(fill(self.template, prompt), add_special_tokens=False).ids
         return ids if ids[:1] == [self.bos] else [self.bos] + ids
 
     def encode(self, ex: Example) -> Encoded:
