@@ -192,7 +192,8 @@ TOKENIZER_CONFIG = FieldTable("tokenizer_config.json", {
     **limited("do_lower_case", "lower-casing outside tokenizer.json", lambda v: not v,
               "false or absent"),
     **harmless("add_bos_token", "the bos policy is recorded in the manifest by the export"),
-    **harmless("chat_template", "a prompt template; the export records its own chat format"),
+    **implemented("chat_template", "rendered in jinja2's sandbox into the apps' one-turn "
+                  "chat format, `runtime.chat` (see docs/tokenizers.md)"),
     **harmless("bos_token eos_token pad_token unk_token sep_token cls_token mask_token "
                "additional_special_tokens extra_special_tokens added_tokens_decoder "
                "model_max_length clean_up_tokenization_spaces legacy tokenizer_class "
