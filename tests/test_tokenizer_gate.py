@@ -351,3 +351,27 @@ def test_a_runtime_tokenizer_that_crashes_is_a_refusal_not_the_end_of_the_export
                                                 "tokenizer crashed (killed by SIGSEGV)")
     with pytest.raises(RuntimeError, match="no longer running"):
         rt.encode("abc")
+
+
+@pytest.mark.slow
+def test_qwen3_export_with_its_chat_template_checks_nfc_text_in_ort_genai(layouts, tmp_path):
+    """A Qwen3 checkpoint end to end: the manifest's chat format is its own template, the
+    shipped tokenizer.json leaves NFC to the caller, and ORT-GenAI's text equals fp32's."""
+    from test_chat_template import QWEN3
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tokenizer.json").write_text((layouts["qwen3"] / "tokenizer.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps({"chat_template": QWEN3}))
+    r = _export(write_model(src, tmp_path / "m", multibyte="café 東京"), "onnx", tmp_path / "o")
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert m["runtime"]["chat"]["template"] == ("<|im_start|>user\n{prompt}<|im_end|>\n"
+                                                "<|im_start|>assistant\n")
+    assert m["runtime"]["chat"]["stop"] == ["<|im_end|>"]
+    assert m["runtime"]["input_normalization"] == "NFC"
+    rec = m["tokenizers"][ORT]
+    assert rec["passed"] and rec["input_normalization"] == "NFC"
+    assert rec["text"]["equal"] and "café 東京" in rec["text"]["runtime_text"]
+    assert "normalizer" not in json.loads((tmp_path / "o" / "tokenizer.json").read_text()) or \
+        json.loads((tmp_path / "o" / "tokenizer.json").read_text())["normalizer"] is None

@@ -58,7 +58,7 @@ public final class BenchmarkRunner {
     private func one(index: Int, warmup: Bool) throws -> JSONObject {
         let promptIndex = (warmup ? index : index - spec.warmup) % spec.prompts.count
         let user = spec.prompts[promptIndex]
-        let prompt = spec.chatTemplate ? chat.format([], user: user) : user
+        let prompt = spec.chatTemplate ? chat.format([], user: user) : chat.normalize(user)
         var text = ""
         let record = GenerationRecord(clock: clock) { text += $0 }
         record.timer.start()

@@ -7,21 +7,34 @@ import Foundation
 /// Later turns repeat the template without that prefix, after the previous reply and the
 /// first stop string, which is how the model saw multi-turn text in training
 /// (Llama-3: `<|start_header_id|>user<|end_header_id|>\n\n...<|eot_id|>`).
+///
+/// `normalization` is the manifest's `runtime.input_normalization`: `"NFC"` when the shipped
+/// tokenizer file leaves Unicode NFC to the caller (Qwen), applied to every prompt text
+/// before the tokenizer sees it.
 public struct ChatFormat: Equatable, Sendable {
     public static let slot = "{prompt}"
     /// Used when an export records no chat format: the prompt is sent as typed.
     public static let raw = ChatFormat(template: slot, stop: [], bos: "")
     static let llama3Bos = "<|begin_of_text|>"
 
+    static let nfc = "NFC"
+
     public let template: String
     public let stop: [String]
     public let bos: String
+    public let normalization: String?
 
-    public init(template: String, stop: [String], bos: String) {
+    public init(template: String, stop: [String], bos: String, normalization: String? = nil) {
         precondition(template.contains(Self.slot), "chat template has no \(Self.slot) slot")
         self.template = template
         self.stop = stop
         self.bos = bos
+        self.normalization = normalization
+    }
+
+    /// The text as the runtime's tokenizer must receive it (the input normalization).
+    public func normalize(_ text: String) -> String {
+        normalization == Self.nfc ? text.precomposedStringWithCanonicalMapping : text
     }
 
     /// The prompt for `turns` (earlier user/assistant exchanges) followed by `user`.
@@ -30,7 +43,7 @@ public struct ChatFormat: Equatable, Sendable {
         for (i, t) in turns.enumerated() {
             out += turn(t.user, first: i == 0) + t.reply + (stop.first ?? "")
         }
-        return out + turn(user, first: turns.isEmpty)
+        return normalize(out + turn(user, first: turns.isEmpty))
     }
 
     private func turn(_ user: String, first: Bool) -> String {
@@ -38,11 +51,13 @@ public struct ChatFormat: Equatable, Sendable {
         return t.replacingOccurrences(of: Self.slot, with: user)
     }
 
-    public static func fromManifest(_ chat: JSONObject?) -> ChatFormat {
-        guard let template = chat?.string("template"), template.contains(slot) else { return raw }
+    public static func fromManifest(_ chat: JSONObject?, normalization: String? = nil) -> ChatFormat {
+        guard let template = chat?.string("template"), template.contains(slot) else {
+            return ChatFormat(template: slot, stop: [], bos: "", normalization: normalization)
+        }
         let stop = chat?.list("stop")?.compactMap(\.stringValue) ?? []
         let bos = chat?.string("bos") ?? (template.hasPrefix(llama3Bos) ? llama3Bos : "")
-        return ChatFormat(template: template, stop: stop, bos: bos)
+        return ChatFormat(template: template, stop: stop, bos: bos, normalization: normalization)
     }
 }
 

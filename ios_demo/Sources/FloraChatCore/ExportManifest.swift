@@ -109,7 +109,7 @@ public struct ExportManifest: Equatable, Sendable {
             maxSeqLen: runtime.int("max_seq_len") ?? defaultMaxSeq,
             bosId: runtime.int("bos_id"),
             eosIds: runtime.list("eos_ids")?.compactMap { $0.numberValue.map { Int($0) } } ?? [],
-            chat: ChatFormat.fromManifest(runtime.obj("chat")),
+            chat: ChatFormat.fromManifest(runtime.obj("chat"), normalization: runtime.string("input_normalization")),
             created: root.string("created_utc")
         )
     }

@@ -47,7 +47,7 @@ class BenchmarkRunner(
     ): Map<String, Any?> {
         val promptIndex = (if (warmup) index else index - spec.warmup) % spec.prompts.size
         val user = spec.prompts[promptIndex]
-        val prompt = if (spec.chatTemplate) chat.format(emptyList(), user) else user
+        val prompt = if (spec.chatTemplate) chat.format(emptyList(), user) else chat.normalize(user)
         val text = StringBuilder()
         val record = GenerationRecord(clock) { text.append(it) }
         record.timer.start()

@@ -1,5 +1,7 @@
 package dev.flora.chat.core
 
+import java.text.Normalizer
+
 /**
  * The exporter's chat format: a one-turn template with a `{prompt}` slot, the stop
  * strings that end an assistant turn, and the begin-of-text prefix that only the first
@@ -8,11 +10,16 @@ package dev.flora.chat.core
  * Later turns repeat the template without that prefix, after the previous reply and the
  * first stop string, which is how the model saw multi-turn text in training
  * (Llama-3: `<|start_header_id|>user<|end_header_id|>\n\n...<|eot_id|>`).
+ *
+ * `normalization` is the manifest's `runtime.input_normalization`: `"NFC"` when the shipped
+ * tokenizer file leaves Unicode NFC to the caller (Qwen), applied to every prompt text
+ * before the runtime's tokenizer sees it.
  */
 data class ChatFormat(
     val template: String,
     val stop: List<String>,
     val bos: String,
+    val normalization: String? = null,
 ) {
     init {
         require(SLOT in template) { "chat template has no $SLOT slot" }
@@ -27,8 +34,12 @@ data class ChatFormat(
         for ((i, t) in turns.withIndex()) {
             out.append(turn(t.user, first = i == 0)).append(t.reply).append(stop.firstOrNull() ?: "")
         }
-        return out.append(turn(user, first = turns.isEmpty())).toString()
+        return normalize(out.append(turn(user, first = turns.isEmpty())).toString())
     }
+
+    /** The text as the runtime's tokenizer must receive it (the input normalization). */
+    fun normalize(text: String): String =
+        if (normalization == NFC) Normalizer.normalize(text, Normalizer.Form.NFC) else text
 
     private fun turn(
         user: String,
@@ -44,12 +55,18 @@ data class ChatFormat(
         /** Used when an export records no chat format: the prompt is sent as typed. */
         val RAW = ChatFormat(SLOT, emptyList(), "")
 
-        fun fromManifest(chat: Map<String, Any?>?): ChatFormat {
-            val template = chat?.string("template") ?: return RAW
-            if (SLOT !in template) return RAW
+        const val NFC = "NFC"
+
+        fun fromManifest(
+            chat: Map<String, Any?>?,
+            normalization: String? = null,
+        ): ChatFormat {
+            val raw = RAW.copy(normalization = normalization)
+            val template = chat?.string("template") ?: return raw
+            if (SLOT !in template) return raw
             val stop = chat.list("stop")?.filterIsInstance<String>() ?: emptyList()
             val bos = chat.string("bos") ?: LLAMA3_BOS.takeIf { template.startsWith(it) } ?: ""
-            return ChatFormat(template, stop, bos)
+            return ChatFormat(template, stop, bos, normalization)
         }
 
         private const val LLAMA3_BOS = "<|begin_of_text|>"

@@ -78,7 +78,7 @@ data class ExportManifest(
                 adapter = root.obj("adapter")?.let { a -> a.string("adapter_type")?.let { "$it (${a.string("state")})" } },
                 quant = root.obj("quantization")?.string("name"),
                 maxSeqLen = runtime.int("max_seq_len") ?: DEFAULT_MAX_SEQ,
-                chat = ChatFormat.fromManifest(runtime.obj("chat")),
+                chat = ChatFormat.fromManifest(runtime.obj("chat"), runtime.string("input_normalization")),
             )
         }
 

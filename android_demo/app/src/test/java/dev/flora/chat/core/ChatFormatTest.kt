@@ -29,6 +29,19 @@ class ChatFormatTest {
     }
 
     @Test
+    fun nfcInputNormalizationComposesThePromptBeforeTheTokenizer() {
+        val chatml =
+            ChatFormat.fromManifest(
+                mapOf("template" to "<|im_start|>user\n{prompt}<|im_end|>\n", "stop" to listOf("<|im_end|>")),
+                "NFC",
+            )
+        val p = chatml.format(listOf(Exchange("cafe\u0301", "ok")), "re\u0301sume\u0301")
+        assertEquals("<|im_start|>user\ncaf\u00e9<|im_end|>\nok<|im_end|><|im_start|>user\nr\u00e9sum\u00e9<|im_end|>\n", p)
+        assertEquals("caf\u00e9", ChatFormat.fromManifest(null, "NFC").format(emptyList(), "cafe\u0301"))
+        assertEquals("cafe\u0301", llama3.normalize("cafe\u0301"))
+    }
+
+    @Test
     fun exportWithoutChatFormatSendsThePromptAsTyped() {
         val raw = ChatFormat.fromManifest(null)
         assertEquals("hello", raw.format(emptyList(), "hello"))
