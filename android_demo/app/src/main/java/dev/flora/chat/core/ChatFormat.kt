@@ -38,8 +38,7 @@ data class ChatFormat(
     }
 
     /** The text as the runtime's tokenizer must receive it (the input normalization). */
-    fun normalize(text: String): String =
-        if (normalization == NFC) Normalizer.normalize(text, Normalizer.Form.NFC) else text
+    fun normalize(text: String): String = if (normalization == NFC) Normalizer.normalize(text, Normalizer.Form.NFC) else text
 
     private fun turn(
         user: String,
