@@ -6,7 +6,8 @@ import java.io.File
 /**
  * What the app needs from a flora-export output directory: the program and tokenizer
  * files, the context length, and the chat format (template + stop strings) recorded by
- * the exporter in `manifest.json` (`runtime.chat`).
+ * the exporter in `manifest.json` (`runtime.chat`). The tokenizer is the file named by
+ * `tokenizers.executorch-xnnpack.file`, the one the exporter checked in this runtime.
  */
 data class ExportManifest(
     val dir: File,
@@ -61,7 +62,17 @@ data class ExportManifest(
             }
             val runtime = root.obj("runtime") ?: emptyMap()
             val pte = fileNames.filter { it.endsWith(".pte") }.sorted().firstOrNull()
-            val tokenizer = fileNames.filter { it.startsWith("tokenizer") }.sorted().firstOrNull()
+            // The file the exporter's tokenizer gate checked for this runtime (it may be a
+            // rewrite, tokenizer.executorch.json, or a SentencePiece tokenizer.model);
+            // exports without that record ship one tokenizer.json.
+            val checked = root.obj("tokenizers")?.obj("executorch-xnnpack")?.string("file")
+            if (checked != null && checked !in fileNames) {
+                throw ManifestException(
+                    "${dir.name} lacks $checked, the tokenizer file its manifest names",
+                    "push the whole export directory again",
+                )
+            }
+            val tokenizer = checked ?: fileNames.firstOrNull { it == "tokenizer.json" }
             if (pte == null || tokenizer == null) {
                 throw ManifestException(
                     "${dir.name} lacks ${if (pte == null) "a .pte program" else "a tokenizer file"}",

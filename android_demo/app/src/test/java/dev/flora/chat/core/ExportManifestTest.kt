@@ -25,6 +25,19 @@ class ExportManifestTest {
     }
 
     @Test
+    fun loadsTheTokenizerFileTheExporterChecked() {
+        val names = listOf("manifest.json", "model.pte", "tokenizer.executorch.json", "tokenizer.json", "tokenizer.model")
+        val sp = MANIFEST.replaceFirst("{", """{"tokenizers": {"executorch-xnnpack": {"file": "tokenizer.model"}},""")
+        assertEquals("tokenizer.model", ExportManifest.parse(File("/d/a"), sp, names).tokenizer.name)
+        val rewrite = MANIFEST.replaceFirst("{", """{"tokenizers": {"executorch-xnnpack": {"file": "tokenizer.executorch.json"}},""")
+        assertEquals("tokenizer.executorch.json", ExportManifest.parse(File("/d/a"), rewrite, names).tokenizer.name)
+        assertEquals("tokenizer.json", ExportManifest.parse(File("/d/a"), MANIFEST, names).tokenizer.name)
+        val e =
+            assertThrows(ManifestException::class.java) { ExportManifest.parse(File("/d/a"), sp, listOf("model.pte", "tokenizer.json")) }
+        assertTrue(e.problem, "tokenizer.model" in e.problem)
+    }
+
+    @Test
     fun refusesExportsTheAppCannotRun() {
         val onnx = MANIFEST.replace("executorch-xnnpack", "onnx")
         val e =
