@@ -87,7 +87,16 @@ public struct ExportManifest: Equatable, Sendable {
         let sorted = fileNames.sorted()
         let pteName = backends.contains("executorch-xnnpack") ? sorted.first { $0.hasSuffix(".pte") } : nil
         let packageName = backends.contains("coreml") ? coreMLPackage(runtime, sorted) : nil
-        let tokenizerName = sorted.first { $0.hasPrefix("tokenizer") }
+        // The file the exporter's tokenizer gate checked for ExecuTorch (a rewrite or a
+        // SentencePiece tokenizer.model) when ExecuTorch is the only engine; tokenizer.json
+        // otherwise (what swift-transformers reads for Core ML).
+        let checked = backends == ["executorch-xnnpack"]
+            ? root.obj("tokenizers")?.obj("executorch-xnnpack")?.string("file") : nil
+        if let checked, !fileNames.contains(checked) {
+            throw ManifestError(problem: "\(name) lacks \(checked), the tokenizer file its manifest names",
+                                fix: "copy the whole export directory again")
+        }
+        let tokenizerName = checked ?? (fileNames.contains("tokenizer.json") ? "tokenizer.json" : nil)
         if pteName == nil && packageName == nil {
             let missing = runnable.contains(.coreML) ? "a Core ML package (.mlpackage)" : "a .pte program"
             throw ManifestError(problem: "\(name) lacks \(missing)", fix: "copy the whole export directory again")

@@ -33,7 +33,8 @@ final class ChatFormatTests: XCTestCase {
                                               "stop": ["<|im_end|>"]], normalization: "NFC")
         let p = chatml.format([Exchange(user: "cafe\u{301}", reply: "ok")], user: "re\u{301}sume\u{301}")
         XCTAssertEqual(Array(p.utf8),
-                       Array("<|im_start|>user\ncaf\u{e9}<|im_end|>\nok<|im_end|><|im_start|>user\nr\u{e9}sum\u{e9}<|im_end|>\n".utf8))
+                       Array(("<|im_start|>user\ncaf\u{e9}<|im_end|>\nok<|im_end|>"
+                              + "<|im_start|>user\nr\u{e9}sum\u{e9}<|im_end|>\n").utf8))
         let raw = ChatFormat.fromManifest(nil, normalization: "NFC")
         XCTAssertEqual(Array(raw.format([], user: "cafe\u{301}").utf8), Array("caf\u{e9}".utf8))
         XCTAssertEqual(Array(llama3.normalize("cafe\u{301}").utf8), Array("cafe\u{301}".utf8))

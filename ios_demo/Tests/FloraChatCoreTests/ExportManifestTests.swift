@@ -43,6 +43,20 @@ final class ExportManifestTests: XCTestCase {
         XCTAssertEqual(coreOnly.engines, [.coreML])
     }
 
+    func testLoadsTheTokenizerFileTheExporterChecked() throws {
+        let names = ["manifest.json", "model.pte", "tokenizer.executorch.json", "tokenizer.json", "tokenizer.model"]
+        let record = #"{"tokenizers": {"executorch-xnnpack": {"file": "tokenizer.model"}}, "format_version""#
+        let sp = Self.manifest.replacingOccurrences(of: #"{"format_version""#, with: record)
+        let dir = URL(fileURLWithPath: "/d/a")
+        XCTAssertEqual(try ExportManifest.parse(dir: dir, text: sp, fileNames: names).tokenizer.lastPathComponent,
+                       "tokenizer.model")
+        XCTAssertEqual(try ExportManifest.parse(dir: dir, text: Self.manifest, fileNames: names).tokenizer.lastPathComponent,
+                       "tokenizer.json")
+        XCTAssertThrowsError(try ExportManifest.parse(dir: dir, text: sp, fileNames: ["model.pte", "tokenizer.json"])) {
+            XCTAssertEqual(($0 as? ManifestError)?.problem, "a lacks tokenizer.model, the tokenizer file its manifest names")
+        }
+    }
+
     func testRefusesExportsTheAppCannotRun() {
         let onnx = Self.manifest.replacingOccurrences(of: "executorch-xnnpack", with: "onnx")
         XCTAssertThrowsError(try ExportManifest.parse(dir: URL(fileURLWithPath: "/d/x"), text: onnx,
