@@ -1,5 +1,10 @@
 """Hugging Face checkpoint I/O: safetensors only, q/k/v and gate/up fused at load time.
 
+Tensor names are the HF ones under `model.` (and `lm_head.weight`); q/k/v and gate/up
+are read into the fused `qkv_proj` / `gate_up_proj`, except for families whose
+checkpoints store them fused already (Phi3: `qkv_proj`, `gate_up_proj` with the same
+row order [q; k; v] and [gate; up]).
+
 Loading builds the model on the meta device and assigns the (fused) tensors into
 it, so peak memory stays at about one copy of the weights.
 """
@@ -222,7 +227,8 @@ def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32,
     for name, param in model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        state[name] = _read_param(index, name, torch.empty(param.shape, dtype=dtype), shapes)
+        state[name] = _read_param(index, name, torch.empty(param.shape, dtype=dtype), shapes,
+                                  cfg.family.fused_checkpoint)
     if cfg.tie_word_embeddings:
         _check_tied_head(index, state["embed_tokens.weight"])
         state["lm_head.weight"] = state["embed_tokens.weight"]
@@ -270,28 +276,30 @@ def _check_unused(index: _TensorIndex, model_dir: Path, cfg: LlamaConfig, allow:
 
 
 def _read_param(index: _TensorIndex, name: str, out: torch.Tensor,
-                shapes: dict[str, tuple[int, ...]]) -> torch.Tensor:
+                shapes: dict[str, tuple[int, ...]], fused_checkpoint: bool) -> torch.Tensor:
     """Read the HF tensor(s) behind parameter `name` into consecutive rows of `out`."""
     row = 0
-    for hf in _hf_parts(name):
+    parts = _hf_parts(name, fused_checkpoint)
+    for hf in parts:
         if index.shape(hf) != shapes[hf]:
             raise FloraError(f"tensor {hf!r} has shape {index.shape(hf)}, config.json implies "
                              f"{shapes[hf]}", "the weights do not match config.json; fix either")
         rows = shapes[hf][0] if shapes[hf] else 1
-        index.read_into(hf, out[row:row + rows] if len(_hf_parts(name)) > 1 else out)
+        index.read_into(hf, out[row:row + rows] if len(parts) > 1 else out)
         row += rows
     return out
 
 
-def _hf_parts(name: str) -> list[str]:
+def _hf_parts(name: str, fused_checkpoint: bool = False) -> list[str]:
     for fused, parts in _FUSED.items():
-        if f".{fused}." in name:
+        if f".{fused}." in name and not fused_checkpoint:
             return [_hf_name(name.replace(fused, p)) for p in parts]
     return [_hf_name(name)]
 
 
 def hf_state_dict(model: LlamaModel) -> dict[str, torch.Tensor]:
-    """The model's weights under HF names, with q/k/v and gate/up split again."""
+    """The model's weights under HF names, with q/k/v and gate/up split again (kept fused
+    for a family whose checkpoints store them fused)."""
     cfg = model.config
     splits = {"self_attn.qkv_proj": [cfg.q_dim, cfg.kv_dim, cfg.kv_dim],
               "mlp.gate_up_proj": [cfg.intermediate_size] * 2}
@@ -299,7 +307,8 @@ def hf_state_dict(model: LlamaModel) -> dict[str, torch.Tensor]:
     for name, t in model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        fused = next((f for f in _FUSED if f".{f}." in name), None)
+        fused = None if cfg.family.fused_checkpoint else next(
+            (f for f in _FUSED if f".{f}." in name), None)
         if fused is None:
             out[_hf_name(name)] = t.contiguous()
             continue

@@ -1,4 +1,9 @@
-"""Architecture of a Llama-family decoder, read from and written to HF `config.json`."""
+"""Architecture of a Llama-family decoder, read from and written to HF `config.json`.
+
+One typed config for every family flora-export loads (model/families.py): Llama,
+Qwen2/Qwen3, Gemma 3 (text), Phi3, SmolLM3, Mistral. The per-family traits that no
+config.json changes (q/k norms, Gemma's norms) live in `Family`; what a config.json
+sets (biases, windows, RoPE variants, NoPE layers) is a field here."""
 
 from __future__ import annotations
 
@@ -9,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FloraError
-from .fields import GENERATION_CONFIG, HIDDEN_ACTS, MODEL_CONFIGS, ROPE_TYPES, TOKENIZER_CONFIG
-
-ROPE_KEYS = {"linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}
-ROPE_OPTIONAL = {"llama3": ("original_max_position_embeddings",)}
+from .families import FAMILIES, LAYER_TYPES, SLIDING, Family, read_config, write_config
+from .fields import GENERATION_CONFIG, HIDDEN_ACTS, MODEL_CONFIGS, TOKENIZER_CONFIG
+from .rope_config import ROPE_KEYS
 
 
 @dataclass(frozen=True)
@@ -34,11 +38,36 @@ class LlamaConfig:
     hidden_act: str = "silu"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    model_type: str = "llama"
+    layer_types: tuple[str, ...] | None = None   # per layer full_/sliding_attention; None: full
+    sliding_window: int | None = None        # tokens a sliding layer sees (itself included)
+    partial_rotary_factor: float = 1.0       # RoPE on the first int(head_dim * f) dims (Phi3)
+    rope_local_theta: float | None = None    # Gemma 3: theta of the sliding layers' RoPE
+    nope_layers: tuple[int, ...] = ()        # SmolLM3: layers without RoPE
+    query_pre_attn_scalar: float | None = None   # attention scale 1/sqrt(it); None: head_dim
+    final_logit_softcapping: float | None = None  # logits = c * tanh(logits / c)
 
     def __post_init__(self):
         if self.head_dim is None:
             with contextlib.suppress(TypeError, ZeroDivisionError):
                 object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        for name in ("layer_types", "nope_layers", "eos_token_ids"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.model_type not in FAMILIES:
+            raise FloraError(f"model_type={self.model_type!r} is not supported",
+                             f"use one of: {', '.join(FAMILIES)}")
+        types = self.layer_types
+        if types is not None and (not isinstance(types, tuple) or len(types) !=
+                                  self.num_hidden_layers or any(t not in LAYER_TYPES
+                                                                for t in types)):
+            raise FloraError(f"config.json: layer_types must list {self.num_hidden_layers} "
+                             f"entries, each one of {', '.join(LAYER_TYPES)}; got {types!r}"[:300],
+                             "fix the model's config.json")
+        if types is not None and SLIDING not in types:
+            object.__setattr__(self, "layer_types", None)   # all full attention
+        if self.layer_types is None:
+            object.__setattr__(self, "sliding_window", None)
         self.validate()
 
     def validate(self) -> None:
@@ -80,17 +109,27 @@ class LlamaConfig:
         if self.head_dim % 2:
             raise FloraError(f"config.json: head_dim {self.head_dim} must be even for RoPE",
                              "fix the model's config.json")
+        self._validate_rope()
+        self._validate_family()
+
+    def _validate_rope(self) -> None:
         rope_type = (self.rope_scaling or {}).get("rope_type", "default")
-        if rope_type not in ROPE_TYPES:
-            raise FloraError(f"config.json: unsupported rope_type {rope_type!r}",
-                             f"use one of: {', '.join(ROPE_TYPES)}")
+        types = self.family.rope_types
+        if rope_type not in types:
+            raise FloraError(f"config.json: unsupported rope_type {rope_type!r} for "
+                             f"model_type {self.model_type}", f"use one of: {', '.join(types)}")
         missing = [k for k in ROPE_KEYS.get(rope_type, ()) if k not in self.rope_scaling]
         if missing:
             raise FloraError(f"config.json: rope_scaling of type {rope_type!r} lacks "
                              f"{', '.join(missing)}", "fix the model's config.json")
         for key, value in (self.rope_scaling or {}).items():
-            if key != "rope_type" and (isinstance(value, bool) or
-                                       not isinstance(value, (int, float)) or not value > 0):
+            if key.endswith("_factor") and isinstance(value, (list, tuple)) and \
+                    rope_type == "longrope":
+                if len(value) != self.rotary_dim // 2 or not all(_positive(v) for v in value):
+                    raise FloraError(f"config.json: rope {key} must be {self.rotary_dim // 2} "
+                                     f"positive numbers (rotary dim {self.rotary_dim} / 2), got "
+                                     f"{len(value)} values", "fix the model's config.json")
+            elif key != "rope_type" and not _positive(value):
                 raise FloraError(f"config.json: rope {key}={value!r} must be a positive number",
                                  "fix the model's config.json")
         if rope_type == "llama3" and not (self.rope_scaling["low_freq_factor"] <
@@ -99,6 +138,87 @@ class LlamaConfig:
                              f"got {self.rope_scaling['low_freq_factor']} and "
                              f"{self.rope_scaling['high_freq_factor']}",
                              "fix the model's config.json")
+
+    def _validate_family(self) -> None:
+        fam, n = self.family, self.num_hidden_layers
+        for name, fixed in (("attention_bias", fam.qkv_bias), ("mlp_bias", fam.mlp_bias)):
+            if fixed is not None and getattr(self, name) != fixed:
+                raise FloraError(f"{name}={getattr(self, name)} does not fit model_type "
+                                 f"{self.model_type} (its transformers class fixes it to {fixed})",
+                                 f"set {name}={fixed}")
+        if self.layer_types is not None:
+            if self.sliding_window is None or isinstance(self.sliding_window, bool) or \
+                    not isinstance(self.sliding_window, int) or self.sliding_window <= 0:
+                raise FloraError(f"config.json: sliding_window must be a positive integer for "
+                                 f"sliding layers, got {self.sliding_window!r}",
+                                 "fix the model's config.json")
+            if self.model_type in ("mistral", "phi3") and set(self.layer_types) != {SLIDING}:
+                raise FloraError(f"model_type {self.model_type} slides on every layer or none",
+                                 "give all layers the same type")
+        if not (isinstance(self.partial_rotary_factor, (int, float)) and
+                not isinstance(self.partial_rotary_factor, bool) and
+                0 < self.partial_rotary_factor <= 1):
+            raise FloraError(f"config.json: partial_rotary_factor={self.partial_rotary_factor!r} "
+                             "must be in (0, 1]", "fix the model's config.json")
+        if self.partial_rotary_factor != 1 and self.model_type != "phi3":
+            raise FloraError(f"config.json: partial_rotary_factor={self.partial_rotary_factor!r} "
+                             "is not supported (RoPE on part of each head)",
+                             "partial_rotary_factor must be 1.0")
+        if self.rotary_dim <= 0 or self.rotary_dim % 2:
+            raise FloraError(f"config.json: the rotary dim int(head_dim * partial_rotary_factor)"
+                             f" = {self.rotary_dim} must be even and positive",
+                             "fix head_dim or partial_rotary_factor")
+        if (self.rope_local_theta is None) == fam.gemma_norms:
+            raise FloraError(f"rope_local_theta is {'required' if fam.gemma_norms else 'only'} "
+                             f"for Gemma 3 (model_type {self.model_type})", "fix the config")
+        if self.rope_local_theta is not None and not _positive(self.rope_local_theta):
+            raise FloraError(f"config.json: rope_local_base_freq={self.rope_local_theta!r} must "
+                             "be a positive number", "fix the model's config.json")
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n
+               for i in self.nope_layers):
+            raise FloraError(f"nope_layers {self.nope_layers!r} must be layer indices below {n}",
+                             "fix the config")
+        if self.nope_layers and self.model_type != "smollm3":
+            raise FloraError("NoPE layers are a SmolLM3 feature", "fix the config")
+        for name in ("query_pre_attn_scalar", "final_logit_softcapping"):
+            value = getattr(self, name)
+            if value is not None and not _positive(value):
+                raise FloraError(f"config.json: {name}={value!r} must be a positive number",
+                                 "fix the model's config.json")
+            if value is not None and self.model_type != "gemma3_text":
+                raise FloraError(f"{name} is a Gemma 3 field", "fix the config")
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.model_type]
+
+    @property
+    def out_bias(self) -> bool:
+        """Whether o_proj has a bias: attention_bias, unless the family fixes it (Qwen2:
+        q/k/v carry a bias, o_proj none)."""
+        return self.attention_bias if self.family.o_bias is None else self.family.o_bias
+
+    @property
+    def rotary_dim(self) -> int:
+        """The leading dims of each head that RoPE rotates (transformers' int() rounding)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def attention_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    def window(self, layer: int) -> int | None:
+        """Layer `layer`'s sliding window (None: full causal attention)."""
+        if self.layer_types is None or self.layer_types[layer] != SLIDING:
+            return None
+        return self.sliding_window
+
+    def rope_kind(self, layer: int) -> str | None:
+        """Which RoPE table layer `layer` uses: "global", "local" (Gemma 3's sliding
+        layers) or None (a NoPE layer)."""
+        if layer in self.nope_layers:
+            return None
+        return "local" if self.rope_local_theta is not None and self.window(layer) else "global"
 
     @property
     def q_dim(self) -> int:
@@ -118,37 +238,18 @@ class LlamaConfig:
                              f"flora-export loads model_type {', '.join(MODEL_CONFIGS)} "
                              "checkpoints")
         table.check(d, where)
-        rope, theta = _rope_settings(d, where)
-        eos = d.get("eos_token_id")
-        eos = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
         try:
-            return cls(
-                vocab_size=d["vocab_size"], hidden_size=d["hidden_size"],
-                intermediate_size=d["intermediate_size"],
-                num_hidden_layers=d["num_hidden_layers"],
-                num_attention_heads=d["num_attention_heads"],
-                num_key_value_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
-                head_dim=d.get("head_dim"), rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-                rope_theta=float(theta), rope_scaling=rope,
-                tie_word_embeddings=d.get("tie_word_embeddings", False),
-                max_position_embeddings=d.get("max_position_embeddings", 2048),
-                attention_bias=d.get("attention_bias", False), mlp_bias=d.get("mlp_bias", False),
-                hidden_act=d.get("hidden_act", "silu"),
-                bos_token_id=d.get("bos_token_id"), eos_token_ids=eos)
+            return cls(**read_config(FAMILIES[kind], d, where))
         except KeyError as e:
             raise FloraError(f"{where} lacks the key {e.args[0]!r}",
-                             "use a complete Hugging Face Llama config.json") from None
+                             f"use a complete Hugging Face {kind} config.json") from None
         except (TypeError, ValueError) as e:
             raise FloraError(f"{where} holds a malformed value ({e})",
                              "fix the model's config.json") from None
 
     def to_hf_dict(self) -> dict:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k != "eos_token_ids"}
-        d["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
-        eos = list(self.eos_token_ids)
-        d["eos_token_id"] = eos[0] if len(eos) == 1 else (eos or None)
-        d.update(model_type="llama", architectures=["LlamaForCausalLM"], torch_dtype="float32")
-        return d
+        """This config as its family's config.json (model/families.py)."""
+        return write_config(self)
 
     @classmethod
     def from_file(cls, path: Path) -> "LlamaConfig":
@@ -205,43 +306,5 @@ def _read_json(path: Path) -> dict | None:
     return data
 
 
-def _rope_settings(d: dict, where: str) -> tuple[dict | None, float]:
-    """(rope dict without rope_theta, or None for default RoPE; rope_theta), read the way
-    transformers 5 standardises them (`RotaryEmbeddingConfigMixin`): a non-empty
-    `rope_scaling` replaces `rope_parameters` whole; `rope_theta` and
-    `partial_rotary_factor` inside the chosen dict win over the top-level keys;
-    `rope_type` wins over the legacy `type`; a llama3 rope without
-    `original_max_position_embeddings` uses `max_position_embeddings`."""
-    for key in ("rope_scaling", "rope_parameters"):
-        if d.get(key) is not None and not isinstance(d[key], dict):
-            raise FloraError(f"{where}: {key} must be an object, got {d[key]!r}",
-                             "fix the model's config.json")
-    name = "rope_scaling" if d.get("rope_scaling") else "rope_parameters"
-    rope = dict(d.get(name) or {})
-    theta = rope.pop("rope_theta", None)
-    theta = d.get("rope_theta", 10000.0) if theta is None else theta
-    legacy = rope.pop("type", None)
-    kind = rope.pop("rope_type", None) or legacy or "default"
-    factor = rope.pop("partial_rotary_factor", d.get("partial_rotary_factor"))
-    if factor not in (None, 1, 1.0):
-        raise FloraError(f"{where}: partial_rotary_factor={factor!r} is not supported (RoPE on "
-                         "part of each head)", "partial_rotary_factor must be 1.0")
-    if kind not in ROPE_TYPES:
-        raise FloraError(f"{where}: {name} rope_type={kind!r} is not supported",
-                         f"use one of: {', '.join(ROPE_TYPES)}")
-    known = ROPE_KEYS.get(kind, ()) + ROPE_OPTIONAL.get(kind, ())
-    for key, value in rope.items():
-        if key not in known and value is not None:
-            raise FloraError(f"{where}: {name}.{key}={value!r} is not used by rope_type "
-                             f"{kind!r}", f"remove it, or use a rope_type that takes {key}")
-    rope = {k: v for k, v in rope.items() if k in known}
-    if kind == "llama3":
-        rope.setdefault("original_max_position_embeddings", d.get("max_position_embeddings", 2048))
-    top = d.get("original_max_position_embeddings")
-    if top is not None and kind == "llama3" and top != rope["original_max_position_embeddings"]:
-        raise FloraError(
-            f"{where}: original_max_position_embeddings={top!r} differs from "
-            f"{name}.original_max_position_embeddings={rope['original_max_position_embeddings']!r}"
-            " (transformers' Llama uses the latter, or max_position_embeddings when absent)",
-            "make them equal or remove the top-level key")
-    return (None if kind == "default" else {"rope_type": kind, **rope}), theta
+def _positive(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
