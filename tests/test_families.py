@@ -25,7 +25,7 @@ TOKENS = torch.randint(0, VOCAB, (2, 17), generator=torch.Generator().manual_see
 
 def greedy_ours(model, prompt: torch.Tensor, n: int) -> list[int]:
     """Greedy decoding through the static cache: a prefill, then one token a step."""
-    model.setup_cache(64)
+    model.setup_cache(32)
     logits = model(prompt, torch.tensor([0]))
     out = []
     for i in range(n):
@@ -48,7 +48,7 @@ def test_family_matches_transformers(case, tmp_path):
     with torch.no_grad():
         ref = theirs(TOKENS).logits
         full = ours(TOKENS)
-        assert (full - ref).abs().max() < 1e-4
+        assert (full - ref).abs().max() < 1e-5
         ours.setup_cache(32)
         steps = [ours(TOKENS[:1, :9], torch.tensor([0]))]
         steps += [ours(TOKENS[:1, i:i + 1], torch.tensor([i])) for i in range(9, 17)]
@@ -83,7 +83,7 @@ def test_gemma3_legacy_config_matches_transformers(tmp_path):
     ours, theirs = load_model(path), reference(path)
     assert ours.config.layer_types == ("sliding_attention", "full_attention") * 2
     with torch.no_grad():
-        assert (ours(TOKENS) - theirs(TOKENS).logits).abs().max() < 1e-4
+        assert (ours(TOKENS) - theirs(TOKENS).logits).abs().max() < 1e-5
 
 
 def test_phi3_longrope_long_factors_and_the_cache_limit(tmp_path):
@@ -94,8 +94,8 @@ def test_phi3_longrope_long_factors_and_the_cache_limit(tmp_path):
     ours, theirs = load_model(path), reference(path)
     long = torch.randint(0, VOCAB, (1, 40), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        assert (ours(long) - theirs(long).logits).abs().max() < 1e-4
-        assert (ours(long[:, :20]) - theirs(long[:, :20]).logits).abs().max() < 1e-4
+        assert (ours(long) - theirs(long).logits).abs().max() < 1e-5
+        assert (ours(long[:, :20]) - theirs(long[:, :20]).logits).abs().max() < 1e-5
     with pytest.raises(FloraError, match="original_max_position_embeddings 32"):
         ours.setup_cache(64)
     ours.setup_cache(32)
@@ -111,7 +111,7 @@ def test_phi3_legacy_su_rope_type_matches_transformers(tmp_path):
                                "type": "su"})
     edit_config(path, legacy)
     with torch.no_grad():
-        assert (load_model(path)(TOKENS) - reference(path)(TOKENS).logits).abs().max() < 1e-4
+        assert (load_model(path)(TOKENS) - reference(path)(TOKENS).logits).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("case", ["gemma3", "phi3"])
@@ -132,7 +132,7 @@ def test_ffba_fused_equals_unfused(case, tmp_path):
         unfused = model(TOKENS)
         fuse(model, pad_to=32)
         fused = model(TOKENS)
-        model.setup_cache(32)
+        model.setup_cache(32, batch_size=2)
         steps = [model(TOKENS[:, :9], torch.tensor([0]))]
         steps += [model(TOKENS[:, i:i + 1], torch.tensor([i])) for i in range(9, 17)]
     assert (unfused - base).abs().max() > 1e-2        # the adapter changes the model
@@ -159,8 +159,8 @@ def test_registry_covers_each_family_and_the_docs():
         assert not missing, f"docs/inputs.md lacks {kind} fields {missing}"
 
 
-MINIMAL = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=12,
-               num_attention_heads=4)
+MINIMAL = dict(vocab_size=VOCAB, hidden_size=256, intermediate_size=96, num_hidden_layers=12,
+               num_attention_heads=32)
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3_text", "phi3", "smollm3",
@@ -175,14 +175,15 @@ def test_absent_keys_default_like_transformers(kind):
     assert (ours.num_key_value_heads, ours.head_dim, ours.rms_norm_eps,
             ours.tie_word_embeddings, ours.max_position_embeddings, ours.hidden_act,
             ours.bos_token_id, ours.eos_token_ids) == (
-        theirs.num_key_value_heads, getattr(theirs, "head_dim", None) or 16,
+        theirs.num_key_value_heads, getattr(theirs, "head_dim", None) or 8,
         theirs.rms_norm_eps, theirs.tie_word_embeddings, theirs.max_position_embeddings,
         getattr(theirs, act), theirs.bos_token_id, () if eos is None else (eos,))
     rope = theirs.rope_parameters
     assert ours.rope_theta == rope.get("full_attention", rope)["rope_theta"]
     windows = [ours.window(i) for i in range(12)]
     types = getattr(theirs, "layer_types", None) or (
-        ["sliding_attention" if theirs.sliding_window else "full_attention"] * 12)
+        ["sliding_attention" if getattr(theirs, "sliding_window", None) else "full_attention"]
+        * 12)
     assert windows == [theirs.sliding_window if t == "sliding_attention" else None for t in types]
     if kind == "smollm3":
         assert [int(i not in ours.nope_layers) for i in range(12)] == theirs.no_rope_layers
@@ -312,4 +313,4 @@ def test_phi3_auto_map_to_its_own_classes_is_accepted(tmp_path):
                   "AutoTokenizer": "Xenova/gpt-4o"},
         full_attn_mod=1, interpolate_factor=1, lm_head_bias=False))
     with torch.no_grad():
-        assert (load_model(path)(TOKENS) - reference(path)(TOKENS).logits).abs().max() < 1e-4
+        assert (load_model(path)(TOKENS) - reference(path)(TOKENS).logits).abs().max() < 1e-5

@@ -36,11 +36,12 @@ class Family:
 
 
 _COMMON = dict(rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu")
-_QWEN = dict(_COMMON, max_position_embeddings=32768, use_sliding_window=False,
-             sliding_window=4096, max_window_layers=28)
+_QWEN = dict(_COMMON, max_position_embeddings=32768, num_key_value_heads=32,
+             use_sliding_window=False, sliding_window=4096, max_window_layers=28)
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
-    Family("llama", "LlamaForCausalLM", dict(_COMMON, max_position_embeddings=2048)),
+    Family("llama", "LlamaForCausalLM", dict(_COMMON, max_position_embeddings=2048,
+                                             bos_token_id=1, eos_token_id=2)),
     Family("qwen2", "Qwen2ForCausalLM", _QWEN, qkv_bias=True, o_bias=False, mlp_bias=False),
     Family("qwen3", "Qwen3ForCausalLM", dict(_QWEN, head_dim=128), qk_norm=True,
            mlp_bias=False),
@@ -169,6 +170,8 @@ def write_config(cfg) -> dict:
               "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
               "model_type": fam.model_type, "architectures": [fam.architecture],
               "torch_dtype": "float32"})
+    if fam.model_type != "llama":   # not the class default (Phi3's 32000 may lie past the vocab)
+        d["pad_token_id"] = None
     types = list(cfg.layer_types or [FULL] * cfg.num_hidden_layers)
     sliding = SLIDING in types
     if fam.model_type in ("qwen2", "qwen3", "smollm3"):

@@ -259,9 +259,11 @@ PHI3_CONFIG = FieldTable("config.json", {
     **implemented("sliding_window", "every layer attends to the last sliding_window tokens"),
     **limited("auto_map", "remote code that transformers replaces with its own Phi3 class",
               lambda v: is_off(v) or (isinstance(v, dict) and all(
-                  isinstance(x, str) and x.split("--")[-1] in _PHI3_AUTO_MAP
-                  for x in v.values())),
-              "absent or naming only " + " / ".join(_PHI3_AUTO_MAP)),
+                  key == "AutoTokenizer" or (isinstance(x, str) and
+                                             x.split("--")[-1] in _PHI3_AUTO_MAP)
+                  for key, x in v.items())),
+              "absent or naming only " + " / ".join(_PHI3_AUTO_MAP) +
+              " (and an AutoTokenizer: the runtimes read tokenizer.json)"),
     **limited("full_attn_mod", "the remote code's full-attention layer period", _one_of((1,)),
               "1 (every layer full attention, as transformers' Phi3)"),
     **limited("interpolate_factor", "the remote code's position interpolation",

@@ -1,7 +1,11 @@
-"""One export-friendly Llama-family decoder.
+"""One export-friendly Llama-family decoder, for every family of model/families.py.
 
 Fused `qkv_proj` and `gate_up_proj` (loaded from separate HF q/k/v and gate/up),
-GQA, RoPE with Llama-3 scaling, RMSNorm, tied or untied embeddings. Attention runs
+GQA, RoPE (Llama-3 / linear / longrope scaling, partial rotary, a second table for
+Gemma 3's sliding layers, none on SmolLM3's NoPE layers), RMSNorm, tied or untied
+embeddings. Per family: q/k/v biases (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3),
+Gemma 3's (1 + w) norms around each sub-block, scaled embedding, attention scale and
+logit soft-capping; sliding-window layers (Qwen, Gemma 3, Phi3, SmolLM3, Mistral). Attention runs
 through one `KVCache` per step (model/attention.py), so the forward knows no backend:
 `forward(tokens)` serves training (full causal sequence, no cache);
 `forward(tokens, input_pos)` serves inference through the model's own cache
@@ -46,23 +50,33 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """RMSNorm as transformers computes it: Llama's `w * norm(x).to(dtype)`, or Gemma's
+    (`unit_offset`) `(norm(x) * (1 + w)).to(dtype)`, the norm in float32 either way."""
+
+    def __init__(self, dim: int, eps: float, unit_offset: bool = False):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.unit_offset = eps, unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.unit_offset:
+            return (x * (1.0 + self.weight.float())).to(dtype)
         return self.weight * x.to(dtype)
+
+
+def _norm(cfg: LlamaConfig, dim: int) -> RMSNorm:
+    return RMSNorm(dim, cfg.rms_norm_eps, unit_offset=cfg.family.gemma_norms)
 
 
 class Attention(nn.Module):
     """Fused-QKV attention; what attention means (cache, positions, kernel) is the step's
-    `KVCache`. Per-layer knobs for other families: `rope` (the name of the model's RoPE
-    variant, None: no RoPE), `window` (sliding window, None: global) and `scale`
-    (None: 1/sqrt(head_dim))."""
+    `KVCache`. Per-layer knobs, from the config: `rope` (the name of the model's RoPE
+    table, None: a NoPE layer), `window` (sliding window, None: global), `scale` (None:
+    1/sqrt(head_dim)); `q_norm` / `k_norm` (per-head RMSNorm before RoPE) where the
+    family has them."""
 
     def __init__(self, cfg: LlamaConfig, index: int = 0):
         super().__init__()
@@ -72,15 +86,20 @@ class Attention(nn.Module):
         self.q_dim, self.kv_dim = cfg.q_dim, cfg.kv_dim
         self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_dim + 2 * self.kv_dim,
                                   bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_dim, cfg.hidden_size, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(self.q_dim, cfg.hidden_size, bias=cfg.out_bias)
         self.adapter_width = 0           # fused FFBA side channel (0: none)
         self.adapter_act = "identity"
         self.adapter: nn.Module | None = None   # unfused FFBA pair
-        self.rope: str | None = "default"
-        self.window: int | None = None
-        self.scale: float | None = None
+        if cfg.family.qk_norm:
+            self.q_norm, self.k_norm = _norm(cfg, cfg.head_dim), _norm(cfg, cfg.head_dim)
+        self.rope: str | None = cfg.rope_kind(index)
+        self.window: int | None = cfg.window(index)
+        scale = cfg.attention_scale
+        self.scale: float | None = None if scale == cfg.head_dim ** -0.5 else scale
 
-    def forward(self, x, cache: KVCache, rope: Rope | None):
+    def forward(self, x, cache: KVCache, rope: Rope | None, span: int = 0):
+        """`span`: the most positions this step can see (a window at least that long is
+        plain causal attention); 0: unknown."""
         bsz, seq, _ = x.shape
         parts = self.qkv_proj(x).split(
             [self.q_dim, self.kv_dim, self.kv_dim] + ([self.adapter_width] if self.adapter_width
@@ -88,9 +107,13 @@ class Attention(nn.Module):
         q = parts[0].view(bsz, seq, self.n_heads, self.head_dim)
         k = parts[1].view(bsz, seq, self.n_kv, self.head_dim)
         v = parts[2].view(bsz, seq, self.n_kv, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = cache.rotate(q, k, rope)
-        y = cache.attend(self.index, q, k, v, window=self.window, scale=self.scale)
+        window = self.window if self.window is not None and not 0 < span <= self.window \
+            else None
+        y = cache.attend(self.index, q, k, v, window=window, scale=self.scale)
         y = y.reshape(bsz, seq, self.q_dim)
         if self.adapter_width:
             y = torch.cat([y, activation(self.adapter_act, parts[3])], dim=-1)
@@ -125,16 +148,29 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm residual sub-blocks. Gemma 3 (`family.gemma_norms`) also norms each
+    sub-block's output before the residual add: `post_attention_layernorm` is then that
+    norm, and the MLP reads `pre_feedforward_layernorm` (HF names and meanings)."""
+
     def __init__(self, cfg: LlamaConfig, index: int = 0):
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        d = cfg.hidden_size
+        self.input_layernorm = _norm(cfg, d)
         self.self_attn = Attention(cfg, index)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = _norm(cfg, d)
         self.mlp = MLP(cfg)
+        self.sandwich = cfg.family.gemma_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = _norm(cfg, d)
+            self.post_feedforward_layernorm = _norm(cfg, d)
 
-    def forward(self, x, cache: KVCache, rope: Rope | None):
-        x = x + self.self_attn(self.input_layernorm(x), cache, rope)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cache: KVCache, rope: Rope | None, span: int = 0):
+        attn = self.self_attn(self.input_layernorm(x), cache, rope, span)
+        if not self.sandwich:
+            x = x + attn
+            return x + self.mlp(self.post_attention_layernorm(x))
+        x = x + self.post_attention_layernorm(attn)
+        return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
 
 
 class LlamaModel(nn.Module):
@@ -145,11 +181,12 @@ class LlamaModel(nn.Module):
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = _norm(cfg, cfg.hidden_size)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.ropes = nn.ModuleDict({"default": Rope(cfg)})   # a layer's `rope` names one
+        kinds = sorted({layer.self_attn.rope for layer in self.layers} - {None})
+        self.ropes = nn.ModuleDict({k: Rope(cfg, k) for k in kinds})   # a layer's `rope` names one
         self.max_seq = 0
         self.kv_cache: KVCache | None = None
         self.source: ModelSource | None = None          # where the weights came from
@@ -181,13 +218,18 @@ class LlamaModel(nn.Module):
         if cache is None:
             cache = FullCausal() if input_pos is None else self._own_cache().at(input_pos)
         cache.begin(tokens.shape[1])
+        span = tokens.shape[1] if isinstance(cache, FullCausal) else self.max_seq
         h = self.embed_tokens(tokens)
+        if self.config.family.embed_scale:   # sqrt(d) rounded to the model dtype, as in HF
+            h = h * torch.tensor(self.config.hidden_size ** 0.5).to(h.dtype)
         for layer in self.layers:
             name = layer.self_attn.rope
-            h = layer(h, cache, None if name is None else self.ropes[name])
+            h = layer(h, cache, None if name is None else self.ropes[name], span)
         if last_only:
             h = h[:, -1:, :]
-        return self.lm_head(self.norm(h))
+        logits = self.lm_head(self.norm(h))
+        cap = self.config.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def _own_cache(self) -> KVCache:
         if self.kv_cache is None:
