@@ -214,11 +214,11 @@ class LlamaConfig:
         return self.sliding_window
 
     def rope_kind(self, layer: int) -> str | None:
-        """Which RoPE table layer `layer` uses: "global", "local" (Gemma 3's sliding
+        """Which RoPE table layer `layer` uses: "default", "local" (Gemma 3's sliding
         layers) or None (a NoPE layer)."""
         if layer in self.nope_layers:
             return None
-        return "local" if self.rope_local_theta is not None and self.window(layer) else "global"
+        return "local" if self.rope_local_theta is not None and self.window(layer) else "default"
 
     @property
     def q_dim(self) -> int:

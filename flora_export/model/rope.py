@@ -6,7 +6,7 @@ Which rows a step uses is the KV cache's business (`KVCache.rotate`, model/atten
 
 Variants: Llama-3 and linear frequency scaling; Phi3's longrope (short/long factors and
 an attention factor on cos/sin); RoPE on the first `rotary_dim` dims of each head
-(`partial_rotary_factor`); Gemma 3's two tables, "global" (full-attention layers:
+(`partial_rotary_factor`); Gemma 3's two tables, "default" (full-attention layers:
 `rope_theta`, `rope_scaling`) and "local" (sliding layers: `rope_local_base_freq`,
 unscaled).
 
@@ -30,10 +30,10 @@ from torch import nn
 from ..errors import FloraError
 from .config import LlamaConfig
 
-KINDS = ("global", "local")
+KINDS = ("default", "local")
 
 
-def inverse_frequencies(cfg: LlamaConfig, kind: str = "global", seq_len: int | None = None
+def inverse_frequencies(cfg: LlamaConfig, kind: str = "default", seq_len: int | None = None
                         ) -> torch.Tensor:
     """Per-pair inverse frequencies of the `kind` table for sequences of `seq_len` (which
     only longrope reads), scaled as the config asks."""
@@ -54,7 +54,7 @@ def inverse_frequencies(cfg: LlamaConfig, kind: str = "global", seq_len: int | N
     return inv_freq
 
 
-def attention_scaling(cfg: LlamaConfig, kind: str = "global") -> float:
+def attention_scaling(cfg: LlamaConfig, kind: str = "default") -> float:
     """The factor transformers multiplies cos and sin by (longrope's; 1 otherwise)."""
     scaling = {} if kind == "local" else (cfg.rope_scaling or {})
     if scaling.get("rope_type") != "longrope":
@@ -78,12 +78,12 @@ def _llama3_scale(inv_freq: torch.Tensor, s: dict, max_pos: int) -> torch.Tensor
     return torch.where(is_medium, smoothed, scaled)
 
 
-def rope_tables(cfg: LlamaConfig, max_seq: int, kind: str = "global", cached: bool = False
+def rope_tables(cfg: LlamaConfig, max_seq: int, kind: str = "default", cached: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables of shape [max_seq, rotary_dim] (both halves repeated) for positions
     0 .. max_seq - 1; `cached`: the tables of a static KV cache of `max_seq` positions."""
     scaling = cfg.rope_scaling or {}
-    if cached and kind == "global" and scaling.get("rope_type") == "longrope" and \
+    if cached and kind == "default" and scaling.get("rope_type") == "longrope" and \
             max_seq > scaling["original_max_position_embeddings"]:
         old = scaling["original_max_position_embeddings"]
         raise FloraError(
@@ -114,11 +114,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class Rope(nn.Module):
-    """One RoPE table of the model: `kind` "global" (rope_theta, rope_scaling) or "local"
+    """One RoPE table of the model: `kind` "default" (rope_theta, rope_scaling) or "local"
     (Gemma 3's sliding layers), over the first `rotary_dim` features of each head.
     `cos`/`sin` [max_seq, rotary_dim] after `setup`."""
 
-    def __init__(self, cfg: LlamaConfig, kind: str = "global"):
+    def __init__(self, cfg: LlamaConfig, kind: str = "default"):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"rope kind {kind!r} not in {KINDS}")
