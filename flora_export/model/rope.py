@@ -33,12 +33,13 @@ from .config import LlamaConfig
 KINDS = ("default", "local")
 
 
-def inverse_frequencies(cfg: LlamaConfig, kind: str = "default", seq_len: int | None = None
-                        ) -> torch.Tensor:
+def inverse_frequencies(cfg: LlamaConfig, kind: str = "default", seq_len: int | None = None,
+                        theta: float | None = None, dim: int | None = None) -> torch.Tensor:
     """Per-pair inverse frequencies of the `kind` table for sequences of `seq_len` (which
-    only longrope reads), scaled as the config asks."""
-    dim = cfg.rotary_dim
-    theta = cfg.rope_local_theta if kind == "local" else cfg.rope_theta
+    only longrope reads), scaled as the config asks; `theta` / `dim` override the
+    config's base and rotary dim."""
+    dim = dim or cfg.rotary_dim
+    theta = theta or (cfg.rope_local_theta if kind == "local" else cfg.rope_theta)
     scaling = {} if kind == "local" else (cfg.rope_scaling or {})
     exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
     kind_ = scaling.get("rope_type", "default")
@@ -78,10 +79,12 @@ def _llama3_scale(inv_freq: torch.Tensor, s: dict, max_pos: int) -> torch.Tensor
     return torch.where(is_medium, smoothed, scaled)
 
 
-def rope_tables(cfg: LlamaConfig, max_seq: int, kind: str = "default", cached: bool = False
+def rope_tables(cfg: LlamaConfig, max_seq: int, kind: str = "default", cached: bool = False,
+                theta: float | None = None, rotary_dim: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables of shape [max_seq, rotary_dim] (both halves repeated) for positions
-    0 .. max_seq - 1; `cached`: the tables of a static KV cache of `max_seq` positions."""
+    0 .. max_seq - 1; `cached`: the tables of a static KV cache of `max_seq` positions;
+    `theta` / `rotary_dim` override the config's."""
     scaling = cfg.rope_scaling or {}
     if cached and kind == "default" and scaling.get("rope_type") == "longrope" and \
             max_seq > scaling["original_max_position_embeddings"]:
@@ -92,7 +95,7 @@ def rope_tables(cfg: LlamaConfig, max_seq: int, kind: str = "default", cached: b
             "sequence grows past it, which a static KV cache cannot follow",
             f"use max_seq <= {old}")
     t = torch.arange(max_seq, dtype=torch.int64).float()
-    freqs = torch.outer(t, inverse_frequencies(cfg, kind, seq_len=max_seq))
+    freqs = torch.outer(t, inverse_frequencies(cfg, kind, max_seq, theta, rotary_dim))
     emb = torch.cat((freqs, freqs), dim=-1)
     scale = attention_scaling(cfg, kind)
     return emb.cos() * scale, emb.sin() * scale
@@ -115,22 +118,26 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 class Rope(nn.Module):
     """One RoPE table of the model: `kind` "default" (rope_theta, rope_scaling) or "local"
-    (Gemma 3's sliding layers), over the first `rotary_dim` features of each head.
-    `cos`/`sin` [max_seq, rotary_dim] after `setup`."""
+    (Gemma 3's sliding layers), over the first `rotary_dim` features of each head
+    (`theta` / `rotary_dim` override the config's). `cos`/`sin` [max_seq, rotary_dim]
+    after `setup`."""
 
-    def __init__(self, cfg: LlamaConfig, kind: str = "default"):
+    def __init__(self, cfg: LlamaConfig, kind: str = "default", theta: float | None = None,
+                 rotary_dim: int | None = None):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"rope kind {kind!r} not in {KINDS}")
-        self.config, self.kind = cfg, kind
-        self.rotary_dim = cfg.rotary_dim
+        self.config, self.kind, self.theta = cfg, kind, theta
+        self.rotary_dim = rotary_dim or cfg.rotary_dim
         self.register_buffer("cos", None, persistent=False)
         self.register_buffer("sin", None, persistent=False)
 
     def tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Freshly computed tables for a full sequence of `length` positions."""
-        return rope_tables(self.config, length, self.kind)
+        return rope_tables(self.config, length, self.kind, theta=self.theta,
+                           rotary_dim=self.rotary_dim)
 
     def setup(self, max_seq: int) -> None:
         """The tables of a static cache of `max_seq` positions."""
-        self.cos, self.sin = rope_tables(self.config, max_seq, self.kind, cached=True)
+        self.cos, self.sin = rope_tables(self.config, max_seq, self.kind, cached=True,
+                                         theta=self.theta, rotary_dim=self.rotary_dim)
