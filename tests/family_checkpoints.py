@@ -55,21 +55,23 @@ CASES: dict[str, tuple[str, dict]] = {
 SLIDING = [n for n in CASES if n.endswith("-sliding")] + ["gemma3", "mistral"]
 
 
-def hf_config(case: str):
+def hf_config(case: str, init: dict | None = None):
+    """`case`'s transformers config; `init` overrides its constructor arguments."""
     import transformers
 
     cls, kwargs = CASES[case]
-    return getattr(transformers, cls)(**{**_SHAPES, **kwargs})
+    return getattr(transformers, cls)(**{**_SHAPES, **kwargs, **(init or {})})
 
 
 def write_family(path: Path, case: str, seed: int = 0, dtype: torch.dtype | None = None,
-                 **config_changes) -> Path:
-    """`case`'s tiny checkpoint in `path`, as transformers' save_pretrained writes it."""
+                 init: dict | None = None, **config_changes) -> Path:
+    """`case`'s tiny checkpoint in `path`, as transformers' save_pretrained writes it
+    (`init`: constructor arguments over the case's; `config_changes`: set afterwards)."""
     import transformers
 
     from flora_export.model.tokenizer import byte_level_tokenizer
 
-    cfg = hf_config(case)
+    cfg = hf_config(case, init)
     for key, value in config_changes.items():
         setattr(cfg, key, value)
     torch.manual_seed(seed)

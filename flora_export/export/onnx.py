@@ -28,7 +28,7 @@ from torch import nn
 from ..quantize import is_lora_half, untie_head
 from .backend import (BuildResult, LoweringCounts, expected_quantized, load_device_weights,
                       lowering_counts)
-from .onnx_attention import ExplicitKV, check_mappable
+from .onnx_attention import ExplicitKV, LayerSpec, check_mappable, layer_specs
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,16 @@ def _save(proto, path: Path) -> None:
                     location=data.name, size_threshold=1024)
 
 
-def use_group_query_attention(path: Path) -> int:
+def use_group_query_attention(path: Path, layers: list["LayerSpec"]) -> int:
     """Swap each opset-23 `Attention` for ONNX Runtime's `GroupQueryAttention` kernel.
 
     Same inputs minus the mask (the kernel takes `seqlens_k` and the total length, both
     derived from `attention_mask`), and the KV cache becomes one buffer shared by past
-    and present: no copy of the cache per decode step. Returns the count replaced.
+    and present: no copy of the cache per decode step. `layers` (one per Attention, in
+    graph order) says what the dropped mask and RotaryEmbedding carried: a layer's
+    sliding window becomes `local_window_size`, its RoPE the kernel's own (`do_rotary`
+    with the RotaryEmbedding's cos/sin caches; partial rotary from their width), a NoPE
+    layer keeps `do_rotary=0`. Returns the count replaced.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -110,21 +114,32 @@ def use_group_query_attention(path: Path) -> int:
         helper.make_node("Cast", ["gqa_total64"], ["gqa_total_len"], to=TensorProto.INT32)]
     graph.initializer.extend([helper.make_tensor("gqa_axis1", TensorProto.INT64, [1], [1]),
                               helper.make_tensor("gqa_one", TensorProto.INT64, [], [1])])
+    attentions = [n for n in graph.node if n.op_type == "Attention"
+                  and n.domain in ("", "ai.onnx")]
+    if len(attentions) != len(layers):
+        raise RuntimeError(f"{len(attentions)} Attention nodes for {len(layers)} layers")
+    spec_of = {id(n): spec for n, spec in zip(attentions, layers)}
     nodes, swapped = [], 0
     for node in graph.node:
-        if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
+        if id(node) not in spec_of:
             nodes.append(node)
             continue
+        spec = spec_of[id(node)]
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         q, k, v, _mask, past_k, past_v = node.input[:6]
-        (q, cos, sin), (k, _, _) = _unrotated(graph, q), _unrotated(graph, k)
+        rotary = []
+        if spec.rope:
+            (q, cos, sin), (k, _, _) = _unrotated(graph, q), _unrotated(graph, k)
+            rotary = [cos, sin]
+        extra = {"scale": attrs["scale"]} if "scale" in attrs else {}
+        if spec.window is not None:   # the W keys j with i - W < j <= i, as the mask had
+            extra["local_window_size"] = spec.window
         nodes.append(helper.make_node(
             "GroupQueryAttention",
-            [q, k, v, past_k, past_v, "gqa_seqlens_k", "gqa_total_len", cos, sin],
+            [q, k, v, past_k, past_v, "gqa_seqlens_k", "gqa_total_len", *rotary],
             list(node.output[:3]), name=node.name, domain="com.microsoft",
             num_heads=attrs["q_num_heads"], kv_num_heads=attrs["kv_num_heads"],
-            do_rotary=1, rotary_interleaved=0, **({"scale": attrs["scale"]} if "scale" in attrs
-                                                  else {})))
+            do_rotary=int(spec.rope), rotary_interleaved=0, **extra))
         swapped += 1
     del graph.node[:]
     graph.node.extend(shared + nodes)
@@ -393,7 +408,7 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     with st("capture"):
         capture(model, ctx.config.max_seq, path)
         owners = weight_owners(path)
-        use_group_query_attention(path)
+        use_group_query_attention(path, layer_specs(model))
     eager, qinfo = ctx.fp32_logits, None
     if ctx.quant.quantizes:
         bits, block = ctx.quant.weight_bits, ctx.quant.group_size or 32

@@ -9,6 +9,8 @@ past/present and the mask inside), so an exporter may swap in a fused kernel 1:1
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import FloraError
@@ -54,10 +56,30 @@ class ExplicitKV(KVCache):
         return y.view(bsz, seq, heads, dim)
 
 
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a layer's `Attention` node needs from the `GroupQueryAttention` rewrite."""
+    rope: bool                # RoPE inside the kernel (False: a NoPE layer)
+    window: int | None        # sliding window (HF `sliding_window`), None: global
+
+
+def layer_specs(model) -> list[LayerSpec]:
+    return [LayerSpec(layer.self_attn.rope is not None, layer.self_attn.window)
+            for layer in model.layers]
+
+
 def check_mappable(model) -> None:
-    """Refuse what the `GroupQueryAttention` rewrite (export/onnx.py) would not carry over."""
-    windowed = [i for i, layer in enumerate(model.layers) if layer.self_attn.window is not None]
-    if windowed:
-        raise FloraError(f"layers {windowed} use sliding-window attention, which the ONNX "
-                         "export's GroupQueryAttention mapping does not carry yet",
-                         "export this model with --target android or --target coreml")
+    """Refuse what ONNX Runtime's `GroupQueryAttention` (the rewrite in export/onnx.py)
+    cannot run: with RoPE inside, it needs head_dim a multiple of 16 and rotary caches
+    [positions, rotary_dim / 2] whose width is a multiple of 8."""
+    cfg = model.config
+    if model.ropes and cfg.head_dim % 16:
+        raise FloraError(f"head_dim {cfg.head_dim} is not a multiple of 16, which ONNX Runtime's "
+                         "GroupQueryAttention needs (with RoPE) for --target onnx",
+                         "export with --target android or --target coreml")
+    for name, rope in model.ropes.items():
+        if rope.rotary_dim % 16:
+            raise FloraError(f"rotary_dim {rope.rotary_dim} (head_dim x partial_rotary_factor) "
+                             f"of the '{name}' RoPE is not a multiple of 16, which ONNX Runtime's "
+                             "GroupQueryAttention needs for --target onnx",
+                             "export with --target android or --target coreml")

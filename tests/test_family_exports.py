@@ -1,0 +1,282 @@
+"""Every decoder family exported end to end, against transformers on the same checkpoint.
+
+Each family is a tiny random checkpoint written by transformers (tests/family_checkpoints.py,
+2 layers, head_dim a multiple of 16 as ONNX Runtime's GroupQueryAttention needs). An fp32
+export's greedy tokens in its real runner (ORT-GenAI for `--target onnx`, ExecuTorch's
+TextLLMRunner for `--target android`) equal transformers' greedy tokens for the same
+prompt ids, the prompt longer than every sliding window; quantized exports (8da4w .pte,
+int4 ONNX) pass the export's gates with one quantized linear op per fused projection.
+Adapters: FFBA fused, PEFT LoRA merged and unmerged (the reference is transformers + PEFT).
+Core ML: the converted package's spec and op counts (prediction needs macOS).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from flora_export.export import ExportConfig, export
+from flora_export.model import load_model
+
+from family_checkpoints import BOS, reference, write_family
+from test_families import greedy_theirs
+
+transformers = pytest.importorskip("transformers")
+
+LAYERS = 2
+_LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0,
+             "short_factor": [1.0, 1.1, 1.2, 1.3, 1.5, 1.7, 2.0, 2.2],
+             "long_factor": [1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0]}
+# family -> (family_checkpoints case, constructor arguments over it)
+FAMILIES = {
+    "qwen2": ("qwen2", dict(num_hidden_layers=LAYERS)),                   # q/k/v bias
+    "qwen3": ("qwen3", dict(head_dim=32, num_hidden_layers=LAYERS)),     # q/k norms
+    "gemma3": ("gemma3", dict(head_dim=32, num_hidden_layers=LAYERS,     # window 5, 2 RoPEs,
+                              layer_types=["sliding_attention", "full_attention"])),  # scale
+    "phi3": ("phi3", dict(num_attention_heads=2, num_key_value_heads=1,  # partial rotary 16/32
+                          num_hidden_layers=LAYERS, rope_parameters=_LONGROPE)),
+    "smollm3": ("smollm3", dict(num_hidden_layers=LAYERS)),              # layer 1 NoPE, bias
+    "mistral": ("mistral", dict(num_hidden_layers=LAYERS)),              # window 5 everywhere
+}
+ADAPTED = ["qwen3", "gemma3", "phi3"]
+PROMPT = [int(i) for i in torch.randint(0, 256, (12,), generator=torch.Generator().manual_seed(5))]
+NEW = 10
+MAX_SEQ = 64
+EOS = BOS + 1   # family_checkpoints' eos id
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    cache: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in cache:
+            case, init = FAMILIES[family]
+            cache[family] = write_family(root / family, case, seed=3, init=init)
+        return cache[family]
+    return get
+
+
+def theirs_greedy(hf_model, n: int = NEW) -> list[int]:
+    return greedy_theirs(hf_model, torch.tensor([PROMPT]), n)
+
+
+def until_eos(ids: list[int]) -> list[int]:
+    return ids[:ids.index(EOS)] if EOS in ids else ids
+
+
+def genai_greedy(folder: Path, n: int = NEW) -> list[int]:
+    from test_export_onnx import genai_greedy as run
+    return run(folder, PROMPT, n)
+
+
+def runner_text(out: Path, n: int = NEW) -> bytes:
+    """The greedy text printed by ExecuTorch's TextLLMRunner on the export's model.pte + tokenizer.json,
+    the prompt given as the text whose byte-level ids are PROMPT."""
+    from tokenizers import Tokenizer
+
+    from test_export_executorch import run_llm_runner
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    text = tok.decode(PROMPT)
+    assert tok.encode(text, add_special_tokens=False).ids == PROMPT
+    printed, _ = run_llm_runner(out, text, n)
+    return printed
+
+
+def printed_text(out: Path, ids: list[int]) -> bytes:
+    """What a runner prints for `ids`: each token's bytes, the unprintable ones dropped
+    (as tests/test_export_executorch.py compares)."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    pieces = [tok.decode([i], skip_special_tokens=False) for i in until_eos(ids)]
+    return b"".join(p.encode("utf-8", errors="surrogateescape") for p in pieces
+                    if p.isprintable() and "\ufffd" not in p)
+
+
+def fp32(model, target: str, out: Path) -> dict:
+    return export(model, target, out, ExportConfig(quant="fp32", max_seq=MAX_SEQ))
+
+
+def gqa_nodes(path: Path) -> list:
+    import onnx
+    proto = onnx.load(str(path), load_external_data=False)
+    return [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
+
+
+def attrs(node) -> dict:
+    import onnx
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+# --- ONNX -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_onnx_fp32_greedy_is_transformers(family, checkpoints, tmp_path):
+    """ORT-GenAI's greedy tokens are transformers'; each layer is one GroupQueryAttention
+    carrying its window (local_window_size), RoPE (NoPE: none) and scale."""
+    pytest.importorskip("onnxruntime_genai")
+    path = checkpoints(family)
+    model = load_model(path)
+    manifest = fp32(model, "onnx", tmp_path / "onnx")
+    assert manifest["parity"]["passed"]
+    assert genai_greedy(tmp_path / "onnx") == theirs_greedy(reference(path))
+    nodes = gqa_nodes(tmp_path / "onnx" / "model.onnx")
+    assert len(nodes) == LAYERS
+    for node, layer in zip(nodes, model.layers):
+        a = attrs(node)
+        assert a.get("local_window_size", -1) == (layer.self_attn.window or -1)
+        assert a["do_rotary"] == int(layer.self_attn.rope is not None)
+        assert len(node.input) == (9 if a["do_rotary"] else 7)
+        if layer.self_attn.scale is not None:
+            assert abs(a["scale"] - layer.self_attn.scale) < 1e-7
+
+
+@pytest.mark.parametrize("family", ["gemma3", "phi3"])
+def test_onnx_int4_one_matmulnbits_per_projection(family, checkpoints, tmp_path):
+    model = load_model(checkpoints(family))
+    m = export(model, "onnx", tmp_path / "int4", ExportConfig(quant="8da4w", max_seq=MAX_SEQ))
+    assert m["counts"]["matmulnbits"] == 4 * LAYERS + 1
+    assert m["counts"]["float_weight_matmuls"] == 0 and m["parity"]["passed"]
+
+
+def test_onnx_refuses_what_group_query_attention_cannot_run(tmp_path):
+    from flora_export.errors import FloraError
+    path = write_family(tmp_path, "phi3", seed=3)          # head_dim 16, rotary_dim 8
+    with pytest.raises(FloraError, match=r"rotary_dim 8 .* not a multiple of 16"):
+        fp32(load_model(path), "onnx", tmp_path / "onnx")
+    path = write_family(tmp_path / "q", "qwen3", seed=3)   # head_dim 24
+    with pytest.raises(FloraError, match=r"head_dim 24 is not a multiple of 16"):
+        fp32(load_model(path), "onnx", tmp_path / "onnx")
+
+
+# --- ExecuTorch -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("family", [
+    pytest.param(f, marks=() if f == "gemma3" else pytest.mark.slow) for f in FAMILIES])
+def test_android_fp32_runner_greedy_is_transformers(family, checkpoints, tmp_path):
+    """TextLLMRunner on the lowered .pte prints transformers' greedy text (the window through
+    custom_sdpa's mask, Gemma's scale and soft-capping, biases, norms, NoPE in the program)."""
+    pytest.importorskip("executorch")
+    path = checkpoints(family)
+    out = tmp_path / "android"
+    manifest = fp32(load_model(path), "android", out)
+    assert manifest["parity"]["passed"] and manifest["counts"]["quantized_linear_ops"] == 0
+    want = printed_text(out, theirs_greedy(reference(path)))
+    assert len(want) >= 3
+    assert runner_text(out) == want
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_android_8da4w_one_quantized_linear_per_projection(family, checkpoints, tmp_path):
+    pytest.importorskip("executorch")
+    m = export(load_model(checkpoints(family)), "android", tmp_path / "q",
+               ExportConfig(quant="8da4w", max_seq=MAX_SEQ))
+    assert m["counts"]["quantized_linear_ops"] == 4 * LAYERS + 1 and m["parity"]["passed"]
+
+
+# --- adapters -------------------------------------------------------------------------------
+
+def randomize_lora(peft_model, seed: int = 7) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.2, generator=gen)
+
+
+def peft_adapter(path: Path, out: Path):
+    """A PEFT LoRA adapter on every projection of the transformers model at `path`, saved in
+    `out`; returns the PEFT model (the reference)."""
+    peft = pytest.importorskip("peft")
+    hf = reference(path)
+    names = {n.rsplit(".", 1)[-1] for n, _ in hf.named_modules()}
+    targets = [t for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                           "down_proj", "qkv_proj", "gate_up_proj") if t in names]
+    model = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    randomize_lora(model)
+    model.save_pretrained(out)
+    return model.eval()
+
+
+def with_ffba(path: Path):
+    from flora_export.adapters import FFBAConfig, attach_ffba
+
+    from conftest import randomize_adapter
+    model = load_model(path)
+    attach_ffba(model, FFBAConfig(width=24, alpha=48.0, activation="silu"))
+    randomize_adapter(model, seed=2)
+    return model
+
+
+def eager_greedy(model, n: int = NEW) -> list[int]:
+    ids = list(PROMPT)
+    with torch.no_grad():
+        for _ in range(n):
+            ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
+    return ids[len(PROMPT):]
+
+
+@pytest.mark.parametrize("family", ADAPTED)
+def test_onnx_ffba_fused_greedy_is_the_eager_models(family, checkpoints, tmp_path):
+    pytest.importorskip("onnxruntime_genai")
+    model = with_ffba(checkpoints(family))
+    want = eager_greedy(model)                           # unfused FFBA, eager (test_families)
+    m = fp32(model, "onnx", tmp_path / "onnx")
+    assert m["parity"]["passed"] and genai_greedy(tmp_path / "onnx") == want
+
+
+@pytest.mark.parametrize("family", ADAPTED)
+@pytest.mark.parametrize("merged", [True, False])
+def test_onnx_peft_lora_greedy_is_peft(family, merged, checkpoints, tmp_path):
+    pytest.importorskip("onnxruntime_genai")
+    from flora_export.adapters import load_adapter
+    from flora_export.fuse import merge_lora
+    path = checkpoints(family)
+    ref = peft_adapter(path, tmp_path / "lora")
+    model = load_adapter(load_model(path), tmp_path / "lora")
+    if merged:
+        merge_lora(model)
+    m = fp32(model, "onnx", tmp_path / "onnx")
+    assert m["parity"]["passed"]
+    assert genai_greedy(tmp_path / "onnx") == theirs_greedy(ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ADAPTED)
+@pytest.mark.parametrize("adapter", ["ffba", "lora-merged", "lora-unmerged"])
+def test_android_adapted_runner_greedy_and_8da4w_counts(family, adapter, checkpoints, tmp_path):
+    pytest.importorskip("executorch")
+    from flora_export.adapters import load_adapter
+    from flora_export.fuse import merge_lora
+    path = checkpoints(family)
+    if adapter == "ffba":
+        model = with_ffba(path)
+        want_ids = eager_greedy(model)
+    else:
+        ref = peft_adapter(path, tmp_path / "lora")
+        model = load_adapter(load_model(path), tmp_path / "lora")
+        if adapter == "lora-merged":
+            merge_lora(model)
+        want_ids = theirs_greedy(ref)
+    out = tmp_path / "android"
+    m = fp32(model, "android", out)
+    assert m["parity"]["passed"] and runner_text(out) == printed_text(out, want_ids)
+    q = export(model, "android", tmp_path / "q", ExportConfig(quant="8da4w", max_seq=MAX_SEQ))
+    assert q["counts"]["quantized_linear_ops"] == 4 * LAYERS + 1 and q["parity"]["passed"]
+
+
+# --- Core ML --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_coreml_package_per_family(family, checkpoints, tmp_path):
+    """The package converts with one int4 linear per projection and passes the Linux-side
+    checks (the converted torch program against the eager model; interface and op counts)."""
+    pytest.importorskip("coremltools")
+    m = export(load_model(checkpoints(family)), "coreml", tmp_path / "c",
+               ExportConfig(quant="8da4w", max_seq=MAX_SEQ))
+    assert m["counts"]["quantized_linear_ops"] == 4 * LAYERS + 1
