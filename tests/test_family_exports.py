@@ -26,6 +26,7 @@ from test_families import greedy_theirs
 transformers = pytest.importorskip("transformers")
 
 LAYERS = 2
+MAX_SEQ = 64
 _LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0,
              "short_factor": [1.0, 1.1, 1.2, 1.3, 1.5, 1.7, 2.0, 2.2],
              "long_factor": [1.0, 2.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0]}
@@ -36,14 +37,14 @@ FAMILIES = {
     "gemma3": ("gemma3", dict(head_dim=32, num_hidden_layers=LAYERS,     # window 5, 2 RoPEs,
                               layer_types=["sliding_attention", "full_attention"])),  # scale
     "phi3": ("phi3", dict(num_attention_heads=2, num_key_value_heads=1,  # partial rotary 16/32
-                          num_hidden_layers=LAYERS, rope_parameters=_LONGROPE)),
+                          num_hidden_layers=LAYERS, rope_parameters=_LONGROPE,
+                          original_max_position_embeddings=MAX_SEQ)),
     "smollm3": ("smollm3", dict(num_hidden_layers=LAYERS)),              # layer 1 NoPE, bias
     "mistral": ("mistral", dict(num_hidden_layers=LAYERS)),              # window 5 everywhere
 }
 ADAPTED = ["qwen3", "gemma3", "phi3"]
 PROMPT = [int(i) for i in torch.randint(0, 256, (12,), generator=torch.Generator().manual_seed(5))]
 NEW = 10
-MAX_SEQ = 64
 EOS = BOS + 1   # family_checkpoints' eos id
 
 
