@@ -189,9 +189,11 @@ def backend_steps(model, kind, tokens):
     return torch.cat(out, 1)
 
 
-def test_onnx_refuses_a_sliding_window_before_export():
+def test_onnx_refuses_rotary_widths_group_query_attention_cannot_run():
+    """A window, NoPE and a scale map onto GroupQueryAttention (tests/test_family_exports.py);
+    a rotary width not a multiple of 16 does not."""
     from flora_export.errors import FloraError
     from flora_export.export.onnx_attention import check_mappable
     check_mappable(random_model(CFG))
-    with pytest.raises(FloraError, match=r"layers \[0\] use sliding-window"):
+    with pytest.raises(FloraError, match=r"rotary_dim 8 .*'local' RoPE"):
         check_mappable(knobbed_model())

@@ -145,7 +145,8 @@ def test_onnx_int4_one_matmulnbits_per_projection(family, checkpoints, tmp_path)
 
 def test_onnx_refuses_what_group_query_attention_cannot_run(tmp_path):
     from flora_export.errors import FloraError
-    path = write_family(tmp_path, "phi3", seed=3)          # head_dim 16, rotary_dim 8
+    path = write_family(tmp_path, "phi3", seed=3,           # head_dim 16, rotary_dim 8
+                        init=dict(original_max_position_embeddings=MAX_SEQ))
     with pytest.raises(FloraError, match=r"rotary_dim 8 .* not a multiple of 16"):
         fp32(load_model(path), "onnx", tmp_path / "onnx")
     path = write_family(tmp_path / "q", "qwen3", seed=3)   # head_dim 24

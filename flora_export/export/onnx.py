@@ -58,6 +58,11 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
             ["logits"] + [f"present.{i}.{kv}" for i, kv in pairs])
 
 
+def check_model(model: nn.Module) -> None:
+    """Refuse, before any work, a model the GroupQueryAttention mapping cannot run."""
+    check_mappable(model)
+
+
 def capture(model: nn.Module, max_seq: int, path: Path) -> None:
     """Export the fp32 decoder to `path` (+ external data); the head is untied first."""
     cfg = model.config
