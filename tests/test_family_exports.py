@@ -19,8 +19,9 @@ import torch
 
 from flora_export.export import ExportConfig, export
 from flora_export.model import load_model
+from flora_export.model.tokenizer import byte_level_tokenizer
 
-from family_checkpoints import BOS, reference, write_family
+from family_checkpoints import BOS, VOCAB, reference, write_family
 from test_families import greedy_theirs
 
 transformers = pytest.importorskip("transformers")
@@ -43,7 +44,8 @@ FAMILIES = {
     "mistral": ("mistral", dict(num_hidden_layers=LAYERS)),              # window 5 everywhere
 }
 ADAPTED = ["qwen3", "gemma3", "phi3"]
-PROMPT = [int(i) for i in torch.randint(0, 256, (12,), generator=torch.Generator().manual_seed(5))]
+PROMPT_TEXT = "Hello, world"      # 12 byte-level ids: longer than every window (5)
+PROMPT = byte_level_tokenizer(VOCAB, BOS).encode(PROMPT_TEXT, add_special_tokens=False).ids
 NEW = 10
 EOS = BOS + 1   # family_checkpoints' eos id
 
@@ -75,15 +77,11 @@ def genai_greedy(folder: Path, n: int = NEW) -> list[int]:
 
 
 def runner_text(out: Path, n: int = NEW) -> bytes:
-    """The greedy text printed by ExecuTorch's TextLLMRunner on the export's model.pte + tokenizer.json,
-    the prompt given as the text whose byte-level ids are PROMPT."""
-    from tokenizers import Tokenizer
-
+    """The greedy text printed by ExecuTorch's TextLLMRunner on the export's model.pte +
+    tokenizer.json for PROMPT_TEXT (its ids are PROMPT: no bos added)."""
     from test_export_executorch import run_llm_runner
-    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
-    text = tok.decode(PROMPT)
-    assert tok.encode(text, add_special_tokens=False).ids == PROMPT
-    printed, _ = run_llm_runner(out, text, n)
+    printed, stats = run_llm_runner(out, PROMPT_TEXT, n)
+    assert stats["prompt"] == len(PROMPT)
     return printed
 
 
