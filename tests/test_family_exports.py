@@ -44,6 +44,7 @@ FAMILIES = {
     "mistral": ("mistral", dict(num_hidden_layers=LAYERS)),              # window 5 everywhere
 }
 ADAPTED = ["qwen3", "gemma3", "phi3"]
+LORA = ["qwen3", "gemma3"]   # Phi3's PEFT LoRA adapts its fused qkv_proj / gate_up_proj: refused
 PROMPT_TEXT = "Hello, world"      # 12 byte-level ids: longer than every window (5)
 PROMPT = byte_level_tokenizer(VOCAB, BOS).encode(PROMPT_TEXT, add_special_tokens=False).ids
 NEW = 10
@@ -202,13 +203,13 @@ def peft_adapter(path: Path, out: Path):
     return model.eval()
 
 
-def with_ffba(path: Path):
+def with_ffba(path: Path, seed: int = 2):
     from flora_export.adapters import FFBAConfig, attach_ffba
 
     from conftest import randomize_adapter
     model = load_model(path)
     attach_ffba(model, FFBAConfig(width=24, alpha=48.0, activation="silu"))
-    randomize_adapter(model, seed=2)
+    randomize_adapter(model, seed=seed)
     return model
 
 
@@ -223,13 +224,16 @@ def eager_greedy(model, n: int = NEW) -> list[int]:
 @pytest.mark.parametrize("family", ADAPTED)
 def test_onnx_ffba_fused_greedy_is_the_eager_models(family, checkpoints, tmp_path):
     pytest.importorskip("onnxruntime_genai")
-    model = with_ffba(checkpoints(family))
+    # seed 3 for phi3: with seed 2 its greedy text holds a lone UTF-8 byte, which
+    # ORT-GenAI's detokenizer drops and Hugging Face prints as U+FFFD (the tokenizer gate
+    # refuses that export; a detokenizer difference, not the graph's)
+    model = with_ffba(checkpoints(family), seed=3 if family == "phi3" else 2)
     want = eager_greedy(model)                           # unfused FFBA, eager (test_families)
     m = fp32(model, "onnx", tmp_path / "onnx")
     assert m["parity"]["passed"] and genai_greedy(tmp_path / "onnx") == want
 
 
-@pytest.mark.parametrize("family", ADAPTED)
+@pytest.mark.parametrize("family", LORA)
 @pytest.mark.parametrize("merged", [True, False])
 def test_onnx_peft_lora_greedy_is_peft(family, merged, checkpoints, tmp_path):
     pytest.importorskip("onnxruntime_genai")
@@ -245,9 +249,18 @@ def test_onnx_peft_lora_greedy_is_peft(family, merged, checkpoints, tmp_path):
     assert genai_greedy(tmp_path / "onnx") == theirs_greedy(ref)
 
 
+def test_phi3_peft_lora_on_fused_projections_is_refused(checkpoints, tmp_path):
+    from flora_export.adapters import load_adapter
+    from flora_export.errors import FloraError
+    path = checkpoints("phi3")
+    peft_adapter(path, tmp_path / "lora")
+    with pytest.raises(FloraError, match=r"(qkv|gate_up)_proj"):
+        load_adapter(load_model(path), tmp_path / "lora")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ADAPTED)
-@pytest.mark.parametrize("adapter", ["ffba", "lora-merged", "lora-unmerged"])
+@pytest.mark.parametrize("family,adapter", [(f, "ffba") for f in ADAPTED] + [
+    (f, a) for f in LORA for a in ("lora-merged", "lora-unmerged")])
 def test_android_adapted_runner_greedy_and_8da4w_counts(family, adapter, checkpoints, tmp_path):
     pytest.importorskip("executorch")
     from flora_export.adapters import load_adapter
