@@ -224,12 +224,13 @@ def eager_greedy(model, n: int = NEW) -> list[int]:
 @pytest.mark.parametrize("family", ADAPTED)
 def test_onnx_ffba_fused_greedy_is_the_eager_models(family, checkpoints, tmp_path):
     pytest.importorskip("onnxruntime_genai")
-    # seed 3 for phi3: with seed 2 its greedy text holds a lone UTF-8 byte, which
-    # ORT-GenAI's detokenizer drops and Hugging Face prints as U+FFFD (the tokenizer gate
-    # refuses that export; a detokenizer difference, not the graph's)
-    model = with_ffba(checkpoints(family), seed=3 if family == "phi3" else 2)
+    model = with_ffba(checkpoints(family))
     want = eager_greedy(model)                           # unfused FFBA, eager (test_families)
-    m = fp32(model, "onnx", tmp_path / "onnx")
+    # Phi3's greedy text here holds lone UTF-8 bytes, after which ORT-GenAI's streaming
+    # detokenizer prints less than Hugging Face's decode: the tokenizer gate's text check
+    # refuses it, so it records the mismatch instead; the token ids are compared below
+    m = export(model, "onnx", tmp_path / "onnx", ExportConfig(
+        quant="fp32", max_seq=MAX_SEQ, allow_tokenizer_mismatch=family == "phi3"))
     assert m["parity"]["passed"] and genai_greedy(tmp_path / "onnx") == want
 
 

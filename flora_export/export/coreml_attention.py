@@ -13,7 +13,7 @@ import torch
 
 import torch.nn.functional as F
 
-from ..model.attention import KVCache, additive, allowed
+from ..model.attention import KVCache, additive
 
 
 class SlicedKV(KVCache):
@@ -32,9 +32,10 @@ class SlicedKV(KVCache):
         keys = self.k[i, :, :, :end].to(q.dtype).repeat_interleave(n_rep, dim=1)
         values = self.v[i, :, :, :end].to(q.dtype).repeat_interleave(n_rep, dim=1)
         mask = self.mask.to(q.dtype)
-        if window is not None:
-            mask = mask + additive(allowed(torch.arange(begin, end), torch.arange(end), window),
-                                   q.dtype)
+        if window is not None:   # the causal part is in self.mask; here the window's lower
+            # bound alone (one comparison: coremltools converts no bool `&`)
+            query, key = torch.arange(begin, end), torch.arange(end)
+            mask = mask + additive(key[None, :] > query[:, None] - window, q.dtype)
         extra = {} if scale is None else {"scale": scale}
         y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask,
                                            **extra)
