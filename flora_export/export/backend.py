@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
-    """What the pipeline needs from a backend module."""
+    """What the pipeline needs from a backend module (optionally also
+    `check_model(model)`: refuse, before any work, a model the backend cannot run)."""
 
     STAGES: list[str]
 

@@ -64,7 +64,7 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     bos, eos = special_ids(model)
     _check_max_seq(model, config, len(verify_prompt(model, bos)))
     for name in row.backends:          # what a backend cannot run, refused before any work
-        getattr(_backend(name), "check_model", lambda _model: None)(model)
+        getattr(backend(name), "check_model", lambda _model: None)(model)
     st = Stages(stage_names(target), progress)
     with st("fuse"):
         if model.adapter_state is not None and model.adapter_state.is_ffba \
