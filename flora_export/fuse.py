@@ -5,6 +5,10 @@ FFBA (docs/ffba.md): A becomes extra output rows of `qkv_proj` / `gate_up_proj`,
 rows of A and zero columns of B up to a multiple of `pad_to` (the quantization
 group), which leaves the function unchanged and keeps every fused projection
 quantizable. A fused layer runs exactly 4 linears, like the base model.
+
+ffba-neurons: A_gate and A_up become extra rows of the gate and of the up half of
+`gate_up_proj` ([W_g; A_gate; W_u; A_up]), `s * B` extra columns of `down_proj`, and
+the MLP's FFN width grows by the (padded) width: extra SwiGLU neurons, no side channel.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import torch
 from torch import nn
 
-from .adapters.ffba import FFBAConfig, FFBAPair, sub_block
+from .adapters.ffba import FFBAConfig, fused_neuron_rows, make_pair, sub_block
 from .adapters.io import ffba_tensors
 from .adapters.lora import LoraProjection, lora_projections
 from .adapters.state import AdapterStatus
@@ -41,15 +45,38 @@ def fuse(model: LlamaModel, pad_to: int = 32) -> LlamaModel:
     with torch.no_grad():
         for layer in model.layers:
             for name in cfg.sub_blocks:
-                _fuse_block(sub_block(layer, name), width)
+                blk = sub_block(layer, name)
+                (_fuse_neurons if cfg.neurons else _fuse_block)(blk, width)
     model.adapter_state = state.with_status(AdapterStatus.FUSED, fused_width=width)
     log.info("fused FFBA (%s, width %d -> %d) into %d layers", cfg.variant, cfg.width, width,
              len(model.layers))
     return model
 
 
+def _padded_rows(a: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.cat([a, a.new_zeros(width - a.shape[0], a.shape[1])])
+
+
+def _fuse_neurons(blk: nn.Module, width: int) -> None:
+    """Gated neurons: rows on both halves of gate_up_proj, columns on down_proj."""
+    pair = blk.adapter
+    lin, f = blk.gate_up_proj, blk.ffn_dim
+    w = lin.weight
+    rows = torch.cat([w[:f], _padded_rows(pair.A_gate.weight, width).to(w.dtype),
+                      w[f:], _padded_rows(pair.A_up.weight, width).to(w.dtype)])
+    gate_up = nn.Linear(rows.shape[1], rows.shape[0], bias=lin.bias is not None, device="meta")
+    gate_up.weight = nn.Parameter(rows, requires_grad=False)
+    if lin.bias is not None:
+        zeros = lin.bias.new_zeros(width)
+        gate_up.bias = nn.Parameter(torch.cat([lin.bias[:f], zeros, lin.bias[f:], zeros]),
+                                    requires_grad=False)
+    b = _padded_rows((pair.scale * pair.B.weight).T, width).T
+    blk.gate_up_proj, blk.down_proj = gate_up, _widen(blk.down_proj, cols=b)
+    blk.ffn_dim, blk.adapter_neurons, blk.adapter = f + width, width, None
+
+
 def _fuse_block(blk: nn.Module, width: int) -> None:
-    pair: FFBAPair = blk.adapter
+    pair = blk.adapter
     reader, writer = ("qkv_proj", "o_proj") if hasattr(blk, "qkv_proj") else (
         "gate_up_proj", "down_proj")
     a = pair.A.weight
@@ -88,7 +115,8 @@ def unfuse(model: LlamaModel) -> LlamaModel:
     with torch.no_grad():
         for i, layer in enumerate(model.layers):
             for name in cfg.sub_blocks:
-                _unfuse_block(sub_block(layer, name), cfg, tensors, f"layers.{i}.{name}")
+                blk, key = sub_block(layer, name), f"layers.{i}.{name}"
+                (_unfuse_neurons if cfg.neurons else _unfuse_block)(blk, cfg, tensors, key)
     model.adapter_state = state.with_status(AdapterStatus.UNFUSED)
     return model
 
@@ -98,12 +126,29 @@ def _unfuse_block(blk, cfg: FFBAConfig, tensors: dict, key: str) -> None:
         "gate_up_proj", "down_proj")
     r, w = getattr(blk, reader), getattr(blk, writer)
     keep_rows, keep_cols = r.out_features - blk.adapter_width, w.in_features - blk.adapter_width
-    pair = FFBAPair(w.out_features, cfg).to(r.weight.dtype)
+    pair = make_pair(blk, w.out_features, cfg).to(r.weight.dtype)
     pair.A.weight.copy_(tensors[f"{key}.A"])
     pair.B.weight.copy_(tensors[f"{key}.B"])
     setattr(blk, reader, _narrow(r, rows=keep_rows))
     setattr(blk, writer, _narrow(w, cols=keep_cols))
     blk.adapter_width, blk.adapter = 0, pair
+
+
+def _unfuse_neurons(blk, cfg: FFBAConfig, tensors: dict, key: str) -> None:
+    lin, down = blk.gate_up_proj, blk.down_proj
+    gate, _, up, _ = fused_neuron_rows(blk)
+    f = gate.stop
+    pair = make_pair(blk, down.out_features, cfg).to(lin.weight.dtype)
+    for half in ("A_gate", "A_up", "B"):
+        getattr(pair, half).weight.copy_(tensors[f"{key}.{half}"])
+    base = nn.Linear(lin.in_features, 2 * f, bias=lin.bias is not None, device="meta")
+    base.weight = nn.Parameter(torch.cat([lin.weight[gate], lin.weight[up]]).clone(),
+                               requires_grad=False)
+    if lin.bias is not None:
+        base.bias = nn.Parameter(torch.cat([lin.bias[gate], lin.bias[up]]).clone(),
+                                 requires_grad=False)
+    blk.gate_up_proj, blk.down_proj = base, _narrow(down, cols=f)
+    blk.ffn_dim, blk.adapter_neurons, blk.adapter = f, 0, pair
 
 
 def _narrow(lin: nn.Linear, rows: int | None = None, cols: int | None = None) -> nn.Linear:
@@ -132,4 +177,4 @@ def merge_lora(model: LlamaModel) -> LlamaModel:
 def count_fused_linears(model: nn.Module) -> int:
     """Projections that carry a fused FFBA half (4 per layer for the `ffba` variant)."""
     return sum(2 for layer in model.layers for blk in (layer.self_attn, layer.mlp)
-               if blk.adapter_width)
+               if blk.adapter_width or getattr(blk, "adapter_neurons", 0))

@@ -184,3 +184,111 @@ def test_loaded_model_adapter_on_disk(tiny_base, tiny_ffba):
     assert model.adapter_state.source.files["adapter_model.safetensors"]
     fuse(model)
     assert model.adapter_state.fused_width == 64
+
+
+# ---------------------------------------------------------------- ffba-neurons
+
+NEURONS = FFBAConfig(width=24, alpha=12.0, variant="ffba-neurons")      # s = 1/2, pads to 32
+
+
+def test_neurons_fused_equals_unfused_and_unfuse_restores():
+    """ffba-neurons are extra gated MLP neurons: fused, gate_up_proj gains 32 rows on each
+    half and down_proj 32 columns (width 24 padded), the MLP still runs 2 linears and the
+    attention block is untouched; fused == unfused; unfuse gives back the exact pair."""
+    model = ffba_model(NEURONS, seed=3)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert len(trainable) == 3 * PRESETS["tiny"].num_hidden_layers       # A_gate, A_up, B
+    ref_up = model.layers[1].mlp.adapter.A_up.weight.clone()
+    ref = logits(model)
+    fuse(model, pad_to=32)
+    mlp, attn = model.layers[0].mlp, model.layers[0].self_attn
+    assert mlp.gate_up_proj.out_features == 2 * (256 + 32)
+    assert mlp.down_proj.in_features == 256 + 32 and mlp.adapter_width == 0
+    assert attn.qkv_proj.out_features == 128 + 2 * 64 and attn.o_proj.in_features == 128
+    assert count_fused_linears(model) == 2 * PRESETS["tiny"].num_hidden_layers
+    assert sum(isinstance(m, torch.nn.Linear) for m in model.layers[0].modules()) == 4
+    assert (logits(model) - ref).abs().max() < 1e-5
+    unfuse(model)
+    assert torch.equal(model.layers[1].mlp.adapter.A_up.weight, ref_up)
+    assert model.layers[1].mlp.gate_up_proj.out_features == 2 * 256
+    assert (logits(model) - ref).abs().max() < 1e-5
+
+
+def test_neurons_are_wider_transformers_mlps(tmp_path):
+    """Independent construction: transformers' LlamaForCausalLM whose gate_proj / up_proj
+    gain the saved A_gate / A_up as extra rows and down_proj s * B as extra columns (an
+    MLP with intermediate_size + width) gives our unfused and fused logits."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    from conftest import write_base
+
+    base_dir = write_base(tmp_path / "base", seed=6)
+    ours = load_model(base_dir)
+    attach_ffba(ours, NEURONS)
+    randomize_adapter(ours, seed=6)
+    save_adapter(ours, tmp_path / "neurons")
+    ab = load_file(tmp_path / "neurons" / "adapter_model.safetensors")
+    assert set(ab) == {f"layers.{i}.mlp.{h}" for i in range(2) for h in ("A_gate", "A_up", "B")}
+    hf = transformers.LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        base_ref = hf(TOKENS).logits
+        for i, layer in enumerate(hf.model.layers):
+            m = layer.mlp
+            for proj, extra in ((m.gate_proj, ab[f"layers.{i}.mlp.A_gate"]),
+                                (m.up_proj, ab[f"layers.{i}.mlp.A_up"])):
+                proj.weight = torch.nn.Parameter(torch.cat([proj.weight, extra]))
+            m.down_proj.weight = torch.nn.Parameter(
+                torch.cat([m.down_proj.weight, 0.5 * ab[f"layers.{i}.mlp.B"]], dim=1))
+        ref = hf(TOKENS).logits
+    assert (ref - base_ref).abs().max() > 0.01          # the adapter matters
+    assert (logits(ours) - ref).abs().max() < 1e-5
+    fuse(ours)
+    assert (logits(ours) - ref).abs().max() < 1e-5
+    for fused in (False, True):                          # files round-trip, fused or not
+        model = load_model(base_dir)
+        load_adapter(model, tmp_path / "neurons")
+        if fused:
+            fuse(model)
+        save_adapter(model, tmp_path / f"again{fused}")
+        fresh = load_model(base_dir)
+        load_adapter(fresh, tmp_path / f"again{fused}")
+        assert fresh.adapter_state.config == NEURONS
+        assert (logits(fresh) - ref).abs().max() < 1e-5
+
+
+def test_neurons_refuse_a_side_channel_activation():
+    from flora_export.errors import FloraError
+    with pytest.raises(FloraError, match="activation='relu' does not apply to variant "
+                                         "ffba-neurons"):
+        FFBAConfig(width=8, variant="ffba-neurons", activation="relu")
+
+
+@pytest.mark.parametrize("init", ["kaiming", "gaussian", "orthogonal"])
+def test_init_sets_the_forward_half_and_keeps_b_zero(init):
+    base = random_model(PRESETS["tiny"], seed=1)
+    ref = logits(base)
+    attach_ffba(base, FFBAConfig(width=16, init=init))
+    a = base.layers[0].self_attn.adapter.A.weight
+    assert torch.equal(logits(base), ref)                # B = 0: still a no-op
+    # row norms: kaiming-uniform sqrt(d / (3 d)), gaussian ~1, orthogonal exactly 1
+    expected = {"kaiming": 3 ** -0.5, "gaussian": 1.0, "orthogonal": 1.0}[init]
+    assert abs(a.norm(dim=1).mean().item() - expected) < 0.1
+
+
+def test_neurons_export_one_quantized_linear_per_projection(tmp_path, tiny_base):
+    """The int4 .pte of an ffba-neurons adapter: 2 fused projections per layer, and still
+    one quantized (XNNPACK-delegated) linear per projection and for the head."""
+    pytest.importorskip("executorch")
+    from conftest import write_ffba
+    from flora_export.export import ExportConfig, export
+
+    adapter = write_ffba(tiny_base, tmp_path / "neurons", NEURONS, seed=2)
+    model = load_model(tiny_base)
+    load_adapter(model, adapter)
+    export(model, "android", tmp_path / "out", ExportConfig(quant="8da4w", max_seq=64))
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    c, layers = m["counts"], PRESETS["tiny"].num_hidden_layers
+    assert c["fused_linears"] == 2 * layers
+    assert c["quantized_linear_ops"] == c["delegated_linear_ops"] == 4 * layers + 1
+    assert m["adapter"]["fused_width"] == 32 and m["parity"]["passed"]

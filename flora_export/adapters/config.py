@@ -18,7 +18,11 @@ from ..model.llama import ACTIVATIONS
 from ..settings import check_settings, setting
 from .targets import lora_sites
 
-VARIANTS = {"ffba": ("attn", "mlp"), "ffba-attn": ("attn",), "ffba-mlp": ("mlp",)}
+VARIANTS = {"ffba": ("attn", "mlp"), "ffba-attn": ("attn",), "ffba-mlp": ("mlp",),
+            "ffba-neurons": ("mlp",)}
+# ffba-neurons: the adapter is `width` extra gated neurons of the MLP (A_gate, A_up, B).
+NEURON_VARIANTS = ("ffba-neurons",)
+INITS = ("kaiming", "gaussian", "orthogonal")
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 WIDTH = Limit(int, 1, example="64")
@@ -40,13 +44,33 @@ class FFBAConfig:
     alpha: float | None = setting("scale numerator: the adapter output is multiplied by "
                                   "alpha / width; null: alpha = width (scale 1)", None,
                                   limit=ALPHA, optional=True)
-    variant: str = setting("ffba (attention and MLP), ffba-attn or ffba-mlp", "ffba",
-                           choices=VARIANTS)
-    activation: str = setting("nonlinearity between A and B: identity, relu or silu",
+    variant: str = setting("ffba (attention and MLP), ffba-attn, ffba-mlp, or ffba-neurons "
+                           "(extra gated neurons of the MLP: A on gate and up, B on down)",
+                           "ffba", choices=VARIANTS)
+    activation: str = setting("nonlinearity between A and B: identity, relu or silu "
+                              "(ffba-neurons: identity; its neurons use the MLP's own gate)",
                               "identity", choices=ACTIVATIONS)
+    init: str = setting("initialisation of A before training (B starts at 0): kaiming "
+                        "(LoRA's Kaiming-uniform, a = sqrt 5), gaussian (N(0, 1/d)) or "
+                        "orthogonal (orthonormal rows)", "kaiming", choices=INITS)
 
     def __post_init__(self):
         _check(self, "FFBA ")
+        if self.neurons and self.activation != "identity":
+            raise FloraError(f"FFBA activation={self.activation!r} does not apply to "
+                             f"variant {self.variant}",
+                             "leave activation at identity: ffba-neurons are gated by the "
+                             "MLP's own activation (act(A_gate x) * A_up x)")
+
+    @property
+    def neurons(self) -> bool:
+        """The adapter is extra gated MLP neurons (two forward halves, no side channel)."""
+        return self.variant in NEURON_VARIANTS
+
+    @property
+    def forward_halves(self) -> tuple[str, ...]:
+        """Names of the forward (A) matrices of one pair: A, or A_gate and A_up."""
+        return ("A_gate", "A_up") if self.neurons else ("A",)
 
     @property
     def scale(self) -> float:
@@ -132,4 +156,5 @@ class LoraConfig:
 
 AdapterConfig = FFBAConfig | LoraConfig
 
-__all__ = ["FFBAConfig", "LoraConfig", "AdapterConfig", "VARIANTS", "ALL_TARGETS"]
+__all__ = ["FFBAConfig", "LoraConfig", "AdapterConfig", "VARIANTS", "NEURON_VARIANTS", "INITS",
+           "ALL_TARGETS"]

@@ -60,6 +60,8 @@ PEFT_LORA = FieldTable("adapter_config.json (PEFT LoRA)", {
 
 FFBA = FieldTable("adapter_config.json (FFBA)", {
     **implemented("width alpha variant activation", "the FFBA adapter (adapters/ffba.py)"),
+    **harmless("init", "how A was initialised before training (the file holds the trained "
+               "weights)"),
     **limited("adapter_type", "the adapter kind", _is("ffba"), '"ffba"'),
     **harmless("base flora_export_version",
                "bookkeeping (the base is checked by its recorded fingerprint)"),

@@ -1,6 +1,7 @@
 """Adapter files: `adapter_config.json` + `adapter_model.safetensors`.
 
-FFBA tensors are named `layers.{i}.{attn|mlp}.{A|B}` (A: [width, d], B: [d, width]);
+FFBA tensors are named `layers.{i}.{attn|mlp}.{A|B}` (A: [width, d], B: [d, width];
+ffba-neurons: `layers.{i}.mlp.{A_gate|A_up|B}`);
 LoRA adapters use PEFT's layout, so adapters trained with PEFT load directly.
 Every adapter records the base it was trained on (layer count, hidden size and a
 fingerprint of sampled base weights) and is checked against the model it meets.
@@ -24,7 +25,7 @@ from ..errors import FloraError
 from ..model import file_sha256
 from ..model.checkpoint import save_safetensors_atomic, write_atomic
 from ..model.llama import LlamaModel
-from .ffba import FFBAConfig, attach_ffba, sub_block
+from .ffba import FFBAConfig, attach_ffba, fused_neuron_rows, sub_block
 from .fields import FFBA, PEFT_LORA
 from .lora import ALL_TARGETS, LoraConfig, attach_lora, lora_projections
 from .state import AdapterSource, AdapterStatus
@@ -92,6 +93,10 @@ def ffba_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
     for i, layer in enumerate(model.layers):
         for name in cfg.sub_blocks:
             blk = sub_block(layer, name)
+            key = f"layers.{i}.{name}"
+            if cfg.neurons:
+                out.update(_neuron_tensors(blk, cfg, state.status, key))
+                continue
             if state.status is AdapterStatus.UNFUSED:
                 A, B = blk.adapter.A.weight, blk.adapter.B.weight
             else:
@@ -100,8 +105,21 @@ def ffba_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
                 cols = write_proj.in_features - blk.adapter_width
                 A = read_proj.weight[rows:rows + cfg.width]
                 B = write_proj.weight[:, cols:cols + cfg.width] / cfg.scale
-            out[f"layers.{i}.{name}.A"], out[f"layers.{i}.{name}.B"] = A, B
+            out[f"{key}.A"], out[f"{key}.B"] = A, B
     return out
+
+
+def _neuron_tensors(blk, cfg: FFBAConfig, status: AdapterStatus, key: str) -> dict:
+    """ffba-neurons: A_gate, A_up [width, d] and B [d, width], unfused or cut out of
+    the fused gate_up_proj ([W_g; A_gate; W_u; A_up]) and down_proj ([W_d, s B])."""
+    if status is AdapterStatus.UNFUSED:
+        pair = blk.adapter
+        return {f"{key}.A_gate": pair.A_gate.weight, f"{key}.A_up": pair.A_up.weight,
+                f"{key}.B": pair.B.weight}
+    _, gate, _, up = fused_neuron_rows(blk)
+    w, cols = blk.gate_up_proj.weight, blk.ffn_dim - blk.adapter_neurons
+    return {f"{key}.A_gate": w[gate][:cfg.width], f"{key}.A_up": w[up][:cfg.width],
+            f"{key}.B": blk.down_proj.weight[:, cols:cols + cfg.width] / cfg.scale}
 
 
 def _fused_pair(blk):
@@ -168,7 +186,7 @@ def _config_from_meta(meta: dict, path: Path) -> FFBAConfig | LoraConfig:
                          "restore the adapter_config.json saved with the adapter")
     if meta.get("adapter_type") == "ffba":
         FFBA.check(meta, str(path))
-        keys = ("width", "alpha", "variant", "activation")
+        keys = ("width", "alpha", "variant", "activation", "init")
         return FFBAConfig(**{k: meta[k] for k in keys if k in meta})
     if meta.get("peft_type") == "LORA":
         PEFT_LORA.check(meta, str(path))

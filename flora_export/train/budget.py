@@ -2,14 +2,14 @@
 
 LoRA rank r on a projection d_in -> d_out trains r * (d_in + d_out) parameters.
 FFBA of width h on one sub-block trains 2 * h * d (A: d -> h, B: h -> d), for each
-targeted sub-block of each layer.
+targeted sub-block of each layer; ffba-neurons 3 * h * d (A_gate, A_up, B) per MLP.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..adapters.ffba import VARIANTS
+from ..adapters.config import NEURON_VARIANTS, VARIANTS
 from ..adapters.lora import ALL_TARGETS
 from ..errors import FloraError, unknown_name
 from ..model.config import LlamaConfig
@@ -34,7 +34,8 @@ def lora_params(cfg: LlamaConfig, rank: int, targets=ALL_TARGETS) -> int:
 def ffba_params(cfg: LlamaConfig, width: int, variant: str = "ffba") -> int:
     if variant not in VARIANTS:
         raise unknown_name("FFBA variant", variant, VARIANTS)
-    return cfg.num_hidden_layers * len(VARIANTS[variant]) * 2 * width * cfg.hidden_size
+    matrices = 3 if variant in NEURON_VARIANTS else 2
+    return cfg.num_hidden_layers * len(VARIANTS[variant]) * matrices * width * cfg.hidden_size
 
 
 @dataclass(frozen=True)
