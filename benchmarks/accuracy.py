@@ -15,6 +15,13 @@ full fine-tuning trains every weight. `--methods` also takes ffba-attn.
 
 Trained runs and exports are cached in --work; the table (mean +- std over seeds)
 is printed and written, with every run's figures, to --out (JSON, markdown, PNG).
+
+`--sweep` runs the fair sweep instead (benchmarks/accuracy_sweep.py: learning rate,
+FFBA scale / activation / init, matched budgets, selection on a validation split,
+the chosen settings over --seeds on a disjoint test split, eager and int4):
+
+    python benchmarks/accuracy.py --sweep --tasks shift reverse upper dates \
+        --methods ffba ffba-neurons lora --budgets 8 --seeds 0 1 2 3 4
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = {"ffba": "ffba-shift.yaml", "ffba-attn": "ffba-shift.yaml",
-          "ffba-mlp": "ffba-shift.yaml", "lora": "lora-shift.yaml", "full": "full-shift.yaml"}
+          "ffba-mlp": "ffba-shift.yaml", "ffba-neurons": "ffba-shift.yaml",
+          "lora": "lora-shift.yaml", "full": "full-shift.yaml"}
 
 
 def overrides(method: str, task: str, seed: int, steps: int, out: Path) -> list[str]:
@@ -187,10 +195,15 @@ def main() -> int:
                    help="leave these task/method pairs out, e.g. reverse:ffba-mlp")
     p.add_argument("--work", type=Path, default=ROOT / "bench-work" / "accuracy")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    import accuracy_sweep
+    accuracy_sweep.add_arguments(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.sweep:
+        args.command = " ".join(["python", "benchmarks/accuracy.py", *sys.argv[1:]])
+        return accuracy_sweep.main(args)
     t0 = time.perf_counter()
     rows = run(args)
     md = table(rows, args.methods, args.tasks)

@@ -276,6 +276,7 @@ def test_init_sets_the_forward_half_and_keeps_b_zero(init):
     assert abs(a.norm(dim=1).mean().item() - expected) < 0.1
 
 
+@pytest.mark.slow
 def test_neurons_export_one_quantized_linear_per_projection(tmp_path, tiny_base):
     """The int4 .pte of an ffba-neurons adapter: 2 fused projections per layer, and still
     one quantized (XNNPACK-delegated) linear per projection and for the head."""

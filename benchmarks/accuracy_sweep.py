@@ -1,0 +1,400 @@
+"""The fair sweep behind `benchmarks/accuracy.py --sweep`.
+
+Two phases, every cell cached in --work (a cell is one training run and its scores,
+`cell.json`; a rerun skips finished cells, so an interrupted sweep resumes):
+
+1. **select**: for each task x method x budget, every setting of the grid (learning
+   rate; for FFBA also the scale alpha/width, the activation and the initialisation of
+   A) is trained with seed 0 and scored on the **validation** split. The best setting
+   per (task, method, budget) is the one with the highest validation exact match
+   (ties: lower validation loss).
+2. **report**: the chosen setting is trained with --seeds (seed 0 reused) and scored on
+   the disjoint **test** split: eager fp32, and eager with the int4 export's exact
+   weights (fused/merged, then the export's own 8da4w quantization: int4 group-32
+   weights with bf16 scales, int8 dynamic activations; every cell gets this). The real
+   `.pte` (flora-export, target android, 8da4w) is exported and scored through the
+   ExecuTorch runtime for the chosen settings.
+
+Splits: the held-out examples (one prompt in ten by hash, never trained on) are split
+again by a second hash byte into validation and test, so the two are disjoint. For
+the JSONL task (`dates`, recipes/data/dates.jsonl) training reads the file through the
+recipe's `data.jsonl`, exactly as users do, and the splits come from its held-out tenth.
+
+Budgets are LoRA ranks on all 7 projections; FFBA widths are matched by parameter
+count (flora_export/train/budget.py). Full fine-tuning has no budget (all weights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATES = ROOT / "recipes" / "data" / "dates.jsonl"
+RECIPE = {"lora": "lora-shift.yaml", "full": "full-shift.yaml"}     # ffba*: ffba-shift.yaml
+FFBA_METHODS = ("ffba", "ffba-attn", "ffba-mlp", "ffba-neurons")
+METHODS = (*FFBA_METHODS, "lora", "full")
+JSONL_TASKS = {"dates": DATES}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the grid. scale/act/init apply to FFBA only; budget (LoRA rank) to
+    adapters only."""
+    method: str
+    budget: int | None
+    lr: float
+    scale: float | None = None
+    act: str | None = None
+    init: str | None = None
+
+    @property
+    def key(self) -> str:
+        parts = [self.method] + ([f"r{self.budget}"] if self.budget else [])
+        if self.method in FFBA_METHODS:
+            parts += [self.act, f"s{self.scale:g}", self.init]
+        return "-".join(parts + [f"lr{self.lr:g}"])
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "budget_lora_rank": self.budget, "lr": self.lr,
+                "scale": self.scale, "activation": self.act, "init": self.init}
+
+
+def grid(method: str, budget: int | None, args) -> list[Setting]:
+    lrs = args.lrs.get(method) or args.lrs["default"]
+    if method in FFBA_METHODS:
+        acts = ["identity"] if method == "ffba-neurons" else args.activations
+        return [Setting(method, budget, lr, s, a, i) for lr, s, a, i in
+                itertools.product(lrs, args.scales, acts, args.inits)]
+    return [Setting(method, budget if method != "full" else None, lr) for lr in lrs]
+
+
+# ---------------------------------------------------------------- data
+
+def _part(prompt: str) -> int:
+    return hashlib.sha256(prompt.encode()).digest()[1] % 2
+
+
+def splits(task: str, n: int) -> dict[str, list]:
+    """Disjoint validation and test lists (n each at most) from the held-out tenth."""
+    from flora_export.train.tasks import eval_set, read_jsonl, split_jsonl
+
+    pool = (split_jsonl(read_jsonl(JSONL_TASKS[task]), "eval") if task in JSONL_TASKS
+            else eval_set([task], 3 * n))
+    return {"val": [e for e in pool if _part(e.prompt) == 0][:n],
+            "test": [e for e in pool if _part(e.prompt) == 1][:n]}
+
+
+# ---------------------------------------------------------------- one cell
+
+def overrides(task: str, st: Setting, seed: int, args, out: Path) -> list[str]:
+    from flora_export.default import DEFAULT_BASE
+    from flora_export.model.config import LlamaConfig
+    from flora_export.train.budget import ffba_width_for_lora
+
+    data = ([f"data.jsonl={JSONL_TASKS[task]}", "data.tasks=[]"] if task in JSONL_TASKS
+            else [f"data.tasks=[{task}]"])
+    sets = [*data, "data.eval_size=16", f"train.seed={seed}", f"out={out}",
+            f"train.steps={args.steps}", "train.save_every=0", f"train.lr={st.lr}",
+            "train.log_every=100", f"train.batch_size={args.batch_size}",
+            f"train.threads={args.threads}", f"train.warmup_steps={min(30, args.steps // 5)}"]
+    if st.method in FFBA_METHODS:
+        cfg = LlamaConfig.from_file(DEFAULT_BASE / "config.json")
+        width = ffba_width_for_lora(cfg, st.budget, variant=st.method).ffba_width
+        sets += [f"method.ffba.variant={st.method}", f"method.ffba.activation={st.act}",
+                 f"method.ffba.width={width}", f"method.ffba.alpha={st.scale * width}",
+                 f"method.ffba.init={st.init}"]
+    elif st.method == "lora":
+        sets += [f"method.lora.rank={st.budget}", f"method.lora.alpha={2 * st.budget}"]
+    return sets
+
+
+def load_trained(method: str, run_dir: Path):
+    from flora_export.adapters import load_adapter
+    from flora_export.default import DEFAULT_BASE
+    from flora_export.model import load_model
+
+    if method == "full":
+        return load_model(run_dir)
+    model = load_model(DEFAULT_BASE)
+    load_adapter(model, run_dir)
+    return model
+
+
+def fold(model, method: str):
+    """What the export runs: FFBA fused (padded to the group), LoRA merged."""
+    from flora_export.fuse import fuse, merge_lora
+
+    if method in FFBA_METHODS:
+        fuse(model, pad_to=32)
+    elif method == "lora":
+        merge_lora(model)
+    return model
+
+
+def score(model, data: dict[str, list]) -> dict:
+    from flora_export.evaluation import score_eager
+    from flora_export.train.data import Encoder
+
+    enc = Encoder.for_model(model)
+    return {name: _brief(score_eager(model, enc, exs)) for name, exs in data.items()}
+
+
+def _brief(result) -> dict:
+    return {"n": result.n, "accuracy": round(result.accuracy, 4), "loss": round(result.loss, 4)}
+
+
+def cell_dir(args, task: str, key: str, seed: int) -> Path:
+    return args.work / f"steps{args.steps}-b{args.batch_size}" / task / f"{key}-seed{seed}"
+
+
+def run_cell(task: str, st: Setting, seed: int, args, data: dict) -> dict:
+    """Train (unless cached), score eager and int4-weight eager on val and test."""
+    import torch
+    from flora_export.quantize import quant_config, quantize
+    from flora_export.train import load_recipe, train
+
+    cell = cell_dir(args, task, st.key, seed)
+    done = cell / "cell.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    recipe_file = "ffba-shift.yaml" if st.method in FFBA_METHODS else RECIPE[st.method]
+    recipe = load_recipe(ROOT / "recipes" / recipe_file,
+                         overrides(task, st, seed, args, cell / "run"))
+    metrics = train(recipe, restart=True, progress=False)
+    t_train = time.perf_counter() - t0
+    model = load_trained(st.method, cell / "run")
+    eager = score(model, data)
+    quantize(fold(model, st.method), quant_config("8da4w"))
+    int4 = score(model, data)
+    row = {"task": task, **st.to_dict(), "key": st.key, "seed": seed, "steps": args.steps,
+           "batch_size": args.batch_size,
+           "trainable_params": metrics["trainable_params"],
+           "final_train_loss": metrics.get("final_train_loss"),
+           "val": eager["val"], "test": eager["test"],
+           "val_int4": int4["val"], "test_int4": int4["test"],
+           "train_s": round(t_train, 1), "seconds": round(time.perf_counter() - t0, 1)}
+    if not args.keep_runs and st.method == "full":
+        for f in (cell / "run").glob("*.safetensors"):
+            f.unlink()                      # full checkpoints are large; scores are kept
+    done.write_text(json.dumps(row, indent=2))
+    return row
+
+
+def run_pte(task: str, row: dict, args, data: dict) -> dict:
+    """Export the cell's run with flora-export (android, 8da4w) and score the .pte on test."""
+    from flora_export.evaluation import export_step, score_steps
+    from flora_export.export import ExportConfig, export
+
+    cell = cell_dir(args, task, row["key"], row["seed"])
+    done = cell / "pte.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    model = load_trained(row["method"], cell / "run")
+    out = cell / "android"
+    export(model, "android", out, ExportConfig(quant="8da4w", max_seq=96, force=True))
+    step, encoder, manifest = export_step(out)
+    res = _brief(score_steps(step, encoder, data["test"]))
+    res["quantized_linear_ops"] = manifest["counts"].get("quantized_linear_ops")
+    done.write_text(json.dumps(res, indent=2))
+    for f in out.glob("*.pte"):
+        f.unlink()                          # scored; the .pte is not kept
+    return res
+
+
+# ---------------------------------------------------------------- the sweep
+
+def best(rows: list[dict]) -> dict:
+    return max(rows, key=lambda r: (r["val"]["accuracy"], -r["val"]["loss"]))
+
+
+def sweep(args, result: dict) -> dict:
+    """Run the grid; `result` (select, report rows) is rewritten to --out after every
+    (task, method, budget) group, so a partial sweep leaves its finished groups."""
+    t0 = time.perf_counter()
+    select, report = result["select"], result["report"]
+    for task in args.tasks:
+        data = splits(task, args.n)
+        print(f"{task}: {len(data['val'])} validation, {len(data['test'])} test examples",
+              flush=True)
+        for method in args.methods:
+            for budget in ([None] if method == "full" else args.budgets):
+                rows = []
+                for st in grid(method, budget, args):
+                    r = run_cell(task, st, 0, args, data)
+                    rows.append(r)
+                    print(f"  select {task:<8} {st.key:<40} val {r['val']['accuracy']:6.1%}"
+                          f" int4 {r['val_int4']['accuracy']:6.1%} ({r['seconds']:.0f} s)",
+                          flush=True)
+                select += rows
+                if args.select_only:
+                    continue
+                chosen = best(rows)
+                st = next(s for s in grid(method, budget, args) if s.key == chosen["key"])
+                for seed in args.seeds:
+                    r = run_cell(task, st, seed, args, data)
+                    if seed in args.pte_seeds:
+                        r = {**r, "pte_test": run_pte(task, r, args, data)}
+                    report.append(r)
+                    print(f"  report {task:<8} {st.key:<40} seed {seed} test "
+                          f"{r['test']['accuracy']:6.1%} int4 {r['test_int4']['accuracy']:6.1%}"
+                          + (f" .pte {r['pte_test']['accuracy']:6.1%}" if "pte_test" in r
+                             else ""), flush=True)
+                result["wall_s"] = round(time.perf_counter() - t0)
+                write(result, args)
+    result["complete"] = True
+    return result
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def groups(report: list[dict]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in report:
+        out.setdefault((r["task"], r["method"], r["budget_lora_rank"]), []).append(r)
+    return out
+
+
+def summary(report: list[dict]) -> list[dict]:
+    rows = []
+    for (task, method, budget), cell in groups(report).items():
+        acc = [r["test"]["accuracy"] for r in cell]
+        int4 = [r["test_int4"]["accuracy"] for r in cell]
+        pte = [r["pte_test"]["accuracy"] for r in cell if "pte_test" in r]
+        mean = statistics.mean(acc)
+        rows.append({"task": task, "method": method, "budget_lora_rank": budget,
+                     "setting": cell[0]["key"], "trainable_params": cell[0]["trainable_params"],
+                     "seeds": [r["seed"] for r in cell],
+                     "test_mean": mean, "test_std": statistics.stdev(acc) if len(acc) > 1 else 0,
+                     "int4_mean": statistics.mean(int4),
+                     "int4_std": statistics.stdev(int4) if len(int4) > 1 else 0,
+                     "int4_kept": statistics.mean(int4) / mean if mean else None,
+                     "pte_mean": statistics.mean(pte) if pte else None, "pte_n": len(pte),
+                     "val_best": cell[0]["val"]["accuracy"]})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = ["| task | method | budget | chosen setting | params | val (seed 0) | test eager % "
+             "| test int4-weight eager % | int4 kept | .pte test % (seeds) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for s in result["summary"]:
+        kept = f"{100 * s['int4_kept']:.1f}%" if s["int4_kept"] is not None else "-"
+        pte = (f"{100 * s['pte_mean']:.1f} ({s['pte_n']})" if s["pte_mean"] is not None
+               else "-")
+        budget = f"LoRA r{s['budget_lora_rank']}" if s["budget_lora_rank"] else "all weights"
+        cell = [r for r in result["report"] if r["task"] == s["task"]
+                and r["method"] == s["method"] and r["budget_lora_rank"] == s["budget_lora_rank"]]
+        lines.append(f"| {s['task']} | {s['method']} | {budget} | `{s['setting']}` | "
+                     f"{s['trainable_params']:,} | {100 * s['val_best']:.1f} | "
+                     f"{_ms([r['test']['accuracy'] for r in cell])} | "
+                     f"{_ms([r['test_int4']['accuracy'] for r in cell])} | {kept} | {pte} |")
+    lines += ["", "Selection grid (seed 0, validation exact match %, eager / int4-weight eager):",
+              "", "| task | setting | val % | val int4 % | val loss |", "|---|---|---:|---:|---:|"]
+    for r in result["select"]:
+        lines.append(f"| {r['task']} | `{r['key']}` | {100 * r['val']['accuracy']:.1f} | "
+                     f"{100 * r['val_int4']['accuracy']:.1f} | {r['val']['loss']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(result: dict, tasks: list[str], path: Path) -> bool:
+    """Validation accuracy vs learning rate, one line per method (and budget); for FFBA the
+    best scale/activation/init at each learning rate."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        lines: dict[str, dict[float, float]] = {}
+        for r in result["select"]:
+            if r["task"] != task:
+                continue
+            name = r["method"] + (f" r{r['budget_lora_rank']}" if r["budget_lora_rank"] else "")
+            cur = lines.setdefault(name, {})
+            cur[r["lr"]] = max(cur.get(r["lr"], -1), 100 * r["val"]["accuracy"])
+        for name, pts in sorted(lines.items()):
+            xs = sorted(pts)
+            ax.plot(xs, [pts[x] for x in xs], marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("validation exact match (%)")
+        ax.set_title(f"task: {task}")
+        ax.set_ylim(-3, 103)
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def write(result: dict, args) -> None:
+    result["summary"] = summary(result["report"])
+    (args.out / "accuracy-sweep.json").write_text(json.dumps(result, indent=2))
+    (args.out / "accuracy-sweep.md").write_text(markdown(result) + "\n")
+    if plot_curves(result, args.tasks, args.out / "accuracy-lr.png"):
+        print(f"wrote {args.out / 'accuracy-lr.png'}")
+
+
+def parse_lrs(items: list[str]) -> dict[str, list[float]]:
+    """`METHOD=lr,lr,...` or `lr,lr,...` (the default for every method)."""
+    out = {"default": [1e-3, 3e-3, 1e-2, 3e-2]}
+    for item in items:
+        method, sep, values = item.rpartition("=")
+        out[method if sep else "default"] = [float(v) for v in values.split(",")]
+    return out
+
+
+def add_arguments(p) -> None:
+    g = p.add_argument_group("--sweep")
+    g.add_argument("--sweep", action="store_true", help="run the fair sweep (this module)")
+    g.add_argument("--lrs", nargs="*", default=[], metavar="[METHOD=]LR,LR,...",
+                   help="learning rates (default 1e-3,3e-3,1e-2,3e-2; per method with M=)")
+    g.add_argument("--scales", nargs="+", type=float, default=[2.0],
+                   help="FFBA scale alpha/width values")
+    g.add_argument("--activations", nargs="+", default=["identity"],
+                   help="FFBA activations (ffba-neurons: always its own gate)")
+    g.add_argument("--inits", nargs="+", default=["kaiming"], help="FFBA init of A")
+    g.add_argument("--budgets", nargs="+", type=int, default=[8],
+                   help="LoRA ranks (all 7 projections) the adapters are matched to")
+    g.add_argument("--n", type=int, default=200, help="validation / test examples (each)")
+    g.add_argument("--pte-seeds", nargs="*", type=int, default=[0],
+                   help="report seeds whose real .pte is exported and scored")
+    g.add_argument("--select-only", action="store_true", help="phase 1 only")
+    g.add_argument("--threads", type=int, default=2, help="torch threads")
+    g.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    g.add_argument("--keep-runs", action="store_true", help="keep full fine-tuning checkpoints")
+
+
+def main(args) -> int:
+    args.lrs = parse_lrs(args.lrs)
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method {unknown[0]}; choose from {', '.join(METHODS)}")
+    result = {"command": args.command, "steps": args.steps, "seeds": args.seeds,
+              "grid": {"lrs": args.lrs, "scales": args.scales, "activations": args.activations,
+                       "inits": args.inits, "budgets": args.budgets, "tasks": args.tasks,
+                       "methods": args.methods, "n": args.n, "pte_seeds": args.pte_seeds,
+                       "batch_size": args.batch_size},
+              "complete": False, "select": [], "report": []}
+    sweep(args, result)
+    write(result, args)
+    print(markdown(result).split("\n\n")[0])
+    return 0
+
+
+__all__ = ["add_arguments", "main", "METHODS"]
