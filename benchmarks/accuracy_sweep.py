@@ -3,7 +3,7 @@
 Two phases, every cell cached in --work (a cell is one training run and its scores,
 `cell.json`; a rerun skips finished cells, so an interrupted sweep resumes):
 
-1. **select**: for each task x method x budget, every setting of the grid (learning
+1. **select**: for each task x method x budget (all groups first), every setting of the grid (learning
    rate; for FFBA also the scale alpha/width, the activation and the initialisation of
    A) is trained with seed 0 and scored on the **validation** split. The best setting
    per (task, method, budget) is the one with the highest validation exact match
@@ -150,7 +150,8 @@ def _brief(result) -> dict:
 
 
 def cell_dir(args, task: str, key: str, seed: int) -> Path:
-    return args.work / f"steps{args.steps}-b{args.batch_size}" / task / f"{key}-seed{seed}"
+    return (args.work / f"steps{args.steps}-b{args.batch_size}-n{args.n}" / task
+            / f"{key}-seed{seed}")
 
 
 def run_cell(task: str, st: Setting, seed: int, args, data: dict) -> dict:
@@ -216,39 +217,46 @@ def best(rows: list[dict]) -> dict:
 
 
 def sweep(args, result: dict) -> dict:
-    """Run the grid; `result` (select, report rows) is rewritten to --out after every
-    (task, method, budget) group, so a partial sweep leaves its finished groups."""
+    """Phase 1 for every (task, method, budget) group, then phase 2 for each; `result`
+    (select, report rows) is rewritten to --out after every group, so a partial sweep
+    leaves its finished groups."""
     t0 = time.perf_counter()
     select, report = result["select"], result["report"]
+    data = {}
+    groups_ = [(task, method, budget) for task in args.tasks for method in args.methods
+               for budget in ([None] if method == "full" else args.budgets)]
     for task in args.tasks:
-        data = splits(task, args.n)
-        print(f"{task}: {len(data['val'])} validation, {len(data['test'])} test examples",
-              flush=True)
-        for method in args.methods:
-            for budget in ([None] if method == "full" else args.budgets):
-                rows = []
-                for st in grid(method, budget, args):
-                    r = run_cell(task, st, 0, args, data)
-                    rows.append(r)
-                    print(f"  select {task:<8} {st.key:<40} val {r['val']['accuracy']:6.1%}"
-                          f" int4 {r['val_int4']['accuracy']:6.1%} ({r['seconds']:.0f} s)",
-                          flush=True)
-                select += rows
-                if args.select_only:
-                    continue
-                chosen = best(rows)
-                st = next(s for s in grid(method, budget, args) if s.key == chosen["key"])
-                for seed in args.seeds:
-                    r = run_cell(task, st, seed, args, data)
-                    if seed in args.pte_seeds:
-                        r = {**r, "pte_test": run_pte(task, r, args, data)}
-                    report.append(r)
-                    print(f"  report {task:<8} {st.key:<40} seed {seed} test "
-                          f"{r['test']['accuracy']:6.1%} int4 {r['test_int4']['accuracy']:6.1%}"
-                          + (f" .pte {r['pte_test']['accuracy']:6.1%}" if "pte_test" in r
-                             else ""), flush=True)
-                result["wall_s"] = round(time.perf_counter() - t0)
-                write(result, args)
+        data[task] = splits(task, args.n)
+        print(f"{task}: {len(data[task]['val'])} validation, {len(data[task]['test'])} test "
+              "examples", flush=True)
+    chosen = {}
+    for task, method, budget in groups_:
+        rows = []
+        for st in grid(method, budget, args):
+            r = run_cell(task, st, 0, args, data[task])
+            rows.append(r)
+            print(f"  select {task:<8} {st.key:<40} val {r['val']['accuracy']:6.1%}"
+                  f" int4 {r['val_int4']['accuracy']:6.1%} ({r['seconds']:.0f} s)", flush=True)
+        select += rows
+        key = best(rows)["key"]
+        chosen[(task, method, budget)] = next(s for s in grid(method, budget, args)
+                                              if s.key == key)
+        result["wall_s"] = round(time.perf_counter() - t0)
+        write(result, args)
+    if args.select_only:
+        return result
+    for (task, method, budget), st in chosen.items():
+        for seed in args.seeds:
+            r = run_cell(task, st, seed, args, data[task])
+            if seed in args.pte_seeds:
+                r = {**r, "pte_test": run_pte(task, r, args, data[task])}
+            report.append(r)
+            print(f"  report {task:<8} {st.key:<40} seed {seed} test "
+                  f"{r['test']['accuracy']:6.1%} int4 {r['test_int4']['accuracy']:6.1%}"
+                  + (f" .pte {r['pte_test']['accuracy']:6.1%}" if "pte_test" in r else ""),
+                  flush=True)
+        result["wall_s"] = round(time.perf_counter() - t0)
+        write(result, args)
     result["complete"] = True
     return result
 

@@ -198,6 +198,9 @@ def test_neurons_fused_equals_unfused_and_unfuse_restores():
     model = ffba_model(NEURONS, seed=3)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert len(trainable) == 3 * PRESETS["tiny"].num_hidden_layers       # A_gate, A_up, B
+    from flora_export.train.budget import ffba_params
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == \
+        ffba_params(PRESETS["tiny"], 24, "ffba-neurons") == 2 * 3 * 24 * 128
     ref_up = model.layers[1].mlp.adapter.A_up.weight.clone()
     ref = logits(model)
     fuse(model, pad_to=32)
