@@ -319,31 +319,35 @@ def markdown(result: dict) -> str:
 
 
 def plot_curves(result: dict, tasks: list[str], path: Path) -> bool:
-    """Validation accuracy vs learning rate, one line per method (and budget); for FFBA the
-    best scale/activation/init at each learning rate."""
+    """Validation exact match (top) and validation loss (bottom) vs learning rate, one line
+    per method and budget; for FFBA the best scale/activation/init at each rate."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        lines: dict[str, dict[float, float]] = {}
+    fig, axes = plt.subplots(2, len(tasks), figsize=(4.6 * len(tasks), 6.4), squeeze=False)
+    for col, task in enumerate(tasks):
+        lines: dict[str, dict[float, tuple]] = {}
         for r in result["select"]:
             if r["task"] != task:
                 continue
             name = r["method"] + (f" r{r['budget_lora_rank']}" if r["budget_lora_rank"] else "")
             cur = lines.setdefault(name, {})
-            cur[r["lr"]] = max(cur.get(r["lr"], -1), 100 * r["val"]["accuracy"])
+            point = (100 * r["val"]["accuracy"], -r["val"]["loss"])
+            cur[r["lr"]] = max(cur.get(r["lr"], point), point)
         for name, pts in sorted(lines.items()):
             xs = sorted(pts)
-            ax.plot(xs, [pts[x] for x in xs], marker="o", label=name)
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate")
-        ax.set_ylabel("validation exact match (%)")
-        ax.set_title(f"task: {task}")
-        ax.set_ylim(-3, 103)
+            axes[0][col].plot(xs, [pts[x][0] for x in xs], marker="o", label=name)
+            axes[1][col].plot(xs, [-pts[x][1] for x in xs], marker="o", label=name)
+        axes[0][col].set_title(f"task: {task} (seed 0, validation split)")
+        axes[0][col].set_ylabel("exact match (%)")
+        axes[0][col].set_ylim(-3, 103)
+        axes[1][col].set_ylabel("loss (nats / answer token)")
+        for ax in axes[:, col]:
+            ax.set_xscale("log")
+            ax.set_xlabel("learning rate")
     axes[0][0].legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -383,12 +387,21 @@ def add_arguments(p) -> None:
     g.add_argument("--pte-seeds", nargs="*", type=int, default=[0],
                    help="report seeds whose real .pte is exported and scored")
     g.add_argument("--select-only", action="store_true", help="phase 1 only")
+    g.add_argument("--replot", type=Path, metavar="JSON",
+                   help="only redraw the curves of a written accuracy-sweep JSON (beside it)")
     g.add_argument("--threads", type=int, default=2, help="torch threads")
     g.add_argument("--batch-size", type=int, default=32, help="training batch size")
     g.add_argument("--keep-runs", action="store_true", help="keep full fine-tuning checkpoints")
 
 
 def main(args) -> int:
+    if args.replot:
+        result = json.loads(args.replot.read_text())
+        png = args.replot.with_name(args.replot.stem.replace("accuracy-sweep", "accuracy-lr")
+                                    + ".png")
+        plot_curves(result, result["grid"]["tasks"], png)
+        print(f"wrote {png}")
+        return 0
     args.lrs = parse_lrs(args.lrs)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
