@@ -3,8 +3,8 @@
 The decoder is exported with the KV cache as explicit inputs/outputs
 (`past_key_values.{i}.key|value` -> `present.{i}.key|value`, [B, Hkv, T, D]) and a
 dynamic prompt length; weights go to external data (`model.onnx.data`). The opset-23
-graph is then mapped onto ONNX Runtime's fused kernels (one `GroupQueryAttention` per
-layer with RoPE inside and a KV buffer shared by past and present; norms as
+graph is then mapped onto ONNX Runtime's fused kernels (onnx_graph.py: one
+`GroupQueryAttention` per layer with RoPE inside and a KV buffer shared by past and present; norms as
 `SkipSimplifiedLayerNormalization`), and every projection and the output head become
 one `MatMulNBits` (block 32, symmetric, accuracy level 4; int4 on torchao's grid, as
 the `.pte`); the embedding stays fp32. The folder also holds
@@ -28,7 +28,8 @@ from torch import nn
 from ..quantize import is_lora_half, untie_head
 from .backend import (BuildResult, LoweringCounts, expected_quantized, load_device_weights,
                       lowering_counts)
-from .onnx_attention import ExplicitKV, LayerSpec, check_mappable, layer_specs
+from .onnx_attention import ExplicitKV, check_mappable, layer_specs
+from .onnx_graph import use_group_query_attention
 
 log = logging.getLogger(__name__)
 
@@ -92,129 +93,6 @@ def _save(proto, path: Path) -> None:
     data.unlink(missing_ok=True)   # onnx appends to an existing external-data file
     onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=data.name, size_threshold=1024)
-
-
-def use_group_query_attention(path: Path, layers: list["LayerSpec"]) -> int:
-    """Swap each opset-23 `Attention` for ONNX Runtime's `GroupQueryAttention` kernel.
-
-    Same inputs minus the mask (the kernel takes `seqlens_k` and the total length, both
-    derived from `attention_mask`), and the KV cache becomes one buffer shared by past
-    and present: no copy of the cache per decode step. `layers` (one per Attention, in
-    graph order) says what the dropped mask and RotaryEmbedding carried: a layer's
-    sliding window becomes `local_window_size`, its RoPE the kernel's own (`do_rotary`
-    with the RotaryEmbedding's cos/sin caches; partial rotary from their width), a NoPE
-    layer keeps `do_rotary=0`. Returns the count replaced.
-    """
-    import onnx
-    from onnx import TensorProto, helper
-
-    proto = onnx.load(str(path), load_external_data=False)   # weights stay where they are
-    graph = proto.graph
-    shared = [
-        helper.make_node("ReduceSum", ["attention_mask", "gqa_axis1"], ["gqa_len64"], keepdims=0),
-        helper.make_node("Sub", ["gqa_len64", "gqa_one"], ["gqa_seqlens64"]),
-        helper.make_node("Cast", ["gqa_seqlens64"], ["gqa_seqlens_k"], to=TensorProto.INT32),
-        helper.make_node("Shape", ["attention_mask"], ["gqa_mask_shape"], start=1, end=2),
-        helper.make_node("Squeeze", ["gqa_mask_shape"], ["gqa_total64"]),
-        helper.make_node("Cast", ["gqa_total64"], ["gqa_total_len"], to=TensorProto.INT32)]
-    graph.initializer.extend([helper.make_tensor("gqa_axis1", TensorProto.INT64, [1], [1]),
-                              helper.make_tensor("gqa_one", TensorProto.INT64, [], [1])])
-    attentions = [n for n in graph.node if n.op_type == "Attention"
-                  and n.domain in ("", "ai.onnx")]
-    if len(attentions) != len(layers):
-        raise RuntimeError(f"{len(attentions)} Attention nodes for {len(layers)} layers")
-    spec_of = {id(n): spec for n, spec in zip(attentions, layers)}
-    nodes, swapped = [], 0
-    for node in graph.node:
-        if id(node) not in spec_of:
-            nodes.append(node)
-            continue
-        spec = spec_of[id(node)]
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        q, k, v, _mask, past_k, past_v = node.input[:6]
-        rotary = []
-        if spec.rope:
-            (q, cos, sin), (k, _, _) = _unrotated(graph, q), _unrotated(graph, k)
-            rotary = [cos, sin]
-        extra = {"scale": attrs["scale"]} if "scale" in attrs else {}
-        if spec.window is not None:   # the W keys j with i - W < j <= i, as the mask had
-            extra["local_window_size"] = spec.window
-        nodes.append(helper.make_node(
-            "GroupQueryAttention",
-            [q, k, v, past_k, past_v, "gqa_seqlens_k", "gqa_total_len", *rotary],
-            list(node.output[:3]), name=node.name, domain="com.microsoft",
-            num_heads=attrs["q_num_heads"], kv_num_heads=attrs["kv_num_heads"],
-            do_rotary=int(spec.rope), rotary_interleaved=0, **extra))
-        swapped += 1
-    del graph.node[:]
-    graph.node.extend(shared + nodes)
-    _drop_dead_nodes(graph)
-    _use_skip_layer_norm(graph)
-    past_types = {i.name.replace("past_key_values", "present"): i.type for i in graph.input}
-    for out in graph.output:
-        if out.name in past_types:
-            out.type.CopyFrom(past_types[out.name])
-    if not any(o.domain == "com.microsoft" for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    onnx.save_model(proto, str(path))          # graph only: external-data references kept
-    return swapped
-
-
-def _unrotated(graph, name: str) -> tuple[str, str, str]:
-    """Follow `name` back through Reshapes to its RotaryEmbedding: (its input, cos, sin).
-
-    GroupQueryAttention applies RoPE itself (positions from `seqlens_k`), so it takes
-    the projection output before rotation; the RotaryEmbedding nodes become dead.
-    """
-    producer = {o: n for n in graph.node for o in n.output}
-    node = producer[name]
-    while node.op_type == "Reshape":
-        node = producer[node.input[0]]
-    if node.op_type != "RotaryEmbedding":
-        raise RuntimeError(f"expected RotaryEmbedding before attention, found {node.op_type}")
-    return node.input[0], node.input[1], node.input[2]
-
-
-def _use_skip_layer_norm(graph) -> None:
-    """RMSNormalization -> ONNX Runtime's SimplifiedLayerNormalization; one fed by the
-    residual Add absorbs it as SkipSimplifiedLayerNormalization (its 4th output is the
-    sum, so the residual stream keeps its name)."""
-    from onnx import helper
-
-    producer = {o: n for n in graph.node for o in n.output}
-    absorbed = set()
-    for node in graph.node:
-        if node.op_type != "RMSNormalization":
-            continue
-        eps = next((helper.get_attribute_value(a) for a in node.attribute
-                    if a.name == "epsilon"), 1e-5)
-        add = producer.get(node.input[0])
-        del node.attribute[:]
-        node.attribute.append(helper.make_attribute("epsilon", eps))
-        if add is not None and add.op_type == "Add" and id(add) not in absorbed:
-            absorbed.add(id(add))
-            node.op_type, node.domain = "SkipSimplifiedLayerNormalization", "com.microsoft"
-            inputs, outputs = [*add.input, node.input[1]], [node.output[0], "", "", add.output[0]]
-            del node.input[:], node.output[:]
-            node.input.extend(inputs)
-            node.output.extend(outputs)
-        else:
-            node.op_type = "SimplifiedLayerNormalization"
-            node.attribute.append(helper.make_attribute("axis", -1))
-    kept = [n for n in graph.node if id(n) not in absorbed]
-    del graph.node[:]
-    graph.node.extend(kept)
-
-
-def _drop_dead_nodes(graph) -> None:
-    needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(node.input)
-    del graph.node[:]
-    graph.node.extend(reversed(keep))
 
 
 def weight_owners(path: Path) -> dict[str, str]:
