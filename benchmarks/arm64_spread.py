@@ -3,8 +3,10 @@
     sudo .ci/arm64-board.sh setup
     python benchmarks/arm64_spread.py [--out benchmarks/results/arm64_spread.json]
 
-Exports the trained default model (embedded model + FFBA adapter) and random-weight
-`tiny` models (seeds 0, 1) to ONNX int4 and ExecuTorch 8da4w, then runs each export's
+Exports the trained default model (embedded model + FFBA adapter, fused), random-weight
+`tiny` models (seeds 0, 1), and `tiny` with a random LoRA r8 adapter kept unmerged (seeds 0,
+1: its separate float A/B matmuls beside the quantized ones; tests/test_arm64.py's
+`et-lora-unmerged` case) to ONNX int4 and ExecuTorch 8da4w and int8, then runs each export's
 verification sequence (flora_export/board.py, the steps of `flora-export verify`) on this
 x86-64 host and on the emulated arm64 board with QEMU_CPU=max (dot product, i8mm) and
 a64fx (no dot product). Per export and engine it records, with verify.py's compare:
@@ -39,14 +41,17 @@ BOARD_DIR = Path("/opt/flora-arm64")
 # QEMU's max with and without SME (its SME emulation is suspect: see docs/arm64.md), a64fx
 CPUS = ("max,sme=off", "a64fx", "max")
 MODELS = [("trained-default", None, 0), ("random-tiny-s0", "tiny", 0),
-          ("random-tiny-s1", "tiny", 1)]
+          ("random-tiny-s1", "tiny", 1), ("lora-unmerged-tiny-s0", "tiny", 0),
+          ("lora-unmerged-tiny-s1", "tiny", 1)]
 LOSSY_DB = 60.0
 TARGETS = [("onnx", "onnx", "8da4w"), ("executorch", "android", "8da4w"),
            ("executorch-int8", "android", "int8")]
 
 
 def build(out: Path) -> dict[str, Path]:
-    from flora_export.adapters import load_adapter
+    import torch
+
+    from flora_export.adapters import LoraConfig, attach_lora, load_adapter
     from flora_export.default import DEFAULT_ADAPTER, DEFAULT_BASE
     from flora_export.model import load_model
 
@@ -56,6 +61,13 @@ def build(out: Path) -> dict[str, Path]:
             model = load_model(preset or DEFAULT_BASE, seed=seed)
             if preset is None:
                 load_adapter(model, DEFAULT_ADAPTER)
+            if name.startswith("lora-unmerged"):      # as tests/test_arm64.py builds it
+                attach_lora(model, LoraConfig(rank=8, alpha=16.0))
+                gen = torch.Generator().manual_seed(seed)
+                with torch.no_grad():
+                    for p in model.parameters():
+                        if p.requires_grad:
+                            p.normal_(0.0, 0.02, generator=gen)
             d = out / f"{name}.{tname}"
             export(model, target, d, ExportConfig(quant=quant, max_seq=64))
             dirs[d.name] = d

@@ -85,12 +85,13 @@ def load_export(folder: Path) -> tuple[dict, list[str]]:
 
 # ARM64 allowance on the lowering gate's SQNR threshold, per engine, in dB: ONNX Runtime's
 # ARM int4 MatMulNBits kernels (int8 dot product / i8mm) quantize activations differently
-# from its x86 ones, which costs up to 6.1 dB of SQNR against the eager model where x86
-# measured 39.8 (trained default: 33.7 dB on ARM; random models 38.3-39.2 vs 41.1-41.5);
-# ExecuTorch's ARM kernels match x86 within 0.8 dB (allowance 0: the export's thresholds).
-# Measured by benchmarks/arm64_spread.py -> benchmarks/results/arm64_spread.json ("derived";
-# tests/test_verify_cli.py keeps these equal to it).
-ARM64_SQNR_ALLOWANCE_DB = {"executorch": 0.0, "onnxruntime": 6.5, "ort-genai": 6.5}
+# from its x86 ones, which costs up to 5.1 dB of SQNR against the eager model (trained
+# default: 30.7 dB on ARM where x86 measured 35.7); ExecuTorch's KleidiAI kernels (dot
+# product / i8mm) cost up to 1.25 dB (unmerged LoRA on tiny: 39.2 vs 40.4 dB). Each is the
+# largest drop rounded up to 0.5 dB. Measured by benchmarks/arm64_spread.py ->
+# benchmarks/results/arm64_spread.json ("derived"; tests/test_verify_cli.py keeps these
+# equal to it; docs/arm64.md has the table).
+ARM64_SQNR_ALLOWANCE_DB = {"executorch": 1.5, "onnxruntime": 5.5, "ort-genai": 5.5}
 
 
 def thresholds(manifest: dict, backend: str, engine: str, board_facts: dict) -> dict:

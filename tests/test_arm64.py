@@ -16,6 +16,7 @@ check on one CPU runs in one board session (one runtime import).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -36,6 +37,11 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 # weight kernels give wrong logits with it and right ones with sme=off; docs/arm64.md)
 CPUS = {"max,sme=off": {"asimddp", "i8mm", "atomics", "sve2"}, "a64fx": {"atomics", "sve"}}
 ET_EXPORTS = ("et-8da4w", "et-int8", "et-fp32", "et-lora-unmerged")
+# The largest SQNR cost of ExecuTorch's ARM kernels against x86, measured on these exports'
+# kinds (benchmarks/arm64_spread.py; docs/arm64.md), rounded up to 0.5 dB: 1.25 -> 1.5 dB
+_SPREAD = json.loads((ROOT / "benchmarks/results/arm64_spread.json").read_text())
+ET_ARM64_COST_DB = math.ceil(_SPREAD["derived"]["executorch"]["max_sqnr_drop_db_arm_vs_x86"]
+                             * 2) / 2
 
 
 def _board_or_skip() -> None:
@@ -138,10 +144,14 @@ def test_executorch_export_matches_on_arm64(verified, name):
     r = verified["results"][name]["results"]["executorch"]
     p, x86 = r["parity"], r["export_parity"]
     assert r["passed"] and p["passed"] and r["positions"] == p["steps"] == x86["steps"] >= 9
-    assert p["thresholds"] == x86["thresholds"]       # the export's own thresholds
+    want = dict(x86["thresholds"])      # the export's own: fp32's tolerance as it is, the
+    if "min_sqnr_db" in want:           # SQNR one less ExecuTorch's measured ARM64 allowance
+        want.update(min_sqnr_db=want["min_sqnr_db"] - ET_ARM64_COST_DB,
+                    arm64_sqnr_allowance_db=ET_ARM64_COST_DB)
+    assert p["thresholds"] == want
     assert p["token_agreement"] == x86["token_agreement"] == 1.0
     if x86["sqnr_db"] is not None and x86["sqnr_db"] < 60:   # lossy on x86 too: ARM64 cost
-        assert p["sqnr_db"] >= x86["sqnr_db"] - 1.0           # <= 0.8 dB (docs/arm64.md)
+        assert p["sqnr_db"] >= x86["sqnr_db"] - ET_ARM64_COST_DB, (p["sqnr_db"], x86["sqnr_db"])
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "ort-genai"])
