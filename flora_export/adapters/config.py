@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import FloraError
 from ..limits import Limit
+from ..model.families import KNOWN_PROJECTIONS, Family
 from ..model.llama import ACTIVATIONS
 from ..settings import check_settings, setting
 from .targets import lora_sites
@@ -91,8 +92,10 @@ class LoraConfig:
 
     rank: int = setting("LoRA rank r", 16, limit=RANK)
     alpha: float = setting("LoRA alpha (scale alpha / rank)", 32.0, limit=LORA_ALPHA)
-    targets: tuple[str, ...] = setting("projections: q_proj k_proj v_proj o_proj gate_proj "
-                                       "up_proj down_proj", ALL_TARGETS, choices=ALL_TARGETS)
+    targets: tuple[str, ...] = setting("projections, as the model's transformers class names "
+                                       "them: q_proj k_proj v_proj o_proj gate_proj up_proj "
+                                       "down_proj (Phi3: qkv_proj o_proj gate_up_proj "
+                                       "down_proj)", ALL_TARGETS, choices=KNOWN_PROJECTIONS)
     use_rslora: bool = False
     rank_pattern: dict = field(default_factory=dict)
     alpha_pattern: dict = field(default_factory=dict)
@@ -145,10 +148,11 @@ class LoraConfig:
         """The global scale (per-module scales: `sites`)."""
         return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
 
-    def sites(self, num_layers: int, where: str = "the LoRA config"
+    def sites(self, family: Family, num_layers: int, where: str = "the LoRA config"
               ) -> dict[tuple[int, str], tuple[int, float]]:
-        """(layer, HF projection) -> (rank, scale), PEFT's matching (targets.py)."""
-        return lora_sites(self, num_layers, where)
+        """(layer, HF projection) -> (rank, scale) on `family`'s transformers class, PEFT's
+        matching (targets.py)."""
+        return lora_sites(self, family, num_layers, where)
 
     def to_dict(self) -> dict:
         return {"adapter_type": "lora", **asdict(self)}

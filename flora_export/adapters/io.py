@@ -27,14 +27,12 @@ from ..model.checkpoint import save_safetensors_atomic, write_atomic
 from ..model.llama import LlamaModel
 from .ffba import FFBAConfig, attach_ffba, fused_neuron_rows, sub_block
 from .fields import FFBA, PEFT_LORA
-from .lora import ALL_TARGETS, LoraConfig, attach_lora, lora_projections
+from .lora import LoraConfig, attach_lora, lora_projections
 from .state import AdapterSource, AdapterStatus
 
 log = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model.model.layers"
-_PEFT_PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
-                "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 
 
 def base_fingerprint(model: LlamaModel) -> str:
@@ -130,9 +128,10 @@ def _fused_pair(blk):
 
 def _lora_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
     out = {}
+    layout = model.config.family.hf_layout
     for i, path, _, _, proj in lora_projections(model):
         for name in getattr(proj, "lora_A", {}):
-            key = f"{_PEFT_PREFIX}.{i}.{_PEFT_PARENT[name]}.{name}"
+            key = f"{_PEFT_PREFIX}.{i}.{layout.projection(name).parent}.{name}"
             out[f"{key}.lora_A.weight"] = proj.lora_A[name].weight
             out[f"{key}.lora_B.weight"] = proj.lora_B[name].weight
     return out
@@ -196,8 +195,8 @@ def _config_from_meta(meta: dict, path: Path) -> FFBAConfig | LoraConfig:
         targets = meta.get("target_modules")
         if targets is None:
             targets = _PEFT_LLAMA_DEFAULT_TARGETS
-        elif isinstance(targets, str) and targets.lower() == "all-linear":
-            targets = ALL_TARGETS      # PEFT: every linear but the output head
+        # "all-linear" (PEFT: every linear but the output head) is kept: targets.py
+        # resolves it to the projections of the model's transformers class
         if not isinstance(targets, (str, list, tuple)):
             raise FloraError(f"{path}: target_modules={targets!r} is neither a list of names "
                              "nor a regex string", "fix adapter_config.json")
@@ -299,7 +298,7 @@ def _copy_checked(expected: dict, tensors: dict, adapter_dir: Path) -> None:
         raise FloraError(f"adapter {adapter_dir} has {len(unexpected)} tensors that its "
                          f"{CONFIG_FILE} does not select, e.g. {unexpected[0]!r}",
                          f"restore the {CONFIG_FILE} saved with these weights (flora-export "
-                         "adapts q/k/v/o/gate/up/down projections only)")
+                         "adapts the projections only)")
     with torch.no_grad():
         for name, param in expected.items():
             t = tensors[name]

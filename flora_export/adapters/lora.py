@@ -1,8 +1,11 @@
-"""LoRA baselines on q,k,v,o,gate,up,down: unmerged (extra matmuls) or merged.
+"""LoRA baselines on the HF projections: unmerged (extra matmuls) or merged.
 
 Our projections are fused (`qkv_proj`, `gate_up_proj`), so a LoRA projection keeps
-one low-rank pair per HF-named segment (q, k, v ...) and adds each pair's output
-to its own rows, exactly as separate HF projections would. Which segments, and each
+one low-rank pair per HF-named segment and adds each pair's output to its own rows,
+exactly as the transformers class's projections would. The segments are the family's
+`hf_layout` (model/families.py): q, k, v / gate, up for LlamaForCausalLM and the
+classes named like it; Phi3ForCausalLM's `qkv_proj` and `gate_up_proj` are one
+segment each (one A, one B spanning all the rows). Which segments, and each
 one's rank and scale, follow PEFT's rules (targets.py): target_modules as names or a
 regex, exclude_modules, layers_to_transform/layers_pattern, rank_pattern,
 alpha_pattern and use_rslora.
@@ -25,14 +28,12 @@ __all__ = ["ALL_TARGETS", "LoraConfig", "LoraProjection", "attach_lora", "lora_p
 
 
 def segments(model: LlamaModel) -> dict[str, list[tuple[str, int]]]:
-    """Module path within a layer -> [(HF projection name, output rows)]."""
+    """Module path within a layer -> [(HF projection name, output rows)], in row order."""
     cfg = model.config
-    return {
-        "self_attn.qkv_proj": [("q_proj", cfg.q_dim), ("k_proj", cfg.kv_dim), ("v_proj", cfg.kv_dim)],
-        "self_attn.o_proj": [("o_proj", cfg.hidden_size)],
-        "mlp.gate_up_proj": [("gate_proj", cfg.intermediate_size), ("up_proj", cfg.intermediate_size)],
-        "mlp.down_proj": [("down_proj", cfg.hidden_size)],
-    }
+    out: dict[str, list[tuple[str, int]]] = {}
+    for p in cfg.family.hf_layout.projections:
+        out.setdefault(f"{p.parent}.{p.ours}", []).append((p.name, p.out_features(cfg)))
+    return out
 
 
 class LoraProjection(nn.Module):
@@ -92,7 +93,7 @@ def lora_projections(model: LlamaModel):
 def attach_lora(model: LlamaModel, cfg: LoraConfig, freeze_base: bool = True,
                 where: str = "the LoRA config") -> LlamaModel:
     """Wrap the targeted projections with fresh (B = 0) unmerged LoRA pairs."""
-    sites = cfg.sites(len(model.layers), where)
+    sites = cfg.sites(model.config.family, len(model.layers), where)
     prepare_base(model, freeze_base)
     segs = segments(model)
     for i, path, parent, attr, lin in lora_projections(model):

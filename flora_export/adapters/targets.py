@@ -2,48 +2,80 @@
 
 PEFT decides on the module names of the transformers model it wraps
 (`model.layers.3.self_attn.q_proj`, `lm_head`, ...). We enumerate the same names for
-a `LlamaForCausalLM` and apply PEFT 0.21's matching (`check_target_module_exists`,
+the model's transformers class (its family's `hf_layout`: LlamaForCausalLM's seven
+projections, or Phi3ForCausalLM's fused `qkv_proj`, `o_proj`, `gate_up_proj`,
+`down_proj`) and apply PEFT 0.21's matching (`check_target_module_exists`,
 `get_pattern_key` in peft/tuners/tuners_utils.py and peft/utils/other.py):
 
 - `target_modules` a string: a regex that must match the whole name (`re.fullmatch`);
   `layers_to_transform` does not apply then (PEFT ignores it for a regex);
+  `"all-linear"` (any case): every projection, as a list of names;
 - a list: a name equal to an entry or ending in `.entry`; then `layers_to_transform`
   (an int or a list) keeps only those layer indices, the index being the number after
-  the first `layers_pattern` (or after the second dotted segment when unset);
+  the first `layers_pattern` (or after the second dotted segment when unset); entries
+  that match nothing are ignored, as PEFT ignores them (logged when they are another
+  class's projection names, e.g. `q_proj` for Phi3); none matching is refused, as PEFT
+  refuses it;
 - `exclude_modules` (regex string, or names) removes names first;
 - rank and alpha per module: the first key of `rank_pattern` / `alpha_pattern` for which
   `(.*\\.)?(KEY)$` matches the name, else `r` / `lora_alpha`;
 - scale = alpha / sqrt(rank) with `use_rslora`, else alpha / rank.
 
-A matched module that is not one of the seven projections (lm_head, embed_tokens, a
-norm ...) is refused by name: flora-export implements LoRA on the projections only.
+Our own `targets` (recipes, `LoraConfig(targets=...)`, used when `target_modules` is
+unset) must each be a projection of the model's class; another one is refused by name.
+A matched module that is not a projection (lm_head, embed_tokens, a norm ...) is
+refused by name: flora-export implements LoRA on the projections only.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import TYPE_CHECKING
 
 from ..errors import FloraError
+from ..model.families import KNOWN_PROJECTIONS, Family, HFLayout
 
 if TYPE_CHECKING:
     from .lora import LoraConfig
 
-PROJECTIONS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
-               "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
-_LAYER_PARTS = ("self_attn", "mlp", "mlp.act_fn", "input_layernorm", "post_attention_layernorm")
+log = logging.getLogger(__name__)
+ALL_LINEAR = "all-linear"
 
 
-def hf_module_names(num_layers: int) -> list[str]:
-    """Every `named_modules()` name of a transformers LlamaForCausalLM."""
+def hf_module_names(layout: HFLayout, num_layers: int) -> list[str]:
+    """Every `named_modules()` name of the transformers class with this layer layout."""
     names = ["", "model", "model.embed_tokens", "model.layers", "model.norm", "model.rotary_emb",
              "lm_head"]
     for i in range(num_layers):
         prefix = f"model.layers.{i}"
-        names += [prefix, *(f"{prefix}.{p}" for p in _LAYER_PARTS),
-                  *(f"{prefix}.{parent}.{name}" for name, parent in PROJECTIONS.items())]
+        names += [prefix, *(f"{prefix}.{p}" for p in layout.layer_modules),
+                  *(f"{prefix}.{p.parent}.{p.name}" for p in layout.projections)]
     return names
+
+
+def resolved_targets(cfg: "LoraConfig", fam: Family, where: str) -> str | tuple[str, ...]:
+    """The config's targets as PEFT matches them on `fam`'s class: target_modules (a regex,
+    names; "all-linear": every projection), else our `targets`, checked by name."""
+    layout = fam.hf_layout
+    if cfg.target_modules is None:
+        foreign = [t for t in cfg.targets if t not in layout.names]
+        if foreign:
+            raise FloraError(f"{where}: LoRA target {foreign[0]} is not a projection of "
+                             f"{fam.architecture} (model_type {fam.model_type})",
+                             f"name some of {', '.join(layout.names)}")
+        return cfg.targets
+    if isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == ALL_LINEAR:
+        return layout.names
+    if not isinstance(cfg.target_modules, str):
+        foreign = [t for t in cfg.target_modules
+                   if t in KNOWN_PROJECTIONS and t not in layout.names]
+        if foreign:
+            log.warning("%s: target_modules %s name no module of %s (its projections: %s); "
+                        "PEFT ignores them too", where, ", ".join(foreign), fam.architecture,
+                        ", ".join(layout.names))
+    return cfg.target_modules
 
 
 def _excluded(cfg: "LoraConfig", key: str) -> bool:
@@ -55,8 +87,7 @@ def _excluded(cfg: "LoraConfig", key: str) -> bool:
     return key in ex or any(key.endswith(f".{e}") for e in ex)
 
 
-def _targeted(cfg: "LoraConfig", key: str) -> bool:
-    targets = cfg.target_modules if cfg.target_modules is not None else cfg.targets
+def _targeted(cfg: "LoraConfig", targets, key: str) -> bool:
     if isinstance(targets, str):
         return re.fullmatch(targets, key) is not None
     if key in targets:
@@ -89,23 +120,26 @@ def _pattern_value(patterns: dict, key: str, default):
     return patterns.get(key, default)
 
 
-def lora_sites(cfg: "LoraConfig", num_layers: int, where: str = "the LoRA config"
-               ) -> dict[tuple[int, str], tuple[int, float]]:
-    """(layer, HF projection name) -> (rank, scale) for every module the config adapts."""
+def lora_sites(cfg: "LoraConfig", fam: Family, num_layers: int,
+               where: str = "the LoRA config") -> dict[tuple[int, str], tuple[int, float]]:
+    """(layer, HF projection name) -> (rank, scale) for every module the config adapts on
+    `fam`'s transformers class."""
+    layout = fam.hf_layout
+    names = ", ".join(layout.names)
+    targets = resolved_targets(cfg, fam, where)
     sites = {}
     try:
-        for key in hf_module_names(num_layers):
-            if _excluded(cfg, key) or not _targeted(cfg, key):
+        for key in hf_module_names(layout, num_layers):
+            if _excluded(cfg, key) or not _targeted(cfg, targets, key):
                 continue
             parts = key.split(".")
-            if len(parts) != 5 or parts[4] not in PROJECTIONS:
+            if len(parts) != 5 or layout.projection(parts[4]) is None:
                 what = {"lm_head": "the output head lm_head",
                         "model.embed_tokens": "the embedding embed_tokens"}.get(key, key or "the "
                                                                                 "root module")
                 raise FloraError(f"{where}: target_modules selects {what}; LoRA there is not "
                                  "supported by flora-export",
-                                 "train LoRA on the projections only (q_proj, k_proj, v_proj, "
-                                 "o_proj, gate_proj, up_proj, down_proj)")
+                                 f"train LoRA on the projections only ({names})")
             rank = _pattern_value(cfg.rank_pattern, key, cfg.rank)
             alpha = _pattern_value(cfg.alpha_pattern, key, cfg.alpha)
             if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
@@ -122,9 +156,11 @@ def lora_sites(cfg: "LoraConfig", num_layers: int, where: str = "the LoRA config
                          "fix target_modules / exclude_modules / rank_pattern / alpha_pattern / "
                          "layers_pattern") from None
     if not sites:
-        raise FloraError(f"{where}: target_modules "
-                         f"{cfg.target_modules if cfg.target_modules is not None else cfg.targets!r}"
-                         " selects no projection of this model",
-                         "PEFT refuses such a config too; name some of q_proj, k_proj, v_proj, "
-                         "o_proj, gate_proj, up_proj, down_proj")
+        raise FloraError(f"{where}: target_modules {_shown(targets)} selects no projection of "
+                         f"{fam.architecture} (model_type {fam.model_type})",
+                         f"PEFT refuses such a config too; its projections are {names}")
     return sites
+
+
+def _shown(targets) -> str:
+    return repr(targets) if isinstance(targets, str) else "[" + ", ".join(targets) + "]"

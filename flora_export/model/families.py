@@ -1,8 +1,10 @@
 """The decoder families flora-export loads, one per config.json `model_type`.
 
 A `Family` holds what its transformers class fixes for every checkpoint (q/k norms,
-Gemma's norms and embedding scale, Phi3's fused tensors) and the defaults that class
-uses for keys a config.json leaves out. `read_config` maps a family's config.json to
+Gemma's norms and embedding scale, Phi3's fused tensors and modules) and the defaults
+that class uses for keys a config.json leaves out. Its `hf_layout` names the class's
+decoder-layer modules as PEFT sees them (`q_proj` ... or Phi3's fused `qkv_proj` ...)
+and where each projection's rows sit in our fused ones. `read_config` maps a family's config.json to
 `LlamaConfig` keyword arguments, the way that class reads it (its fields are checked
 by the family's table in fields.py first); `write_config` writes it back in the
 family's own layout, which transformers loads to the same model.
@@ -20,6 +22,67 @@ LAYER_TYPES = (FULL, SLIDING)
 
 
 @dataclass(frozen=True)
+class HFProjection:
+    """One linear of the transformers class's decoder layer, as PEFT names it: `name`
+    under `parent`, whose output rows are the `rows` blocks (q, kv, ffn, hidden) of our
+    fused module `ours`, in that order, after the projections listed before it."""
+
+    name: str
+    parent: str
+    ours: str
+    rows: tuple[str, ...]
+
+    def in_features(self, cfg) -> int:
+        return {"o_proj": cfg.q_dim, "down_proj": cfg.intermediate_size}.get(
+            self.ours, cfg.hidden_size)
+
+    def out_features(self, cfg) -> int:
+        sizes = {"q": cfg.q_dim, "kv": cfg.kv_dim, "ffn": cfg.intermediate_size,
+                 "hidden": cfg.hidden_size}
+        return sum(sizes[r] for r in self.rows)
+
+
+@dataclass(frozen=True)
+class HFLayout:
+    """The transformers class's decoder-layer modules: its projections, in our fused row
+    order, and the other modules of a layer (`named_modules()` names after the layer)."""
+
+    projections: tuple[HFProjection, ...]
+    layer_modules: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.projections)
+
+    def projection(self, name: str) -> HFProjection | None:
+        return next((p for p in self.projections if p.name == name), None)
+
+
+_ATTN, _MLP = "self_attn", "mlp"
+# LlamaForCausalLM and the families named like it: seven separate projections
+SEPARATE = HFLayout(
+    (HFProjection("q_proj", _ATTN, "qkv_proj", ("q",)),
+     HFProjection("k_proj", _ATTN, "qkv_proj", ("kv",)),
+     HFProjection("v_proj", _ATTN, "qkv_proj", ("kv",)),
+     HFProjection("o_proj", _ATTN, "o_proj", ("hidden",)),
+     HFProjection("gate_proj", _MLP, "gate_up_proj", ("ffn",)),
+     HFProjection("up_proj", _MLP, "gate_up_proj", ("ffn",)),
+     HFProjection("down_proj", _MLP, "down_proj", ("hidden",))),
+    ("self_attn", "mlp", "mlp.act_fn", "input_layernorm", "post_attention_layernorm"))
+# Phi3ForCausalLM: qkv_proj ([q; k; v] rows) and gate_up_proj ([gate; up]) are modules
+PHI3_FUSED = HFLayout(
+    (HFProjection("qkv_proj", _ATTN, "qkv_proj", ("q", "kv", "kv")),
+     HFProjection("o_proj", _ATTN, "o_proj", ("hidden",)),
+     HFProjection("gate_up_proj", _MLP, "gate_up_proj", ("ffn", "ffn")),
+     HFProjection("down_proj", _MLP, "down_proj", ("hidden",))),
+    ("self_attn", "mlp", "mlp.activation_fn", "input_layernorm", "post_attention_layernorm",
+     "resid_attn_dropout", "resid_mlp_dropout"))
+# every projection name some family's transformers class uses
+KNOWN_PROJECTIONS = SEPARATE.names + tuple(n for n in PHI3_FUSED.names
+                                           if n not in SEPARATE.names)
+
+
+@dataclass(frozen=True)
 class Family:
     model_type: str
     architecture: str                # the transformers class (config.json `architectures`)
@@ -33,6 +96,7 @@ class Family:
     o_bias: bool | None = None       # fixed o_proj bias (None: attention_bias)
     mlp_bias: bool | None = None     # fixed MLP bias (None: mlp_bias)
     rope_types: tuple[str, ...] = ("default", "linear", "llama3")
+    hf_layout: HFLayout = SEPARATE   # the class's layer modules (PEFT's target names)
 
 
 _COMMON = dict(rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu")
@@ -56,7 +120,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            dict(_COMMON, rms_norm_eps=1e-5, max_position_embeddings=4096, sliding_window=None,
                 bos_token_id=1, eos_token_id=32000),
            fused_checkpoint=True, qkv_bias=False, o_bias=False, mlp_bias=False,
-           rope_types=("default", "longrope")),
+           rope_types=("default", "longrope"), hf_layout=PHI3_FUSED),
     Family("smollm3", "SmolLM3ForCausalLM",
            dict(_COMMON, tie_word_embeddings=True, max_position_embeddings=32768,
                 num_key_value_heads=4, use_sliding_window=False, sliding_window=None,

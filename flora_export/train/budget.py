@@ -1,6 +1,9 @@
 """Trainable-parameter budgets: LoRA rank <-> FFBA width at the same parameter count.
 
-LoRA rank r on a projection d_in -> d_out trains r * (d_in + d_out) parameters.
+LoRA rank r on a projection d_in -> d_out trains r * (d_in + d_out) parameters; the
+projections are the model's transformers class's (its family's `hf_layout`): seven for
+Llama and the classes named like it, Phi3's fused qkv_proj, o_proj, gate_up_proj,
+down_proj (one A and one B each). Targets None: every projection.
 FFBA of width h on one sub-block trains 2 * h * d (A: d -> h, B: h -> d), for each
 targeted sub-block of each layer; ffba-neurons 3 * h * d (A_gate, A_up, B) per MLP.
 """
@@ -10,24 +13,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..adapters.config import NEURON_VARIANTS, VARIANTS
-from ..adapters.lora import ALL_TARGETS
 from ..errors import FloraError, unknown_name
 from ..model.config import LlamaConfig
 
 
 def projection_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, int]]:
-    """HF projection name -> (in features, out features)."""
-    d, f = cfg.hidden_size, cfg.intermediate_size
-    return {"q_proj": (d, cfg.q_dim), "k_proj": (d, cfg.kv_dim), "v_proj": (d, cfg.kv_dim),
-            "o_proj": (cfg.q_dim, d), "gate_proj": (d, f), "up_proj": (d, f),
-            "down_proj": (f, d)}
+    """HF projection name -> (in features, out features), for the config's family."""
+    return {p.name: (p.in_features(cfg), p.out_features(cfg))
+            for p in cfg.family.hf_layout.projections}
 
 
-def lora_params(cfg: LlamaConfig, rank: int, targets=ALL_TARGETS) -> int:
+def all_targets(cfg: LlamaConfig) -> tuple[str, ...]:
+    return cfg.family.hf_layout.names
+
+
+def lora_params(cfg: LlamaConfig, rank: int, targets=None) -> int:
     shapes = projection_shapes(cfg)
+    targets = all_targets(cfg) if targets is None else targets
     bad = [t for t in targets if t not in shapes]
     if bad:
-        raise unknown_name("LoRA target", bad[0], ALL_TARGETS)
+        raise unknown_name(f"LoRA target of {cfg.family.architecture}", bad[0], tuple(shapes))
     return cfg.num_hidden_layers * rank * sum(sum(shapes[t]) for t in targets)
 
 
@@ -58,9 +63,10 @@ class Match:
                 f"{self.ffba_params:,} trainable parameters ({self.ratio:.3f}x LoRA's)"]
 
 
-def ffba_width_for_lora(cfg: LlamaConfig, rank: int, targets=ALL_TARGETS,
+def ffba_width_for_lora(cfg: LlamaConfig, rank: int, targets=None,
                         variant: str = "ffba") -> Match:
     """The FFBA width whose parameter count is closest to LoRA rank `rank`'s."""
+    targets = all_targets(cfg) if targets is None else targets
     budget = lora_params(cfg, rank, targets)
     per_width = ffba_params(cfg, 1, variant)
     width = max(1, round(budget / per_width))
@@ -68,8 +74,9 @@ def ffba_width_for_lora(cfg: LlamaConfig, rank: int, targets=ALL_TARGETS,
 
 
 def lora_rank_for_ffba(cfg: LlamaConfig, width: int, variant: str = "ffba",
-                       targets=ALL_TARGETS) -> Match:
+                       targets=None) -> Match:
     """The LoRA rank whose parameter count is closest to FFBA width `width`'s."""
+    targets = all_targets(cfg) if targets is None else targets
     budget = ffba_params(cfg, width, variant)
     per_rank = lora_params(cfg, 1, targets)
     rank = max(1, round(budget / per_rank))

@@ -57,8 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="architecture to count for (default: the embedded base)")
     budget.add_argument("--lora-rank", type=option(COUNT), metavar="R", help="LoRA rank to match")
     budget.add_argument("--ffba-width", type=option(COUNT), metavar="H", help="FFBA width to match")
-    budget.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
-                        "down_proj", help="LoRA targets, comma-separated (default: all 7)")
+    budget.add_argument("--targets", default=None,
+                        help="LoRA targets, comma-separated, as the model's transformers class "
+                        "names its projections (default: all of them: q_proj,k_proj,v_proj,"
+                        "o_proj,gate_proj,up_proj,down_proj; Phi3: qkv_proj,o_proj,"
+                        "gate_up_proj,down_proj)")
     budget.add_argument("--variant", default="ffba", help="FFBA variant: ffba, ffba-attn, "
                                                           "ffba-mlp (default ffba)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -101,7 +104,7 @@ def _print_budget(args) -> int:
     from .budget import ffba_width_for_lora, lora_rank_for_ffba
 
     cfg = _arch(args.model, LlamaConfig, EMBEDDED_BASE)
-    targets = tuple(t for t in args.targets.split(",") if t)
+    targets = None if args.targets is None else tuple(t for t in args.targets.split(",") if t)
     if (args.lora_rank is None) == (args.ffba_width is None):
         raise FloraError("--budget needs exactly one of --lora-rank and --ffba-width",
                          "e.g. flora-train --budget --lora-rank 16")
