@@ -12,6 +12,7 @@ Core ML: the converted package's spec and op counts (prediction needs macOS).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,7 @@ FAMILIES = {
     "mistral": ("mistral", dict(num_hidden_layers=LAYERS)),              # window 5 everywhere
 }
 ADAPTED = ["qwen3", "gemma3", "phi3"]
-LORA = ["qwen3", "gemma3"]   # Phi3's PEFT LoRA adapts its fused qkv_proj / gate_up_proj: refused
+LORA = ["qwen3", "gemma3", "phi3"]   # Phi3's: one A, one B on its fused qkv_proj / gate_up_proj
 PROMPT_TEXT = "Hello, world"      # 12 byte-level ids: longer than every window (5)
 PROMPT = byte_level_tokenizer(VOCAB, BOS).encode(PROMPT_TEXT, add_special_tokens=False).ids
 NEW = 10
@@ -190,15 +191,16 @@ def randomize_lora(peft_model, seed: int = 7) -> None:
                 p.normal_(0.0, 0.2, generator=gen)
 
 
-def peft_adapter(path: Path, out: Path):
-    """A PEFT LoRA adapter on every projection of the transformers model at `path`, saved in
-    `out`; returns the PEFT model (the reference)."""
+def peft_adapter(path: Path, out: Path, **options):
+    """A PEFT LoRA adapter (by default on every projection) of the transformers model at
+    `path`, saved in `out`; returns the PEFT model (the reference)."""
     peft = pytest.importorskip("peft")
     hf = reference(path)
     names = {n.rsplit(".", 1)[-1] for n, _ in hf.named_modules()}
     targets = [t for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                            "down_proj", "qkv_proj", "gate_up_proj") if t in names]
-    model = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    options = {"r": 4, "lora_alpha": 8, "target_modules": targets, **options}
+    model = peft.get_peft_model(hf, peft.LoraConfig(**options))
     randomize_lora(model)
     model.save_pretrained(out)
     return model.eval()
@@ -251,13 +253,101 @@ def test_onnx_peft_lora_greedy_is_peft(family, merged, checkpoints, tmp_path):
     assert genai_greedy(tmp_path / "onnx") == theirs_greedy(ref)
 
 
-def test_phi3_peft_lora_on_fused_projections_is_refused(checkpoints, tmp_path):
+PHI3_LORA = {   # PEFT options on Phi3ForCausalLM's qkv_proj, o_proj, gate_up_proj, down_proj
+    "all": {},
+    "qkv-only": dict(target_modules=["qkv_proj"]),
+    "rank-alpha-pattern-rslora": dict(
+        target_modules="all-linear", use_rslora=True,
+        rank_pattern={"qkv_proj": 2, r"layers\.1\.mlp\.down_proj": 6},
+        alpha_pattern={"gate_up_proj": 3.0}),
+    "regex-exclude": dict(target_modules=r".*\.(qkv|gate_up)_proj",
+                          exclude_modules=["model.layers.0.mlp.gate_up_proj"]),
+    "layers-to-transform": dict(target_modules=["qkv_proj", "gate_up_proj"],
+                                layers_to_transform=[1]),
+}
+
+
+@pytest.mark.parametrize("name", PHI3_LORA)
+def test_phi3_peft_lora_on_fused_projections_is_peft(name, checkpoints, tmp_path):
+    """PEFT's LoRA on Phi3's fused qkv_proj is one A (d -> r) and one B (r -> q+k+v rows),
+    likewise gate_up_proj: unmerged and merged logits are PEFT's."""
+    from flora_export.adapters import load_adapter
+    from flora_export.fuse import merge_lora
+    path = checkpoints("phi3")
+    ref = peft_adapter(path, tmp_path / "lora", **PHI3_LORA[name])
+    tokens = torch.tensor([PROMPT])
+    with torch.no_grad():
+        want = ref(tokens).logits
+        assert (want - reference(path)(tokens).logits).abs().max() > 0.1   # the LoRA acts
+        model = load_adapter(load_model(path), tmp_path / "lora")
+        unmerged = (model(tokens) - want).abs().max().item()
+        merged = (merge_lora(model)(tokens) - want).abs().max().item()
+    assert unmerged < 1e-4 and merged < 1e-4, (unmerged, merged)
+
+
+def test_phi3_lora_shapes_are_the_fused_modules(checkpoints):
+    from flora_export.adapters import LoraConfig, attach_lora
+    model = attach_lora(load_model(checkpoints("phi3")), LoraConfig(
+        rank=4, targets=("qkv_proj", "gate_up_proj"), rank_pattern={"gate_up_proj": 2}))
+    attn, mlp, cfg = model.layers[0].self_attn, model.layers[0].mlp, model.config
+    assert list(attn.qkv_proj.lora_B) == ["qkv_proj"] and list(mlp.gate_up_proj.lora_B) == [
+        "gate_up_proj"]
+    assert tuple(attn.qkv_proj.lora_A["qkv_proj"].weight.shape) == (4, cfg.hidden_size)
+    assert tuple(attn.qkv_proj.lora_B["qkv_proj"].weight.shape) == (cfg.q_dim + 2 * cfg.kv_dim, 4)
+    assert tuple(mlp.gate_up_proj.lora_B["gate_up_proj"].weight.shape) == (
+        2 * cfg.intermediate_size, 2)
+
+
+@pytest.mark.parametrize("options", [dict(target_modules=["q_proj", "v_proj"]),
+                                     dict(target_modules=["gate_proj"])], ids=["qv", "gate"])
+def test_phi3_llama_named_peft_targets_refused_by_name(options, checkpoints, tmp_path):
+    """PEFT itself refuses these on Phi3ForCausalLM (no target matches); so do we, naming
+    them and Phi3's projections."""
     from flora_export.adapters import load_adapter
     from flora_export.errors import FloraError
+    peft = pytest.importorskip("peft")
     path = checkpoints("phi3")
-    peft_adapter(path, tmp_path / "lora")
-    with pytest.raises(FloraError, match=r"(qkv|gate_up)_proj"):
+    with pytest.raises(ValueError, match="not found in the base model"):
+        peft.get_peft_model(reference(path), peft.LoraConfig(r=4, **options))
+    peft_adapter(path, tmp_path / "lora", target_modules=["qkv_proj"])   # then edit its config
+    meta_path = tmp_path / "lora" / "adapter_config.json"
+    meta = json.loads(meta_path.read_text())
+    meta["target_modules"] = options["target_modules"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(FloraError) as e:
         load_adapter(load_model(path), tmp_path / "lora")
+    line = str(e.value)
+    assert "\n" not in line and "Phi3ForCausalLM" in line, line
+    for word in (*options["target_modules"], "qkv_proj, o_proj, gate_up_proj, down_proj"):
+        assert word in line, line
+
+
+def test_phi3_llama_named_lora_targets_refused_by_name(checkpoints):
+    from flora_export.adapters import LoraConfig, attach_lora
+    from flora_export.errors import FloraError
+    with pytest.raises(FloraError, match=r"LoRA target q_proj is not a projection of "
+                                         r"Phi3ForCausalLM.*qkv_proj, o_proj, gate_up_proj"):
+        attach_lora(load_model(checkpoints("phi3")), LoraConfig(targets=("q_proj", "o_proj")))
+
+
+def test_phi3_our_saved_lora_loads_in_peft(checkpoints, tmp_path):
+    """save_adapter writes PEFT's keys for Phi3's fused modules: PEFT's output is ours."""
+    peft = pytest.importorskip("peft")
+    from flora_export.adapters import LoraConfig, attach_lora, save_adapter
+
+    from conftest import randomize_adapter
+    path = checkpoints("phi3")
+    model = attach_lora(load_model(path), LoraConfig(
+        rank=4, alpha=8.0, targets=("qkv_proj", "gate_up_proj", "down_proj"),
+        rank_pattern={"gate_up_proj": 2}, alpha_pattern={"qkv_proj": 2.0}, use_rslora=True))
+    randomize_adapter(model, 3, std=0.2)
+    save_adapter(model, tmp_path / "ours")
+    theirs = peft.PeftModel.from_pretrained(reference(path), tmp_path / "ours").eval()
+    tokens = torch.tensor([PROMPT])
+    with torch.no_grad():
+        diff = (model(tokens) - theirs(tokens).logits).abs().max().item()
+        assert (theirs(tokens).logits - reference(path)(tokens).logits).abs().max() > 0.1
+    assert diff < 1e-4, diff
 
 
 @pytest.mark.slow
