@@ -298,6 +298,18 @@ def test_phi3_lora_shapes_are_the_fused_modules(checkpoints):
         2 * cfg.intermediate_size, 2)
 
 
+def test_phi3_lora_budget_counts_the_fused_modules(checkpoints):
+    """flora-train's budget counts what attach_lora trains: one pair per fused module."""
+    from flora_export.adapters import LoraConfig, attach_lora
+    from flora_export.train.budget import lora_params
+    names = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+    model = attach_lora(load_model(checkpoints("phi3")), LoraConfig(rank=4, targets=names))
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    d, q, kv, f = 64, 64, 32, 96          # hidden, 2 heads x 32, 1 kv head, FFN
+    per_layer = 4 * ((d + q + 2 * kv) + (q + d) + (d + 2 * f) + (f + d))
+    assert trained == lora_params(model.config, 4) == LAYERS * per_layer == 5888
+
+
 @pytest.mark.parametrize("options", [dict(target_modules=["q_proj", "v_proj"]),
                                      dict(target_modules=["gate_proj"])], ids=["qv", "gate"])
 def test_phi3_llama_named_peft_targets_refused_by_name(options, checkpoints, tmp_path):
