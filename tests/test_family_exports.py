@@ -282,7 +282,7 @@ def test_phi3_peft_lora_on_fused_projections_is_peft(name, checkpoints, tmp_path
         model = load_adapter(load_model(path), tmp_path / "lora")
         unmerged = (model(tokens) - want).abs().max().item()
         merged = (merge_lora(model)(tokens) - want).abs().max().item()
-    assert unmerged < 1e-4 and merged < 1e-4, (unmerged, merged)
+    assert unmerged < 1e-5 and merged < 1e-5, (unmerged, merged)   # measured ~1e-6
 
 
 def test_phi3_lora_shapes_are_the_fused_modules(checkpoints):
@@ -359,7 +359,7 @@ def test_phi3_our_saved_lora_loads_in_peft(checkpoints, tmp_path):
     with torch.no_grad():
         diff = (model(tokens) - theirs(tokens).logits).abs().max().item()
         assert (theirs(tokens).logits - reference(path)(tokens).logits).abs().max() > 0.1
-    assert diff < 1e-4, diff
+    assert diff < 1e-5, diff
 
 
 @pytest.mark.slow
