@@ -1,7 +1,9 @@
 """ExecuTorch's own LLM exporter on the same architecture: the peer a user would pick.
 
-`python -m executorch.extension.llm.export.export_llm --config cfg.yaml` with
-model_class llama3_2, a params.json of the preset's shapes, a random checkpoint in
+`python -m executorch.extension.llm.export.export_llm --config cfg.yaml` with the
+model_class ExecuTorch has for the preset's family (llama3_2 for Llama, qwen3_0_6b for
+Qwen3: its Llama transformer with HF-style RoPE and q/k norms before RoPE; export_llm
+has no Gemma 3 text model), a params.json of the preset's shapes, a random checkpoint in
 Meta's key names (ExecuTorch's loader reads it with torch.load, so it is written with
 torch.save: plain tensors only, in the benchmark's work directory), KV cache with
 ExecuTorch's SDPA op, 8da4w group 32, int8 embedding, XNNPACK. The LoRA peer adds a
@@ -21,14 +23,27 @@ import yaml
 from variants import LORA_RANK, run_measured
 
 PEERS = ("et-export", "et-export-lora")
+MODEL_CLASS = {"llama": "llama3_2", "qwen3": "qwen3_0_6b"}   # family -> export_llm model_class
+
+
+def model_class(cfg) -> str:
+    if cfg.model_type not in MODEL_CLASS:
+        raise SystemExit(f"ExecuTorch's export_llm has no model for model_type "
+                         f"{cfg.model_type!r} (this benchmark knows {sorted(MODEL_CLASS)}); "
+                         f"drop --with-executorch-peer")
+    return MODEL_CLASS[cfg.model_type]
 
 
 def params(cfg) -> dict:
-    return {"dim": cfg.hidden_size, "hidden_dim": cfg.intermediate_size,
-            "n_heads": cfg.num_attention_heads, "n_kv_heads": cfg.num_key_value_heads,
-            "n_layers": cfg.num_hidden_layers, "head_dim": cfg.head_dim,
-            "norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
-            "use_scaled_rope": bool(cfg.rope_scaling), "vocab_size": cfg.vocab_size}
+    out = {"dim": cfg.hidden_size, "hidden_dim": cfg.intermediate_size,
+           "n_heads": cfg.num_attention_heads, "n_kv_heads": cfg.num_key_value_heads,
+           "n_layers": cfg.num_hidden_layers, "head_dim": cfg.head_dim,
+           "norm_eps": cfg.rms_norm_eps, "rope_theta": cfg.rope_theta,
+           "use_scaled_rope": bool(cfg.rope_scaling), "vocab_size": cfg.vocab_size}
+    if cfg.model_type == "qwen3":            # ExecuTorch's Qwen3 params
+        out.update(use_hf_rope=True, attention_qkv_bias=False, use_qk_norm=True,
+                   qk_norm_before_rope=True)
+    return out
 
 
 def write_inputs(preset: str, work: Path) -> None:
@@ -59,6 +74,9 @@ def write_inputs(preset: str, work: Path) -> None:
                    p + "feed_forward.w1.weight": rnd(f, h), p + "feed_forward.w2.weight": rnd(h, f),
                    p + "feed_forward.w3.weight": rnd(f, h), p + "attention_norm.weight":
                    torch.ones(h), p + "ffn_norm.weight": torch.ones(h)})
+        if cfg.model_type == "qwen3":
+            sd.update({p + "attention.q_norm_fn.weight": torch.ones(cfg.head_dim),
+                       p + "attention.k_norm_fn.weight": torch.ones(cfg.head_dim)})
     torch.save(sd, work / "checkpoint.pth")
     del sd
     model = random_model(cfg)
@@ -70,8 +88,8 @@ def write_inputs(preset: str, work: Path) -> None:
     save_adapter(model, work / "lora")
 
 
-def config_yaml(work: Path, name: str, max_seq: int, lora: bool) -> dict:
-    base = {"model_class": "llama3_2", "params": str(work / "params.json"),
+def config_yaml(cfg, work: Path, name: str, max_seq: int, lora: bool) -> dict:
+    base = {"model_class": model_class(cfg), "params": str(work / "params.json"),
             "checkpoint": str(work / "checkpoint.pth")}
     if lora:
         base["lora_config"] = {"adapter_checkpoint": str(work / "lora" / "adapter_model.safetensors"),
@@ -87,6 +105,10 @@ def config_yaml(work: Path, name: str, max_seq: int, lora: bool) -> dict:
 
 def build_peers(preset: str, work: Path, max_seq: int, which=PEERS) -> dict[str, Path]:
     """{name: directory with model.pte + tokenizer.json + cost.json}, built when missing."""
+    from flora_export.model import PRESETS
+
+    cfg_model = PRESETS[preset]
+    model_class(cfg_model)                   # refuse an unknown family before any work
     work = work / "executorch-peer"
     if not (work / "checkpoint.pth").exists():
         print("writing the ExecuTorch peer's inputs", flush=True)
@@ -98,7 +120,8 @@ def build_peers(preset: str, work: Path, max_seq: int, which=PEERS) -> dict[str,
             print(f"building {name} with ExecuTorch's export_llm -> {out}", flush=True)
             out.mkdir(parents=True, exist_ok=True)
             cfg = work / f"{name}.yaml"
-            cfg.write_text(yaml.safe_dump(config_yaml(work, name, max_seq, name.endswith("lora"))))
+            cfg.write_text(yaml.safe_dump(config_yaml(cfg_model, work, name, max_seq,
+                                                      name.endswith("lora"))))
             try:
                 cost = run_measured([sys.executable, "-m",
                                      "executorch.extension.llm.export.export_llm", "--config",

@@ -11,7 +11,7 @@ Builds a random-weight Hugging Face checkpoint of a preset (default llama3.2-1b)
     python benchmarks/onnx_vs_builder.py --preset llama3.2-1b --runs 5 --out bench-out/onnx
 
 Prints a markdown table and writes results.json and latency.{json,md,png} in --out, and
-the same as onnx-vs-builder.json and onnx-vs-builder-latency.{json,md,png} in --results
+the same as onnx-vs-builder-PRESET.json and onnx-vs-builder-PRESET-latency.{json,md,png} in --results
 (default benchmarks/results), with the machine's facts and load average.
 """
 
@@ -53,6 +53,36 @@ def timed(cmd: list[str], log: Path) -> dict:
     return {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 1024 ** 2, 2)}
 
 
+def build_builder_peer(preset: str, work: Path, max_seq: int) -> dict[str, Path]:
+    """{"ort-builder": folder} built by ORT-GenAI's model builder from a random checkpoint
+    of the preset (int4, block 32, accuracy level 4, its KV buffer max_seq long), with its
+    cost.json; reused when present. {} when the builder fails (reason in builder.log)."""
+    hf, out = work / "ort-builder-hf", work / "onnx" / "ort-builder"
+    if (out / "cost.json").exists():
+        return {"ort-builder": out}
+    print(f"building ort-builder with ORT-GenAI's model builder -> {out}", flush=True)
+    build_checkpoint(preset, hf)
+    try:
+        cost = builder_export(hf, out, work / "logs" / "onnx-ort-builder.log", max_seq)
+    except SystemExit as e:
+        print(f"  {e}", flush=True)
+        return {}
+    (out / "cost.json").write_text(json.dumps(cost))
+    return {"ort-builder": out}
+
+
+def builder_export(hf: Path, out: Path, log: Path, max_seq: int) -> dict:
+    """ORT-GenAI's builder on hf -> out; its wall time and peak RSS."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cost = timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf),
+                  "-o", str(out), "-p", "int4", "-e", "cpu", "--extra_options",
+                  "block_size=32", "accuracy_level=4"], log)
+    cfg = json.loads((out / "genai_config.json").read_text())
+    cfg["search"]["max_length"] = max_seq                   # a realistic KV buffer
+    (out / "genai_config.json").write_text(json.dumps(cfg, indent=2))
+    return cost
+
+
 def latency(folders: dict[str, Path], args) -> dict:
     """flora-bench's harness: one worker process per folder, interleaved runs."""
     from flora_export.bench import BenchConfig, run_bench, write_all
@@ -62,7 +92,7 @@ def latency(folders: dict[str, Path], args) -> dict:
     result = run_bench({k: str(v) for k, v in folders.items()}, config, baseline="builder",
                        progress=lambda m: print(m, flush=True))
     write_all(result, args.out, "latency")
-    write_all(result, args.results, "onnx-vs-builder-latency")
+    write_all(result, args.results, f"onnx-vs-builder-{args.preset}-latency")
     return {name: {"ttft": _ms(a["summary"]["ttft_ms"]), "tpot": _ms(a["summary"]["tpot_ms"]),
                    "peak_rss_mb": a.get("peak_rss_mb")}
             for name, a in result["artifacts"].items()}
@@ -91,16 +121,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     load_before = loadavg()
     build_checkpoint(args.preset, hf)
-    cost = {"builder": timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
-                              str(hf), "-o", str(theirs), "-p", "int4", "-e", "cpu",
-                              "--extra_options", "block_size=32", "accuracy_level=4"],
-                           args.out / "builder.log"),
+    cost = {"builder": builder_export(hf, theirs, args.out / "builder.log", args.max_seq),
             "flora": timed([sys.executable, "-m", "flora_export.cli", "--target", "onnx", "--model", str(hf),
                             "--adapter", "none", "--out", str(ours), "--max-seq",
                             str(args.max_seq), "--force"], args.out / "flora.log")}
-    cfg = json.loads((theirs / "genai_config.json").read_text())
-    cfg["search"]["max_length"] = args.max_seq                   # a realistic KV buffer
-    (theirs / "genai_config.json").write_text(json.dumps(cfg, indent=2))
     lat = latency({"flora": ours, "builder": theirs}, args)
     size = {name: round(sum(f.stat().st_size for f in d.iterdir()) / 2 ** 20, 1)
             for name, d in (("flora", ours), ("builder", theirs))}
@@ -115,7 +139,7 @@ def main() -> None:
                                 lat["builder"]["ttft"]["median_ms"], 3),
                   "export_time": round(cost["flora"]["seconds"] / cost["builder"]["seconds"], 2)}}
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
-    (args.results / "onnx-vs-builder.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.results / f"onnx-vs-builder-{args.preset}.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| export | time s | peak RSS GB | TTFT ms (median) | TPOT ms (median) | size MiB |")
     print("|---|---|---|---|---|---|")
     for name in ("flora", "builder"):

@@ -3,7 +3,9 @@ per backend: base; LoRA r=16 on all 7 projections unmerged; LoRA merged; FFBA fu
 LoRA r=16's trainable-parameter budget; FFBA unfused -- through ExecuTorch 8da4w
 (XNNPACK) and ONNX Runtime GenAI int4 (MatMulNBits), with flora-bench's harness.
 With --with-executorch-peer, ExecuTorch's own LLM export of the same architecture
-(with and without its unfused LoRA) runs in the ExecuTorch group.
+(with and without its unfused LoRA; Llama and Qwen3) runs in the ExecuTorch group; with
+--with-builder-peer, ORT-GenAI's model builder's folder of the same shapes runs in the
+ONNX group.
 
 Also measures this machine's read bandwidth in the same run and prints each variant's
 TPOT as a multiple of the bandwidth bound (weight bytes read per decoded token /
@@ -11,9 +13,12 @@ bandwidth; the weight bytes are the artifact's weight files minus the embedding 
 of which a token reads one row).
 
     python benchmarks/tpot.py --work bench-out/tpot --runs 5 --with-executorch-peer
+    python benchmarks/tpot.py --preset qwen3-0.6b --work bench-out/tpot-qwen3 \
+        --variants base lora ffba-fused --with-executorch-peer --peers et-export \
+        --with-builder-peer
 
 Exports are cached in --work (a directory holding a manifest is reused). Results:
-benchmarks/results/tpot-BACKEND.{json,md,png} and tpot-summary.json.
+benchmarks/results/tpot-PRESET-BACKEND.{json,md,png} and tpot-PRESET-summary.json.
 """
 
 from __future__ import annotations
@@ -38,9 +43,12 @@ def embedding_bytes(cfg: dict, backend: str) -> int:
     return v * h + 4 * v if backend == "executorch" else v * h // 2 + 4 * v * h // 32
 
 
-def weight_bytes(path: Path, backend: str, cfg: dict) -> int:
+def weight_bytes(path: Path, backend: str, cfg: dict, shared_head: bool = False) -> int:
+    """Weight bytes a decoded token reads. shared_head: the embedding table is also the
+    output head (ORT-GenAI's builder shares a tied int4 embedding), so all of it is read."""
     files = [p for p in path.iterdir() if p.suffix in (".pte", ".data", ".onnx")]
-    return sum(p.stat().st_size for p in files) - embedding_bytes(cfg, backend)
+    total = sum(p.stat().st_size for p in files)
+    return total if shared_head else total - embedding_bytes(cfg, backend)
 
 
 def goals(result: dict, bound: dict) -> list[str]:
@@ -66,13 +74,21 @@ def goals(result: dict, bound: dict) -> list[str]:
     if {"et-export-lora", "et-export"} <= r.keys():
         out.append(f"ExecuTorch's own LoRA/base TPOT: "
                    f"{q('et-export-lora', 'tpot') / q('et-export', 'tpot'):.3f}")
+    if "ort-builder" in r:
+        out.append(f"our base / ORT-GenAI's builder: TPOT {1 / q('ort-builder', 'tpot'):.3f}, "
+                   f"TTFT {1 / q('ort-builder', 'ttft'):.3f} (goal <= 1)")
     if "base" in bound:
         out.append(f"base TPOT = {bound['base']['x_bound']:.2f}x the bandwidth bound (goal <= 1.2)")
     return out
 
 
+def stem(preset: str, backend: str) -> str:
+    """The results files' name: tpot-PRESET-BACKEND."""
+    return f"tpot-{preset}-{backend}"
+
+
 def report(backend: str, result: dict, args) -> None:
-    """Write tpot-BACKEND.{json,md,png} and print the tables."""
+    """Write tpot-PRESET-BACKEND.{json,md,png} and print the tables."""
     from flora_export.bench import write_all
     from flora_export.bench.report import markdown
 
@@ -80,7 +96,7 @@ def report(backend: str, result: dict, args) -> None:
     cfg = result["config"]
     title = (f"{args.preset} {backend}: TTFT/TPOT (median, min-max), {cfg['passes']} x "
              f"{cfg['runs']} interleaved runs")
-    write_all(result, RESULTS, f"tpot-{backend}", title)
+    write_all(result, RESULTS, stem(args.preset, backend), title)
     print(f"\n## {backend}\n")
     print(markdown(result))
     print("| artifact | weight MB read / token | bound ms | TPOT / bound |\n|---|---|---|---|")
@@ -102,7 +118,8 @@ def run_backend(backend: str, dirs: dict, args, bandwidth: float) -> dict:
     cfg = json.loads((dirs["base"] / "manifest.json").read_text())["model"]["config"]
     bound = {}
     for name, path in dirs.items():
-        wb = weight_bytes(Path(path), backend, cfg)
+        wb = weight_bytes(Path(path), backend, cfg,
+                          shared_head=name == "ort-builder" and cfg.get("tie_word_embeddings"))
         bound_ms = wb / (bandwidth * 1e9) * 1e3
         tpot = result["artifacts"][name]["summary"]["tpot_ms"]["median"]
         bound[name] = {"weight_bytes_per_token": wb, "bound_ms": round(bound_ms, 2),
@@ -116,10 +133,11 @@ def run_backend(backend: str, dirs: dict, args, bandwidth: float) -> dict:
 
 
 def rereport(backend: str, args) -> dict:
-    """Recompute ratios and goals from a saved tpot-BACKEND.json (same samples, no runs)."""
+    """Recompute ratios and goals from a saved tpot-PRESET-BACKEND.json (same samples, no
+    runs)."""
     from flora_export.bench.harness import ratios
 
-    result = json.loads((RESULTS / f"tpot-{backend}.json").read_text())
+    result = json.loads((RESULTS / f"{stem(args.preset, backend)}.json").read_text())
     cfg = result["config"]
     result["ratios"] = ratios(result["artifacts"], result["baseline"], cfg["runs"],
                               cfg.get("passes", 1))
@@ -142,6 +160,9 @@ def main() -> None:
     p.add_argument("--peers", nargs="+", default=["et-export", "et-export-lora"],
                    choices=["et-export", "et-export-lora"],
                    help="which ExecuTorch peer exports --with-executorch-peer builds and runs")
+    p.add_argument("--with-builder-peer", action="store_true",
+                   help="also ORT-GenAI's model builder (int4, block 32) on a random checkpoint "
+                        "of the preset, in the onnx group")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--passes", type=int, default=2,
                    help="fresh workers per pass, load order reversed (default 2)")
@@ -154,14 +175,17 @@ def main() -> None:
                    help="recompute ratios, goals, tables and plots from the saved results")
     args = p.parse_args()
     if args.report_only:
-        summarize({b: rereport(b, args) for b in args.backends
-                   if (RESULTS / f"tpot-{b}.json").exists()})
+        summarize(args.preset, {b: rereport(b, args) for b in args.backends
+                                 if (RESULTS / f"{stem(args.preset, b)}.json").exists()})
         return
     variants = ["base"] + [v for v in args.variants if v != "base"]
     dirs = build_all(args.preset, variants, args.backends, args.work, args.max_seq)
     if args.with_executorch_peer and "executorch" in args.backends:
         from executorch_peer import build_peers
         dirs["executorch"].update(build_peers(args.preset, args.work, args.max_seq, args.peers))
+    if args.with_builder_peer and "onnx" in args.backends:
+        from onnx_vs_builder import build_builder_peer
+        dirs["onnx"].update(build_builder_peer(args.preset, args.work, args.max_seq))
     if args.build_only:
         return
     from flora_export.bench.machine import memory_bandwidth_gbs
@@ -173,15 +197,15 @@ def main() -> None:
             continue
         bandwidth = memory_bandwidth_gbs(args.threads)
         results[backend] = run_backend(backend, dirs[backend], args, bandwidth)
-    summarize(results)
+    summarize(args.preset, results)
 
 
-def summarize(results: dict) -> None:
+def summarize(preset: str, results: dict) -> None:
     summary = {b: {k: r[k] for k in ("goals", "ratios", "bandwidth_gbs", "bandwidth_bound",
                                      "build_failures", "host_loadavg_before",
                                      "host_loadavg_after")} for b, r in results.items()}
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "tpot-summary.json"
+    path = RESULTS / f"tpot-{preset}-summary.json"
     old = json.loads(path.read_text()) if path.exists() else {}
     path.write_text(json.dumps({**old, **summary}, indent=2) + "\n")
 

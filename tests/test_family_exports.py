@@ -172,6 +172,24 @@ def test_android_fp32_runner_greedy_is_transformers(family, checkpoints, tmp_pat
     assert runner_text(out) == want
 
 
+def test_android_fp32_tanh_gelu_is_not_xnnpacks_erf_gelu(checkpoints, tmp_path):
+    """XNNPACK's GELU is the erf one and ExecuTorch delegates `aten.gelu` without its
+    `approximate` argument, so the export writes Gemma 3's tanh GELU out. With a PEFT LoRA
+    merged in (larger MLP inputs): max|diff| 1e-6 measured; 1.4e-4 with `aten.gelu` (the
+    fp32 gate then refuses the export)."""
+    pytest.importorskip("executorch")
+    from flora_export.adapters import load_adapter
+    from flora_export.export.executorch_attention import tanh_gelu
+    from flora_export.fuse import merge_lora
+    x = torch.linspace(-8, 8, 10001)
+    assert (tanh_gelu(x) - torch.nn.functional.gelu(x, approximate="tanh")).abs().max() < 1e-6
+    path = checkpoints("gemma3")
+    peft_adapter(path, tmp_path / "lora")
+    model = merge_lora(load_adapter(load_model(path), tmp_path / "lora"))
+    manifest = fp32(model, "android", tmp_path / "android")
+    assert manifest["parity"]["max_abs_diff"] <= 1e-5, manifest["parity"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_android_8da4w_one_quantized_linear_per_projection(family, checkpoints, tmp_path):

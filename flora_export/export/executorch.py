@@ -2,7 +2,8 @@
 
 Attention runs on ExecuTorch's LLM custom ops (`llama.update_cache`,
 `llama.custom_sdpa`), swapped in as a source transform as in ExecuTorch's own Llama
-export (executorch_attention.py), every quantized linear
+export (executorch_attention.py; so is the tanh GELU, written out because XNNPACK's GELU
+is the erf one), every quantized linear
 becomes one XNNPACK fully-connected op, and the runner metadata is stored as
 constant methods, so `TextLLMRunner(model.pte, tokenizer.json)` runs it directly.
 """
@@ -31,7 +32,7 @@ def build(model, out: Path, ctx) -> BuildResult:
     model carries the device weights already (torchao's), so nothing is loaded back."""
     from ..quantize import quantize
     from .capture import capture
-    from .executorch_attention import custom_op_attention
+    from .executorch_attention import custom_op_attention, written_out_tanh_gelu
 
     st = ctx.stages
     with st("quantize"):
@@ -40,7 +41,7 @@ def build(model, out: Path, ctx) -> BuildResult:
     with st("quant-reference"):
         eager = ctx.eager_logits(model)
     with st("capture"):
-        with custom_op_attention(model):
+        with custom_op_attention(model), written_out_tanh_gelu(model):
             ep = capture(model, ctx.config.max_seq)
     with st("lower"):
         edge = lower(ep, runner_metadata(model, ctx.config.max_seq, ctx.bos, ctx.eos))

@@ -1,4 +1,5 @@
-"""ExecuTorch's attention: its LLM custom ops on the model's static cache buffers.
+"""ExecuTorch's attention (its LLM custom ops on the model's static cache buffers) and the
+other source transform its XNNPACK lowering needs (the tanh GELU written out).
 
 `custom_op_attention(model)` is the source transform the ExecuTorch backend applies
 before capture (as ExecuTorch's own Llama export swaps in its custom KV cache and
@@ -11,6 +12,8 @@ for a sliding window).
 from __future__ import annotations
 
 from contextlib import contextmanager
+
+import math
 
 import torch
 
@@ -58,3 +61,33 @@ def custom_op_attention(model):
         yield model
     finally:
         model.kv_cache = eager
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def tanh_gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation as `F.gelu(x, approximate="tanh")` computes it, in ops that
+    XNNPACK runs as written (mul, add, tanh)."""
+    return 0.5 * x * (1.0 + torch.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x))))
+
+
+@contextmanager
+def written_out_tanh_gelu(model):
+    """Within the block, every MLP whose config says `gelu_pytorch_tanh` (Gemma 3) computes
+    it as `tanh_gelu`. ExecuTorch's XNNPACK partitioner delegates `aten.gelu` without its
+    `approximate` argument, and XNNPACK's GELU is the erf one: left as `aten.gelu`, a tanh
+    GELU would run as erf GELU on the device (up to 1.4e-4 in the logits of a tiny Gemma 3
+    with a LoRA merged in; the fp32 lowering gate allows 1e-4)."""
+    if model.config.hidden_act != "gelu_pytorch_tanh":
+        yield model
+        return
+    mlps = [m for m in model.modules() if hasattr(m, "gate_up_proj") and hasattr(m, "act")]
+    saved = [m.act for m in mlps]
+    for m in mlps:
+        m.act = tanh_gelu
+    try:
+        yield model
+    finally:
+        for m, act in zip(mlps, saved):
+            m.act = act
