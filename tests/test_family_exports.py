@@ -415,3 +415,33 @@ def test_coreml_package_per_family(family, checkpoints, tmp_path):
     m = export(load_model(checkpoints(family)), "coreml", tmp_path / "c",
                ExportConfig(quant="8da4w", max_seq=MAX_SEQ))
     assert m["counts"]["quantized_linear_ops"] == 4 * LAYERS + 1
+
+
+@pytest.mark.parametrize("family", ["qwen3", "phi3", "smollm3"])
+def test_peft_lora_without_target_modules_follows_peft(family, checkpoints, tmp_path):
+    """No target_modules in adapter_config.json: PEFT's per-model_type default (q_proj,
+    v_proj on Qwen3); PEFT has none for Phi3 / SmolLM3 and refuses, and so do we, by name."""
+    peft = pytest.importorskip("peft")
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFTS
+
+    from flora_export.adapters import load_adapter
+    from flora_export.adapters.targets import PEFT_DEFAULT_TARGETS
+    from flora_export.errors import FloraError
+    assert {t: tuple(PEFTS[t]) for t in PEFT_DEFAULT_TARGETS} == PEFT_DEFAULT_TARGETS
+    path = checkpoints(family)
+    names = ["qkv_proj"] if family == "phi3" else ["q_proj", "v_proj"]
+    peft_adapter(path, tmp_path / "lora", target_modules=names)
+    meta = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    del meta["target_modules"]
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(meta))
+    if family == "qwen3":
+        theirs = peft.PeftModel.from_pretrained(reference(path), tmp_path / "lora").eval()
+        model = load_adapter(load_model(path), tmp_path / "lora")
+        tokens = torch.tensor([PROMPT])
+        with torch.no_grad():
+            assert (model(tokens) - theirs(tokens).logits).abs().max() < 1e-5
+        return
+    with pytest.raises(ValueError, match="target_modules"):
+        peft.get_peft_model(reference(path), peft.LoraConfig(r=4))
+    with pytest.raises(FloraError, match=f"no target_modules.*model_type {family}"):
+        load_adapter(load_model(path), tmp_path / "lora")

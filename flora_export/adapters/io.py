@@ -29,6 +29,7 @@ from .ffba import FFBAConfig, attach_ffba, fused_neuron_rows, sub_block
 from .fields import FFBA, PEFT_LORA
 from .lora import LoraConfig, attach_lora, lora_projections
 from .state import AdapterSource, AdapterStatus
+from .targets import PEFT_DEFAULT_TARGETS, peft_default_targets
 
 log = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -176,7 +177,7 @@ def _check_not_empty(adapter_dir) -> None:
                          "pass an adapter directory, or none for the base model alone")
 
 
-_PEFT_LLAMA_DEFAULT_TARGETS = ("q_proj", "v_proj")  # PEFT's default for model_type llama
+_PEFT_LLAMA_DEFAULT_TARGETS = PEFT_DEFAULT_TARGETS["llama"]   # load_adapter: the family's
 
 
 def _config_from_meta(meta: dict, path: Path) -> FFBAConfig | LoraConfig:
@@ -232,6 +233,9 @@ def load_adapter(model: LlamaModel, adapter_dir: str | Path, check_base: bool = 
     record = meta.get("base") or meta.get("flora_base")
     if record:
         _check_base(model, record, adapter_dir, check_base)
+    if isinstance(cfg, LoraConfig) and meta.get("target_modules") is None:
+        cfg = replace(cfg, target_modules=peft_default_targets(
+            model.config.family, str(adapter_dir / CONFIG_FILE)))
     tensors = _read_weights(adapter_dir)
     if isinstance(cfg, FFBAConfig):
         attach_ffba(model, cfg)

@@ -55,6 +55,23 @@ def hf_module_names(layout: HFLayout, num_layers: int) -> list[str]:
     return names
 
 
+# PEFT's LoRA targets when adapter_config.json has no target_modules, per model_type
+# (peft.utils.constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING); PEFT has none for
+# phi3 and smollm3 and refuses such a config there.
+PEFT_DEFAULT_TARGETS = {t: ("q_proj", "v_proj")
+                        for t in ("llama", "mistral", "gemma3_text", "qwen2", "qwen3")}
+
+
+def peft_default_targets(fam: Family, where: str) -> tuple[str, ...]:
+    """The targets PEFT gives a LoRA config without target_modules on `fam`'s class."""
+    if fam.model_type not in PEFT_DEFAULT_TARGETS:
+        raise FloraError(f"{where} has no target_modules, and PEFT has no default LoRA "
+                         f"targets for model_type {fam.model_type}",
+                         f"add \"target_modules\" (some of {', '.join(fam.hf_layout.names)}) "
+                         "as the adapter was trained")
+    return PEFT_DEFAULT_TARGETS[fam.model_type]
+
+
 def resolved_targets(cfg: "LoraConfig", fam: Family, where: str) -> str | tuple[str, ...]:
     """The config's targets as PEFT matches them on `fam`'s class: target_modules (a regex,
     names; "all-linear": every projection), else our `targets`, checked by name."""
