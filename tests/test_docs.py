@@ -139,7 +139,9 @@ def test_results_files_the_readmes_name_exist():
     """Figures cite their results file as results/NAME or benchmarks/results/NAME."""
     named = set()
     for doc in ("README.md", "benchmarks/README.md"):
-        named |= set(re.findall(r"results/([\w-]+\.(?:json|md|png|log))", (ROOT / doc).read_text()))
-    assert {"tpot-llama3.2-1b-executorch.json", "export_cost-default.json", "export_cost.json"} <= named
+        named |= set(re.findall(r"results/([\w.-]+?\.(?:json|md|png|log))\b",
+                                (ROOT / doc).read_text()))
+    assert {"tpot-llama3.2-1b-executorch.json", "export_cost-default.json",
+            "export_cost.json"} <= named
     missing = sorted(n for n in named if not (ROOT / "benchmarks" / "results" / n).exists())
     assert not missing, f"results files named in the READMEs but not committed: {missing}"
