@@ -72,9 +72,10 @@ def build_builder_peer(preset: str, work: Path, max_seq: int) -> dict[str, Path]
 
 
 def builder_export(hf: Path, out: Path, log: Path, max_seq: int) -> dict:
-    """ORT-GenAI's builder on hf -> out; its wall time and peak RSS."""
+    """ORT-GenAI's builder on hf -> out (through builder_compat.py: Gemma 3's RoPE fields as
+    it reads them under transformers 5); its wall time and peak RSS."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    cost = timed([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf),
+    cost = timed([sys.executable, str(Path(__file__).with_name("builder_compat.py")), "-i", str(hf),
                   "-o", str(out), "-p", "int4", "-e", "cpu", "--extra_options",
                   "block_size=32", "accuracy_level=4"], log)
     cfg = json.loads((out / "genai_config.json").read_text())
