@@ -11,9 +11,8 @@ for a sliding window).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import math
+from contextlib import contextmanager
 
 import torch
 
