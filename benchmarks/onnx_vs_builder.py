@@ -80,6 +80,17 @@ def builder_export(hf: Path, out: Path, log: Path, max_seq: int) -> dict:
                   "block_size=32", "accuracy_level=4"], log)
     cfg = json.loads((out / "genai_config.json").read_text())
     cfg["search"]["max_length"] = max_seq                   # a realistic KV buffer
+    # the builder adds the tokenizer's own eos/pad token, which the random presets'
+    # byte-level tokenizers place past the vocabulary: keep config.json's ids
+    hf_cfg = json.loads((hf / "config.json").read_text())
+    vocab = hf_cfg["vocab_size"]
+    for key in ("eos_token_id", "pad_token_id"):
+        ids = cfg["model"].get(key)
+        if isinstance(ids, list):
+            cfg["model"][key] = [i for i in ids if i < vocab]
+        elif isinstance(ids, int) and ids >= vocab:
+            eos = hf_cfg["eos_token_id"]
+            cfg["model"][key] = eos[0] if isinstance(eos, list) else eos
     (out / "genai_config.json").write_text(json.dumps(cfg, indent=2))
     return cost
 

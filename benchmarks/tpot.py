@@ -36,19 +36,28 @@ from variants import VARIANTS, build_all, build_error  # noqa: E402,F401
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def embedding_bytes(cfg: dict, backend: str) -> int:
-    """Bytes of the quantized embedding table: int8 rows + one fp32 scale per row
-    (ExecuTorch); int4 blocks of 32 + one fp32 scale per block (ONNX GatherBlockQuantized)."""
+def embedding_bytes(cfg: dict, backend: str, path: Path) -> int:
+    """Bytes of the embedding table in the artifact at `path`: int8 rows + one fp32 scale
+    per row (ExecuTorch); in an ONNX folder int4 blocks of 32 + one fp32 scale per block
+    when its manifest counts a GatherBlockQuantized, else fp32 (flora-export keeps the ONNX
+    embedding fp32; a folder without a manifest, a peer's, is taken as int4)."""
     v, h = cfg["vocab_size"], cfg["hidden_size"]
-    return v * h + 4 * v if backend == "executorch" else v * h // 2 + 4 * v * h // 32
+    if backend == "executorch":
+        return v * h + 4 * v
+    manifest = path / "manifest.json"
+    if manifest.exists() and not json.loads(manifest.read_text())["counts"].get(
+            "gather_block_quantized"):
+        return 4 * v * h
+    return v * h // 2 + 4 * v * h // 32
 
 
 def weight_bytes(path: Path, backend: str, cfg: dict, shared_head: bool = False) -> int:
-    """Weight bytes a decoded token reads. shared_head: the embedding table is also the
-    output head (ORT-GenAI's builder shares a tied int4 embedding), so all of it is read."""
+    """Weight bytes a decoded token reads: the weight files less the embedding table, of
+    which a token reads one row. shared_head: the table is also the output head
+    (ORT-GenAI's builder shares a tied int4 embedding), so all of it is read."""
     files = [p for p in path.iterdir() if p.suffix in (".pte", ".data", ".onnx")]
     total = sum(p.stat().st_size for p in files)
-    return total if shared_head else total - embedding_bytes(cfg, backend)
+    return total if shared_head else total - embedding_bytes(cfg, backend, path)
 
 
 def goals(result: dict, bound: dict) -> list[str]:
@@ -115,21 +124,28 @@ def run_backend(backend: str, dirs: dict, args, bandwidth: float) -> dict:
                          warmup=1, threads=args.threads, passes=args.passes)
     result = run_bench({k: str(v) for k, v in dirs.items()}, config, baseline="base",
                        progress=lambda m: print(m, flush=True))
-    cfg = json.loads((dirs["base"] / "manifest.json").read_text())["model"]["config"]
+    result["bandwidth_gbs"] = bandwidth
+    result["bandwidth_bound"] = bandwidth_bound(result, backend, bandwidth)
+    result["build_failures"] = {v: build_error(args.work, backend, v) for v in args.variants
+                                if v not in dirs}
+    report(backend, result, args)
+    return result
+
+
+def bandwidth_bound(result: dict, backend: str, bandwidth: float) -> dict:
+    """Per artifact: weight bytes read per decoded token, the time that takes at
+    `bandwidth`, and the measured median TPOT as a multiple of it."""
+    paths = {name: Path(a["spec"]) for name, a in result["artifacts"].items()}
+    cfg = json.loads((paths[result["baseline"]] / "manifest.json").read_text())["model"]["config"]
     bound = {}
-    for name, path in dirs.items():
-        wb = weight_bytes(Path(path), backend, cfg,
+    for name, path in paths.items():
+        wb = weight_bytes(path, backend, cfg,
                           shared_head=name == "ort-builder" and cfg.get("tie_word_embeddings"))
         bound_ms = wb / (bandwidth * 1e9) * 1e3
         tpot = result["artifacts"][name]["summary"]["tpot_ms"]["median"]
         bound[name] = {"weight_bytes_per_token": wb, "bound_ms": round(bound_ms, 2),
                        "x_bound": round(tpot / bound_ms, 2)}
-    result["bandwidth_gbs"] = bandwidth
-    result["bandwidth_bound"] = bound
-    result["build_failures"] = {v: build_error(args.work, backend, v) for v in args.variants
-                                if v not in dirs}
-    report(backend, result, args)
-    return result
+    return bound
 
 
 def rereport(backend: str, args) -> dict:
@@ -141,6 +157,8 @@ def rereport(backend: str, args) -> dict:
     cfg = result["config"]
     result["ratios"] = ratios(result["artifacts"], result["baseline"], cfg["runs"],
                               cfg.get("passes", 1))
+    if all(Path(a["spec"]).is_dir() for a in result["artifacts"].values()):
+        result["bandwidth_bound"] = bandwidth_bound(result, backend, result["bandwidth_gbs"])
     report(backend, result, args)
     return result
 
@@ -172,7 +190,8 @@ def main() -> None:
     p.add_argument("--max-seq", type=int, default=256)
     p.add_argument("--build-only", action="store_true", help="build (or reuse) the exports, stop")
     p.add_argument("--report-only", action="store_true",
-                   help="recompute ratios, goals, tables and plots from the saved results")
+                   help="recompute ratios, goals, tables and plots from the saved results "
+                        "(and the bandwidth bound, where the exports are still on disk)")
     args = p.parse_args()
     if args.report_only:
         summarize(args.preset, {b: rereport(b, args) for b in args.backends
