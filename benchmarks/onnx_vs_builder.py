@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from variants import run_measured  # noqa: E402
 
 
 def build_checkpoint(preset: str, path: Path) -> None:
@@ -41,18 +41,6 @@ def build_checkpoint(preset: str, path: Path) -> None:
     save_hf_checkpoint(random_model(cfg, seed=0), path)
 
 
-def timed(cmd: list[str], log: Path) -> dict:
-    """Run a command; its wall time and its own peak RSS (wait4 rusage of that child)."""
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    if status:
-        sys.exit(f"failed: {' '.join(cmd)} (see {log})")
-    return {"seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 1024 ** 2, 2)}
-
-
 def build_builder_peer(preset: str, work: Path, max_seq: int) -> dict[str, Path]:
     """{"ort-builder": folder} built by ORT-GenAI's model builder from a random checkpoint
     of the preset (int4, block 32, accuracy level 4, its KV buffer max_seq long), with its
@@ -64,7 +52,7 @@ def build_builder_peer(preset: str, work: Path, max_seq: int) -> dict[str, Path]
     build_checkpoint(preset, hf)
     try:
         cost = builder_export(hf, out, work / "logs" / "onnx-ort-builder.log", max_seq)
-    except SystemExit as e:
+    except RuntimeError as e:
         print(f"  {e}", flush=True)
         return {}
     (out / "cost.json").write_text(json.dumps(cost))
@@ -75,9 +63,9 @@ def builder_export(hf: Path, out: Path, log: Path, max_seq: int) -> dict:
     """ORT-GenAI's builder on hf -> out (through builder_compat.py: Gemma 3's RoPE fields as
     it reads them under transformers 5); its wall time and peak RSS."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    cost = timed([sys.executable, str(Path(__file__).with_name("builder_compat.py")), "-i", str(hf),
-                  "-o", str(out), "-p", "int4", "-e", "cpu", "--extra_options",
-                  "block_size=32", "accuracy_level=4"], log)
+    cost = run_measured([sys.executable, str(Path(__file__).with_name("builder_compat.py")),
+                         "-i", str(hf), "-o", str(out), "-p", "int4", "-e", "cpu",
+                         "--extra_options", "block_size=32", "accuracy_level=4"], log)
     cfg = json.loads((out / "genai_config.json").read_text())
     cfg["search"]["max_length"] = max_seq                   # a realistic KV buffer
     # the builder adds the tokenizer's own eos/pad token, which the random presets'
@@ -133,10 +121,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     load_before = loadavg()
     build_checkpoint(args.preset, hf)
-    cost = {"builder": builder_export(hf, theirs, args.out / "builder.log", args.max_seq),
-            "flora": timed([sys.executable, "-m", "flora_export.cli", "--target", "onnx", "--model", str(hf),
-                            "--adapter", "none", "--out", str(ours), "--max-seq",
-                            str(args.max_seq), "--force"], args.out / "flora.log")}
+    try:
+        cost = {"builder": builder_export(hf, theirs, args.out / "builder.log", args.max_seq),
+                "flora": run_measured([sys.executable, "-m", "flora_export.cli", "--target",
+                                       "onnx", "--model", str(hf), "--adapter", "none",
+                                       "--out", str(ours), "--max-seq", str(args.max_seq),
+                                       "--force"], args.out / "flora.log")}
+    except RuntimeError as e:
+        sys.exit(f"failed: {e}")
     lat = latency({"flora": ours, "builder": theirs}, args)
     size = {name: round(sum(f.stat().st_size for f in d.iterdir()) / 2 ** 20, 1)
             for name, d in (("flora", ours), ("builder", theirs))}

@@ -177,7 +177,9 @@ def _check_not_empty(adapter_dir) -> None:
                          "pass an adapter directory, or none for the base model alone")
 
 
-_PEFT_LLAMA_DEFAULT_TARGETS = PEFT_DEFAULT_TARGETS["llama"]   # load_adapter: the family's
+# read_adapter_config knows no model: PEFT's Llama default; load_adapter replaces it
+# with the model's family's (targets.peft_default_targets)
+_PEFT_LLAMA_DEFAULT_TARGETS = PEFT_DEFAULT_TARGETS["llama"]
 
 
 def _config_from_meta(meta: dict, path: Path) -> FFBAConfig | LoraConfig:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from ..model.attention import StaticKVCache, additive, allowed
+from ..model.llama import MLP
 
 
 class CustomOpKVCache(StaticKVCache):
@@ -81,7 +82,7 @@ def written_out_tanh_gelu(model):
     if model.config.hidden_act != "gelu_pytorch_tanh":
         yield model
         return
-    mlps = [m for m in model.modules() if hasattr(m, "gate_up_proj") and hasattr(m, "act")]
+    mlps = [m for m in model.modules() if isinstance(m, MLP)]
     saved = [m.act for m in mlps]
     for m in mlps:
         m.act = tanh_gelu
