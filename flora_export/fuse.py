@@ -24,6 +24,7 @@ from .adapters.lora import LoraProjection, lora_projections
 from .adapters.state import AdapterStatus
 from .errors import FloraError
 from .model.llama import LlamaModel
+from .model.storage import compute_dtype, mark, narrowest
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +63,18 @@ def _fuse_neurons(blk: nn.Module, width: int) -> None:
     pair = blk.adapter
     lin, f = blk.gate_up_proj, blk.ffn_dim
     w = lin.weight
-    rows = torch.cat([w[:f], _padded_rows(pair.A_gate.weight, width).to(w.dtype),
-                      w[f:], _padded_rows(pair.A_up.weight, width).to(w.dtype)])
+    a_gate, a_up = (_padded_rows(a.weight, width) for a in (pair.A_gate, pair.A_up))
+    dtype = narrowest(w, a_gate, a_up)
+    rows = torch.cat([w[:f].to(dtype), a_gate.to(dtype), w[f:].to(dtype), a_up.to(dtype)])
     gate_up = nn.Linear(rows.shape[1], rows.shape[0], bias=lin.bias is not None, device="meta")
     gate_up.weight = nn.Parameter(rows, requires_grad=False)
+    mark(gate_up)
     if lin.bias is not None:
         zeros = lin.bias.new_zeros(width)
         gate_up.bias = nn.Parameter(torch.cat([lin.bias[:f], zeros, lin.bias[f:], zeros]),
                                     requires_grad=False)
     b = _padded_rows((pair.scale * pair.B.weight).T, width).T
-    blk.gate_up_proj, blk.down_proj = gate_up, _widen(blk.down_proj, cols=b)
+    blk.gate_up_proj, blk.down_proj = gate_up, _extend(blk.down_proj, cols=b)
     blk.ffn_dim, blk.adapter_neurons, blk.adapter = f + width, width, None
 
 
@@ -84,20 +87,21 @@ def _fuse_block(blk: nn.Module, width: int) -> None:
     pad = width - a.shape[0]
     a = torch.cat([a, a.new_zeros(pad, a.shape[1])])
     b = torch.cat([b, b.new_zeros(b.shape[0], pad)], dim=1)
-    setattr(blk, reader, _widen(getattr(blk, reader), rows=a))
-    setattr(blk, writer, _widen(getattr(blk, writer), cols=b))
+    setattr(blk, reader, _extend(getattr(blk, reader), rows=a))
+    setattr(blk, writer, _extend(getattr(blk, writer), cols=b))
     blk.adapter_width, blk.adapter_act, blk.adapter = width, pair.act, None
 
 
-def _widen(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
+def _extend(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
            ) -> nn.Linear:
+    """`lin` with extra rows/columns, stored in its dtype where they are exact in it."""
     w = lin.weight
-    if rows is not None:
-        w = torch.cat([w, rows.to(w.dtype)])
-    if cols is not None:
-        w = torch.cat([w, cols.to(w.dtype)], dim=1)
+    extra = rows if rows is not None else cols
+    w = w.to(narrowest(w, extra))
+    w = torch.cat([w, extra.to(w.dtype)], dim=0 if rows is not None else 1)
     out = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, device="meta")
     out.weight = nn.Parameter(w, requires_grad=False)
+    mark(out)
     if lin.bias is not None:
         extra = w.shape[0] - lin.bias.shape[0]
         out.bias = nn.Parameter(torch.cat([lin.bias, lin.bias.new_zeros(extra)]),
@@ -126,7 +130,7 @@ def _unfuse_block(blk, cfg: FFBAConfig, tensors: dict, key: str) -> None:
         "gate_up_proj", "down_proj")
     r, w = getattr(blk, reader), getattr(blk, writer)
     keep_rows, keep_cols = r.out_features - blk.adapter_width, w.in_features - blk.adapter_width
-    pair = make_pair(blk, w.out_features, cfg).to(r.weight.dtype)
+    pair = make_pair(blk, w.out_features, cfg).to(compute_dtype(r))
     pair.A.weight.copy_(tensors[f"{key}.A"])
     pair.B.weight.copy_(tensors[f"{key}.B"])
     setattr(blk, reader, _narrow(r, rows=keep_rows))
@@ -138,12 +142,13 @@ def _unfuse_neurons(blk, cfg: FFBAConfig, tensors: dict, key: str) -> None:
     lin, down = blk.gate_up_proj, blk.down_proj
     gate, _, up, _ = fused_neuron_rows(blk)
     f = gate.stop
-    pair = make_pair(blk, down.out_features, cfg).to(lin.weight.dtype)
+    pair = make_pair(blk, down.out_features, cfg).to(compute_dtype(lin))
     for half in ("A_gate", "A_up", "B"):
         getattr(pair, half).weight.copy_(tensors[f"{key}.{half}"])
     base = nn.Linear(lin.in_features, 2 * f, bias=lin.bias is not None, device="meta")
     base.weight = nn.Parameter(torch.cat([lin.weight[gate], lin.weight[up]]).clone(),
                                requires_grad=False)
+    mark(base)
     if lin.bias is not None:
         base.bias = nn.Parameter(torch.cat([lin.bias[gate], lin.bias[up]]).clone(),
                                  requires_grad=False)
@@ -155,6 +160,7 @@ def _narrow(lin: nn.Linear, rows: int | None = None, cols: int | None = None) ->
     w = lin.weight[:rows] if rows is not None else lin.weight[:, :cols]
     out = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, device="meta")
     out.weight = nn.Parameter(w.clone(), requires_grad=False)
+    mark(out)
     if lin.bias is not None:
         out.bias = nn.Parameter(lin.bias[: w.shape[0]].clone(), requires_grad=False)
     return out
@@ -168,8 +174,8 @@ def merge_lora(model: LlamaModel) -> LlamaModel:
     with torch.no_grad():
         for _, _, parent, attr, proj in lora_projections(model):
             if isinstance(proj, LoraProjection):
-                proj.base.weight.copy_(proj.merged_weight())
-                setattr(parent, attr, proj.base)
+                proj.base.weight = nn.Parameter(proj.merged_weight(), requires_grad=False)
+                setattr(parent, attr, mark(proj.base))
     model.adapter_state = state.with_status(AdapterStatus.MERGED)
     return model
 

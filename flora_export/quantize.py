@@ -4,6 +4,8 @@ Every base/fused projection and the output head must end up quantized: a linear
 whose input width is not a multiple of the group size is an error, never a
 silent fall-back to float (fuse() pads FFBA widths to the group for this reason).
 Unmerged LoRA A/B matrices stay in float, as in ExecuTorch's own LoRA export.
+Weights stored in bf16/fp16 are widened one module at a time, just before each is
+quantized (peak memory: the stored model plus one float32 matrix).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import FloraError, unknown_name
+from .model.storage import widen
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,12 @@ def check_quantizable(model: nn.Module, cfg: QuantConfig) -> None:
 
 
 def quantize(model: nn.Module, cfg: QuantConfig) -> nn.Module:
-    """Quantize linears and the embedding in place (torchao); returns the model."""
+    """Quantize linears and the embedding in place (torchao); returns the model.
+
+    One module at a time: a weight stored in bf16/fp16 is widened to float32 just before
+    it is quantized (model/storage.py), so no float32 copy of the whole model ever exists.
+    A tied head and embedding are quantized apart, each from the shared table (torchao
+    gives a module a new weight; the other keeps the table until its own turn)."""
     if not cfg.quantizes:
         return model
     from torchao.quantization import (Int8DynamicActivationIntxWeightConfig,
@@ -94,19 +102,19 @@ def quantize(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     from torchao.quantization.granularity import PerAxis, PerGroup
 
     check_quantizable(model, cfg)
-    untie_head(model)                     # embedding and head get their own quantized copies
-    if cfg.embedding_bits:
-        quantize_(model, IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{cfg.embedding_bits}"),
-                                              granularity=PerAxis(0)),
-                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+    emb_cfg = IntxWeightOnlyConfig(weight_dtype=getattr(torch, f"int{cfg.embedding_bits}"),
+                                   granularity=PerAxis(0)) if cfg.embedding_bits else None
     granularity = PerGroup(cfg.group_size) if cfg.group_size else PerAxis(0)
     wdtype = getattr(torch, f"int{cfg.weight_bits}")
     lin_cfg = (Int8DynamicActivationIntxWeightConfig(weight_dtype=wdtype,
                                                      weight_granularity=granularity)
                if cfg.dynamic_activations else
                IntxWeightOnlyConfig(weight_dtype=wdtype, granularity=granularity))
-    quantize_(model, lin_cfg,
-              filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and not is_lora_half(fqn))
+    targets = [(m, emb_cfg) for m in model.modules() if isinstance(m, nn.Embedding)] + \
+        [(m, lin_cfg) for _, m in quantizable_linears(model)]
+    for module, mcfg in targets:
+        if mcfg is not None:
+            quantize_(widen(module), mcfg, filter_fn=lambda *_: True)
     if cfg.group_size:
         _round_group_scales_to_bf16(model)
     log.info("quantized %d linears (%s)", count_quantized_linears(model), cfg.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from flora_export.export.executorch_attention import custom_op_attention
 from flora_export.model import PRESETS, load_model
 from flora_export.model.presets import random_model
+from flora_export.model.storage import StoredLinear, widen_all
 
 from conftest import shapes, write_base
 
@@ -80,10 +82,21 @@ def test_sharded_and_bf16_checkpoints_load(tmp_path):
         index.update({k: fname for k in part})
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": index}))
     model = load_model(sharded)
-    assert model.embed_tokens.weight.dtype == torch.float32
-    diff = (model.layers[1].self_attn.qkv_proj.weight - ref.layers[1].self_attn.qkv_proj.weight)
+    # the matrices stay bf16 (2 bytes a parameter), norms and math are float32
+    assert model.embed_tokens.weight.dtype == torch.bfloat16
+    assert isinstance(model.layers[1].mlp.down_proj, StoredLinear)
+    assert model.norm.weight.dtype == model.compute_dtype == torch.float32
+    diff = (model.layers[1].self_attn.qkv_proj.weight.float()
+            - ref.layers[1].self_attn.qkv_proj.weight)
     assert 0 < diff.abs().max() < 1e-2   # bf16 rounding only
     assert model.lm_head.weight is model.embed_tokens.weight
+    wide = widen_all(copy.deepcopy(model))           # the float32 copy computes the same
+    assert wide.lm_head.weight is wide.embed_tokens.weight
+    assert type(wide.layers[1].mlp.down_proj) is torch.nn.Linear
+    tokens = torch.randint(0, 512, (1, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert model(tokens).dtype == torch.float32
+        assert torch.equal(model(tokens), wide(tokens))
 
 
 def test_presets_have_the_real_shapes():

@@ -82,7 +82,7 @@ def sub_block(layer: nn.Module, name: str) -> nn.Module:
 def attach_ffba(model: LlamaModel, cfg: FFBAConfig, freeze_base: bool = True) -> LlamaModel:
     """Add fresh (B = 0, so a no-op) unfused FFBA pairs; the base is frozen for training."""
     prepare_base(model, freeze_base)
-    dtype = model.embed_tokens.weight.dtype
+    dtype = model.compute_dtype
     for layer in model.layers:
         for name in cfg.sub_blocks:
             blk = sub_block(layer, name)

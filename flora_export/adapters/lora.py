@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..model.llama import LlamaModel
+from ..model.storage import compute_dtype, narrowest
 from .common import prepare_base
 from .config import ALL_TARGETS, LoraConfig
 from .state import AdapterState, AdapterStatus
@@ -47,7 +48,7 @@ class LoraProjection(nn.Module):
         self.scales = {name: scale for name, (_, scale) in sites.items()}
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
-        dtype = base.weight.dtype
+        dtype = compute_dtype(base)
         for name, rows in segs:
             if name in sites:
                 rank = sites[name][0]
@@ -71,14 +72,15 @@ class LoraProjection(nn.Module):
         return y + (deltas[0] if len(deltas) == 1 else torch.cat(deltas, dim=-1))
 
     def merged_weight(self) -> torch.Tensor:
-        w = self.base.weight.detach().clone()
+        """W + s * B @ A, in the base's dtype where that is exact, else in float32."""
+        w = self.base.weight.detach().to(compute_dtype(self.base), copy=True)
         row = 0
         for name, rows in self.segments:
             if name in self.lora_A:
                 delta = self.lora_B[name].weight @ self.lora_A[name].weight
                 w[row:row + rows] += self.scales[name] * delta
             row += rows
-        return w
+        return w.to(narrowest(self.base.weight, w))
 
 
 def lora_projections(model: LlamaModel):

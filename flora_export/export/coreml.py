@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import FloraError
+from ..model.storage import widen_all
 from . import coreml_spec
 from .backend import (BuildResult, LoweringCounts, expected_quantized, load_device_weights,
                       lowering_counts)
@@ -293,6 +294,7 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     package's own gates run on macOS (coreml_parity), the quality gate is estimated here."""
     st, cfg, max_seq = ctx.stages, model.config, ctx.config.max_seq
     _check_limits(model, ctx)
+    widen_all(model)                       # converted from a float32 (then fp16) program
     expected = expected_quantized(model, ctx.quant)
     with st("coreml-capture"):
         program = ctx.verify(program_step(capture(model, max_seq)), ctx.fp32_logits,

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..model.storage import widen_all
 from ..quantize import is_lora_half, untie_head
 from .backend import (BuildResult, LoweringCounts, expected_quantized, load_device_weights,
                       lowering_counts)
@@ -287,6 +288,7 @@ def versions() -> dict:
 def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     """Export, quantize to MatMulNBits, verify in ONNX Runtime, write the ORT-GenAI files."""
     st, cfg, path = ctx.stages, model.config, out / MODEL_NAME
+    widen_all(model)                       # the exporter captures float32 weights
     expected = expected_quantized(model, ctx.quant)
     with st("capture"):
         capture(model, ctx.config.max_seq, path)

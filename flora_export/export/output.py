@@ -10,6 +10,7 @@ import platform
 import resource
 import shutil
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,7 +86,47 @@ def strict_json(value):
 
 
 def peak_rss_mb() -> float:
+    """The process's peak resident set so far (what `/usr/bin/time -v` reports at exit)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def rss_mb() -> float | None:
+    """The process's resident set now (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PeakSampler:
+    """The peak resident set while the block runs, sampled every `every` seconds by a
+    daemon thread (getrusage only knows the peak of the whole run so far). A sample can
+    miss a spike shorter than `every`; the run's true peak is `peak_rss_mb()`."""
+
+    def __init__(self, every: float = 0.02):
+        self.every, self.peak = every, None
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        now = rss_mb()
+        if now is not None:
+            self.peak = now if self.peak is None else max(self.peak, now)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self) -> "PeakSampler":
+        self._sample()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="rss-sampler")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
 
 
 class Stages:
@@ -96,18 +137,23 @@ class Stages:
         self.names = names
         self.report = report or (lambda *a: None)
         self.seconds: dict[str, float] = {}
-        self.rss_mb: dict[str, float] = {}
+        self.rss_mb: dict[str, float] = {}        # the run's peak when the stage ended
+        self.stage_peak_mb: dict[str, float] = {}  # the peak within the stage (sampled)
 
     @contextmanager
     def __call__(self, name: str):
         idx = self.names.index(name) + 1 if name in self.names else 0
         self.report(name, idx, len(self.names), None)
         t0 = time.perf_counter()
-        yield
+        with PeakSampler() as sampler:
+            yield
         self.seconds[name] = round(time.perf_counter() - t0, 3)
         self.rss_mb[name] = peak_rss_mb()
+        if sampler.peak is not None:
+            self.stage_peak_mb[name] = sampler.peak
         self.report(name, idx, len(self.names), self.seconds[name])
-        log.info("stage %s: %.2f s, peak RSS %.0f MB", name, self.seconds[name], self.rss_mb[name])
+        log.info("stage %s: %.2f s, peak RSS in stage %s MB (run %.0f MB)", name,
+                 self.seconds[name], self.stage_peak_mb.get(name, "?"), self.rss_mb[name])
 
 
 def versions() -> dict:

@@ -148,6 +148,7 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int,
         "timings_s": dict(st.seconds),
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_mb_after_stage": dict(st.rss_mb),
+        "peak_rss_mb_in_stage": dict(st.stage_peak_mb),
         "versions": {**versions(), **_backend_versions(row)},
     }
 

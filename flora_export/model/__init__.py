@@ -39,6 +39,10 @@ def load_model(source: str | Path, dtype: torch.dtype = torch.float32, seed: int
                allow_unused_weights: bool = False) -> LlamaModel:
     """Load an HF Llama directory, or build a named preset with random weights.
 
+    With `dtype` float32 the model computes in float32 while the matrices a checkpoint
+    stores in bf16/fp16 stay in that dtype (model/storage.py: 2 bytes a parameter, the same
+    function); a preset's matrices are drawn in bf16. Another `dtype` converts everything.
+
     The returned model carries `tokenizer_json` (the tokenizer file's text) and
     `source` (a ModelSource: name, kind and sha256 of every input file) for the manifest. Tensors in
     the checkpoint that config.json does not use are refused unless
@@ -81,7 +85,8 @@ def _load_dir(path: Path, dtype: torch.dtype, allow_unused_weights: bool) -> Lla
 
 def _load_preset(name: str, dtype: torch.dtype, seed: int) -> LlamaModel:
     cfg = preset_config(name)
-    model = random_model(cfg, seed=seed).to(dtype)
+    model = random_model(cfg, seed=seed, stored=torch.bfloat16) if dtype == torch.float32 \
+        else random_model(cfg, seed=seed).to(dtype)
     model.tokenizer_json = byte_level_tokenizer(cfg.vocab_size, special_base(cfg)).to_str()
     model.source = ModelSource(name, PRESET, seed=seed)
     log.info("built preset %s with random weights (seed %d)", name, seed)

@@ -6,7 +6,8 @@ checkpoints store them fused already (Phi3: `qkv_proj`, `gate_up_proj` with the 
 row order [q; k; v] and [gate; up]).
 
 Loading builds the model on the meta device and assigns the (fused) tensors into
-it, so peak memory stays at about one copy of the weights.
+it, so peak memory stays at about one copy of the weights; matrices the checkpoint
+stores in bf16/fp16 stay so (model/storage.py), norms and biases become float32.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from ..errors import FloraError
 from .config import LlamaConfig
 from .fields import SAFETENSORS_INDEX
 from .llama import LlamaModel
 from .source import DIRECTORY, ModelSource
+from .storage import COMPUTE_DTYPE, NARROW_DTYPES, mark_all
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,9 @@ class _TensorIndex:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._entry(name)[2]
+
+    def dtype(self, name: str) -> torch.dtype | str:
+        return self._entry(name)[1]
 
     def _entry(self, name: str) -> tuple:
         if name not in self.entries:
@@ -224,10 +230,14 @@ def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32,
         model = LlamaModel(cfg)
     shapes = {name: tuple(t.shape) for name, t in hf_state_dict(model).items()}
     state = {}
+    matrices = {f"{n}.weight" for n, m in model.named_modules()
+                if isinstance(m, (nn.Linear, nn.Embedding))}
     for name, param in model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
             continue
-        state[name] = _read_param(index, name, torch.empty(param.shape, dtype=dtype), shapes,
+        kept = _stored_dtype(index, name, cfg.family.fused_checkpoint) \
+            if name in matrices and dtype == COMPUTE_DTYPE else dtype
+        state[name] = _read_param(index, name, torch.empty(param.shape, dtype=kept), shapes,
                                   cfg.family.fused_checkpoint)
     if cfg.tie_word_embeddings:
         _check_tied_head(index, state["embed_tokens.weight"])
@@ -236,9 +246,17 @@ def load_hf_checkpoint(model_dir: Path, dtype: torch.dtype = torch.float32,
     model.load_state_dict(state, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
+    mark_all(model)
     model.source = ModelSource(model_dir.name, DIRECTORY, str(model_dir.resolve()),
                                skipped_tensors=tuple(skipped))
     return model.eval()
+
+
+def _stored_dtype(index: _TensorIndex, name: str, fused_checkpoint: bool) -> torch.dtype:
+    """A matrix keeps the checkpoint's bf16/fp16 (model/storage.py) when all its parts
+    are stored so; otherwise it is read into float32."""
+    kinds = {index.dtype(hf) for hf in _hf_parts(name, fused_checkpoint)}
+    return kinds.pop() if len(kinds) == 1 and kinds <= set(NARROW_DTYPES) else COMPUTE_DTYPE
 
 
 def _check_tied_head(index: _TensorIndex, embed: torch.Tensor) -> None:

@@ -30,6 +30,7 @@ from .attention import FullCausal, KVCache, StaticKVCache
 from .config import LlamaConfig
 from .rope import Rope
 from .source import ModelSource
+from .storage import compute_dtype
 
 if TYPE_CHECKING:       # for the annotation only: adapters build on this module
     from ..adapters.state import AdapterState
@@ -193,6 +194,12 @@ class LlamaModel(nn.Module):
         self.tokenizer_json: str | None = None          # the tokenizer file's text
         self.adapter_state: AdapterState | None = None  # None: no adapter
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype activations, caches and adapters use; the matrices may be stored
+        narrower (model/storage.py)."""
+        return compute_dtype(self.embed_tokens)
+
     def setup_cache(self, max_seq: int, batch_size: int = 1) -> "LlamaModel":
         """(Re)allocate RoPE tables and the eager zeroed KV cache for `max_seq` positions."""
         self.max_seq = max_seq
@@ -200,7 +207,7 @@ class LlamaModel(nn.Module):
             rope.setup(max_seq)
         cfg = self.config
         self.kv_cache = StaticKVCache(cfg.num_hidden_layers, max_seq, cfg.num_key_value_heads,
-                                      cfg.head_dim, batch_size, self.embed_tokens.weight.dtype)
+                                      cfg.head_dim, batch_size, self.compute_dtype)
         return self
 
     def reset_cache(self) -> None:

@@ -13,6 +13,7 @@ import torch
 from ..errors import unknown_name
 from .config import LlamaConfig
 from .llama import LlamaModel
+from .storage import store
 
 _LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
@@ -116,10 +117,15 @@ def preset_config(name: str) -> LlamaConfig:
     return PRESETS[name]
 
 
-def random_model(cfg: LlamaConfig, seed: int = 0, std: float = 0.02) -> LlamaModel:
-    """A model of `cfg`'s shapes with N(0, std) weights and unit norms, reproducible by seed."""
+def random_model(cfg: LlamaConfig, seed: int = 0, std: float = 0.02,
+                 stored: torch.dtype | None = None) -> LlamaModel:
+    """A model of `cfg`'s shapes with N(0, std) weights and unit norms, reproducible by seed.
+    stored: bf16/fp16 to draw the matrices in that dtype (model/storage.py), as published
+    checkpoints store them; None: float32."""
     with torch.device("meta"):
         model = LlamaModel(cfg)
+        if stored is not None:
+            store(model, stored)
     model = model.to_empty(device="cpu")
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

@@ -23,6 +23,7 @@ from ..evaluation import score_eager
 from ..model import load_model, random_model, save_hf_checkpoint
 from ..model.checkpoint import write_atomic
 from ..model.source import FROM_SCRATCH, ModelSource
+from ..model.storage import widen_all
 from ..outputs import check_run_dir, json_with_keys, nonempty_path, write_failure
 from ..version import __version__
 from .checkpoint import (CHECKPOINT, drop_checkpoint, has_checkpoint, load_checkpoint,
@@ -53,8 +54,8 @@ def build_model(recipe: Recipe):
         attach_ffba(model, cfg)
     elif isinstance(cfg, LoraConfig):
         attach_lora(model, cfg)
-    else:
-        model.requires_grad_(True)
+    else:                                    # full fine-tuning updates float32 weights
+        widen_all(model).requires_grad_(True)
     return model.train()
 
 

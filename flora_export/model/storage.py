@@ -1,0 +1,132 @@
+"""Weights stored narrower than the model computes: 2 bytes a parameter, float32 math.
+
+Published checkpoints store their matrices in bf16 (or fp16). Loading them into float32
+doubles the memory an export needs before any work starts (a 3B model: 13 GB instead of
+6.4 GB). Instead, a checkpoint's bf16/fp16 linear and embedding weights stay in that dtype
+in memory, and the module computes in float32 by upcasting its weight on each call: the
+upcast is exact, so the model computes exactly the function a float32 copy would (the
+verification reference and every gate are unchanged), at half the memory.
+
+`StoredLinear` / `StoredEmbedding` are `nn.Linear` / `nn.Embedding` whose weight dtype is
+narrower than their compute dtype; `mark()` gives a module the class its weight calls for,
+so a module's class always says which it is. `widen()` turns one module back into a plain
+float32 one (the quantize stage does this one module at a time, so the float32 copy of the
+whole model never exists); `widen_all()` does it to the whole model, for the backends that
+convert from a float32 program (ONNX, Core ML) and for training the base weights.
+Norms and biases are small and always kept in the compute dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+COMPUTE_DTYPE = torch.float32
+NARROW_DTYPES = (torch.bfloat16, torch.float16)
+
+
+CHUNK_ROWS_NUMEL = 1 << 24    # a larger weight is upcast in blocks of rows (<= 64 MB each)
+
+
+class StoredLinear(nn.Linear):
+    """An nn.Linear with a bf16/fp16 weight that computes in its input's dtype. A large
+    weight (an LM head over a 128K-256K vocabulary) is upcast a block of output rows at a
+    time, so the float32 copy of it never exists whole."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if w.numel() <= CHUNK_ROWS_NUMEL:
+            return F.linear(x, w.to(x.dtype), self.bias)
+        step = max(1, CHUNK_ROWS_NUMEL // w.shape[1])
+        out = torch.cat([F.linear(x, w[i:i + step].to(x.dtype)) for i in range(0, len(w), step)],
+                        dim=-1)
+        return out if self.bias is None else out + self.bias
+
+
+class StoredEmbedding(nn.Embedding):
+    """An nn.Embedding with a bf16/fp16 table whose rows come out in float32."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return super().forward(tokens).to(COMPUTE_DTYPE)
+
+
+_STORED = {nn.Linear: StoredLinear, nn.Embedding: StoredEmbedding}
+_PLAIN = {v: k for k, v in _STORED.items()}
+
+
+def is_narrow(weight: torch.Tensor) -> bool:
+    return type(weight) in (torch.Tensor, nn.Parameter) and weight.dtype in NARROW_DTYPES
+
+
+def mark(module: nn.Module) -> nn.Module:
+    """Give a Linear/Embedding the class its weight calls for (stored when the weight is
+    bf16/fp16, plain otherwise); returns the module. Other modules are left as they are."""
+    cls = type(module)
+    plain = _PLAIN.get(cls, cls)
+    if plain in _STORED:
+        module.__class__ = _STORED[plain] if is_narrow(module.weight) else plain
+    return module
+
+
+def mark_all(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        mark(m)
+    return model
+
+
+def compute_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype `module` (a Linear/Embedding) computes in."""
+    return COMPUTE_DTYPE if isinstance(module, tuple(_PLAIN)) else module.weight.dtype
+
+
+def store(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Store every Linear/Embedding weight of a float32 model in `dtype` (bf16/fp16), in
+    place (a tied head keeps sharing the embedding's table)."""
+    if dtype not in NARROW_DTYPES:
+        raise ValueError(f"store() takes one of {NARROW_DTYPES}, not {dtype}")
+    done: dict[int, nn.Parameter] = {}
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m) in _STORED:
+                w = m.weight
+                if id(w) not in done:
+                    done[id(w)] = nn.Parameter(w.detach().to(dtype), requires_grad=w.requires_grad)
+                m.weight = done[id(w)]
+                mark(m)
+    return model
+
+
+def widen(module: nn.Module) -> nn.Module:
+    """Make a stored module plain float32 (a new weight; a weight it shared stays with the
+    other module); a plain module is left as it is."""
+    if type(module) in _PLAIN:
+        w = module.weight
+        module.weight = nn.Parameter(w.detach().to(COMPUTE_DTYPE), requires_grad=w.requires_grad)
+        mark(module)
+    return module
+
+
+def widen_all(model: nn.Module) -> nn.Module:
+    """widen() every module, keeping tied weights tied (one float32 copy each)."""
+    done: dict[int, nn.Parameter] = {}
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m) in _PLAIN:
+                w = m.weight
+                if id(w) not in done:
+                    done[id(w)] = nn.Parameter(w.detach().to(COMPUTE_DTYPE),
+                                               requires_grad=w.requires_grad)
+                m.weight = done[id(w)]
+                mark(m)
+    return model
+
+
+def narrowest(base: torch.Tensor, *parts: torch.Tensor) -> torch.dtype:
+    """The dtype a weight joining `base` with `parts` (fused/merged) is stored in: base's,
+    when every part is exact in it, else the widest of them (nothing is rounded)."""
+    dtype = base.dtype
+    for p in parts:
+        if p.dtype != dtype and not torch.equal(p.to(dtype).to(p.dtype), p):
+            dtype = torch.promote_types(dtype, p.dtype)
+    return dtype
