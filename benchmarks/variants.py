@@ -39,8 +39,8 @@ def _randomize(model, seed: int = 1, std: float = 0.02) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            if p.requires_grad:
-                p.normal_(0.0, std, generator=gen)
+            if p.requires_grad:   # bf16-exact values, as the preset's: a fused weight stays bf16
+                p.copy_(p.normal_(0.0, std, generator=gen).bfloat16())
 
 
 def build_one(preset: str, variant: str, backend: str, out: Path, max_seq: int) -> dict:
@@ -63,7 +63,8 @@ def build_one(preset: str, variant: str, backend: str, out: Path, max_seq: int) 
     elif variant != "base":
         raise SystemExit(f"unknown variant {variant}; use one of {VARIANTS}")
     return export(model, BACKEND_TARGETS[backend], out,
-                  ExportConfig(quant="8da4w", max_seq=max_seq, fuse_adapters=fuse, force=True))
+                  ExportConfig(quant="8da4w", max_seq=max_seq, fuse_adapters=fuse, force=True,
+                               free_weights=True))
 
 
 def build_all(preset: str, variants, backends, work: Path, max_seq: int) -> dict[str, dict]:

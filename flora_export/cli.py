@@ -259,7 +259,7 @@ def _run(args, out: Path) -> tuple[dict, float]:
         if model.adapter_state.is_lora and args.lora == "merged":
             merge_lora(model)
     cfg = ExportConfig(quant=args.quant, max_seq=args.max_seq, fuse_adapters=not args.no_fuse,
-                       force=args.force,
+                       force=args.force, free_weights=True,
                        allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
     manifest = export(model, args.target, out, cfg, progress=StageProgress(_CONSOLE.out))
     return manifest, time.perf_counter() - t0

@@ -11,13 +11,15 @@ quantized (peak memory: the stored model plus one float32 matrix).
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import FloraError, unknown_name
-from .model.storage import widen
+from .model.storage import linear_by_rows, row_blocks, widen
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +115,72 @@ def quantize(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     targets = [(m, emb_cfg) for m in model.modules() if isinstance(m, nn.Embedding)] + \
         [(m, lin_cfg) for _, m in quantizable_linears(model)]
     for module, mcfg in targets:
-        if mcfg is not None:
+        if mcfg is None:
+            continue
+        if len(row_blocks(module.weight)) == 1:
             quantize_(widen(module), mcfg, filter_fn=lambda *_: True)
+        else:
+            module.weight = nn.Parameter(_quantized_by_rows(module, mcfg, quantize_),
+                                         requires_grad=False)
     if cfg.group_size:
         _round_group_scales_to_bf16(model)
     log.info("quantized %d linears (%s)", count_quantized_linears(model), cfg.name)
     return model
+
+
+def _quantized_by_rows(module: nn.Module, mcfg, quantize_) -> torch.Tensor:
+    """The torchao weight of `module` (an LM head or embedding too large to widen whole),
+    quantized a block of rows at a time: scales are per row (group), so the blocks joined
+    are exactly the tensor quantizing it whole gives, without its float32 temporaries."""
+    parts = []
+    for rows in row_blocks(module.weight):
+        block = module.weight[rows]
+        part = (nn.Embedding(*block.shape, device="meta") if isinstance(module, nn.Embedding)
+                else nn.Linear(block.shape[1], block.shape[0], bias=False, device="meta"))
+        part.weight = nn.Parameter(block.detach().to(torch.float32), requires_grad=False)
+        quantize_(part, mcfg, filter_fn=lambda *_: True)
+        parts.append(part.weight)
+    first = parts[0]
+    data = [torch.cat([getattr(p, name) for p in parts]) for name in first.tensor_data_names]
+    return type(first)(*data, *(getattr(first, a) for a in first.tensor_attribute_names))
+
+
+class _RowwiseLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_by_rows(x, self.weight, self.bias)
+
+
+class _RowwiseEmbedding(nn.Embedding):
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        ids, inverse = torch.unique(tokens, return_inverse=True)
+        one = torch.zeros(1, dtype=torch.long)
+        rows = torch.cat([F.embedding(one, self.weight[i:i + 1]) for i in ids.tolist()])
+        return rows[inverse]
+
+
+@contextmanager
+def rowwise_eager(model: nn.Module):
+    """Run a quantized model eagerly without dequantizing a large table whole: torchao
+    dequantizes a weight in full on every call (an LM head over 128K+ rows: 1-2 GB of
+    float32, several times over); inside this block the head is computed a block of rows
+    at a time and the embedding dequantizes only the rows the tokens use. The same
+    numbers; for eager reference runs only (a captured program keeps one linear op)."""
+    swapped = []
+    for m in model.modules():
+        if _is_quantized(getattr(m, "weight", None)) and len(row_blocks(m.weight)) > 1:
+            kind = {nn.Linear: _RowwiseLinear, nn.Embedding: _RowwiseEmbedding}.get(type(m))
+            if kind is not None:
+                swapped.append((m, type(m)))
+                m.__class__ = kind
+    try:
+        yield model
+    finally:
+        for m, cls in swapped:
+            m.__class__ = cls
+
+
+def _is_quantized(weight) -> bool:
+    return weight is not None and type(weight) not in (torch.Tensor, nn.Parameter)
 
 
 def _round_group_scales_to_bf16(model: nn.Module) -> None:
@@ -136,5 +198,4 @@ def _round_group_scales_to_bf16(model: nn.Module) -> None:
 
 def count_quantized_linears(model: nn.Module) -> int:
     """Linears whose weight is a torchao quantized tensor (eager view)."""
-    return sum(1 for _, m in quantizable_linears(model)
-               if type(m.weight).__name__ != "Parameter" and type(m.weight) is not torch.Tensor)
+    return sum(1 for _, m in quantizable_linears(model) if _is_quantized(m.weight))

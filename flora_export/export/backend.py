@@ -136,6 +136,9 @@ class BuildResult:
     gates: Gates
     runtime: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)      # backend facts: onnx_quantization, coreml
+    # linears the eager model held quantized (by torchao), counted before a backend that
+    # frees the eager weights once they are no longer needed (None: count the model after)
+    quantized_linears_eager: int | None = None
 
     def record(self) -> dict:
         return {"files": list(self.files), "counts": self.counts.to_dict(),

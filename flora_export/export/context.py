@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..quantize import QuantConfig
+from ..quantize import QuantConfig, rowwise_eager
 from ..verify import (VerifyConfig, compare, eager_extension, eager_step, enforce, judge_lowering,
                       judge_quality, lowering_thresholds, measure, reference_sequence, run_steps)
 from .backend import Gates
@@ -51,9 +51,10 @@ class BuildContext:
         """The eager model's logits on the verification sequence (fresh cache): the first
         round step by step, the extension (quantized exports) in one cached chunk."""
         first = self.config.verify.decode_steps
-        out = run_steps(eager_step(model), self.tokens, self.prompt_len, first)
-        if self.quant.quantizes:
-            out += eager_extension(model, self.tokens, self.prompt_len + first)
+        with rowwise_eager(model):
+            out = run_steps(eager_step(model), self.tokens, self.prompt_len, first)
+            if self.quant.quantizes:
+                out += eager_extension(model, self.tokens, self.prompt_len + first)
         return out
 
     def verify(self, step, eager: list[torch.Tensor], what: str, *,

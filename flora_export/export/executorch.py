@@ -30,7 +30,7 @@ _DEQUANT_PREFIXES = ("torchao.dequantize_affine", "quantized_decomposed.dequanti
 def build(model, out: Path, ctx) -> BuildResult:
     """Quantize (torchao), capture, lower to XNNPACK, write `model.pte`, verify it. The eager
     model carries the device weights already (torchao's), so nothing is loaded back."""
-    from ..quantize import quantize
+    from ..quantize import count_quantized_linears, quantize
     from .capture import capture
     from .executorch_attention import custom_op_attention, written_out_tanh_gelu
 
@@ -38,6 +38,7 @@ def build(model, out: Path, ctx) -> BuildResult:
     with st("quantize"):
         expected = expected_quantized(model, ctx.quant)
         quantize(model, ctx.quant)
+        eager_quantized = count_quantized_linears(model)
     with st("quant-reference"):
         eager = ctx.eager_logits(model)
     with st("capture"):
@@ -49,11 +50,24 @@ def build(model, out: Path, ctx) -> BuildResult:
     with st("serialize"):
         to_pte(edge, out / PTE_NAME)
         del edge, ep
+        if ctx.config.free_weights:   # its logits are computed: the runtime checks need neither
+            release_weights(model)
     with st("verify"):
         gates = ctx.verify(runtime_step(out / PTE_NAME), eager, "the exported .pte")
     return BuildResult(files=[PTE_NAME], counts=counts, gates=gates, runtime={
         "method": "forward", "inputs": ["tokens[1,S] int64", "input_pos[1] int64"],
-        "outputs": ["logits[1,1,vocab] float32"]})
+        "outputs": ["logits[1,1,vocab] float32"]}, quantized_linears_eager=eager_quantized)
+
+
+def release_weights(model) -> None:
+    """Free the eager model's matrices (ExportConfig.free_weights): after serialization the
+    `.pte` is all that runs, and keeping both would add the model's size again to the peak
+    of the runtime checks. The model keeps its structure, config, tokenizer and adapter
+    state (what the manifest reads) but can no longer run."""
+    from torch import nn
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            m.weight = nn.Parameter(torch.empty(0), requires_grad=False)
 
 
 def load_runtime_ops() -> None:

@@ -40,6 +40,9 @@ class ExportConfig:
     force: bool = False                 # write beside entries of `out` that are not the export's
     allow_tokenizer_mismatch: bool = False  # export although a runtime's tokenizer differs
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    # free the eager model's weights once a backend no longer needs them (the CLI does: a
+    # lower peak for the runtime checks); the model passed to export() is then spent
+    free_weights: bool = False
 
 
 def stage_names(target: str) -> list[str]:
@@ -71,6 +74,7 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
                 and config.fuse_adapters:
             fuse(model, pad_to=qcfg.group_size or 32)
     fused = count_fused_linears(model)
+    parameters = sum(p.numel() for p in model.parameters())   # before a backend frees weights
     model.setup_cache(config.max_seq)
     with st("reference"):
         ref = verification_reference(model, verify_prompt(model, bos), config)
@@ -91,7 +95,8 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
             if ctx.references:         # `flora-export verify` re-runs these checks elsewhere
                 reference = write_verify_reference(tmp / REFERENCE, ctx.tokens, ctx.prompt_len,
                                                    ctx.references)
-            manifest = _manifest(model, row, qcfg, config, tmp, fused, results, st, bos, eos)
+            manifest = _manifest(model, row, qcfg, config, tmp, fused, parameters, results, st,
+                                 bos, eos)
             if ctx.references:
                 manifest["verify_reference"] = reference
             tokenizer_gate.add_to_manifest(manifest, tokenizers)
@@ -121,10 +126,11 @@ def _check_max_seq(model, config: ExportConfig, prompt_len: int) -> None:
                          f"pass --max-seq {need} or more")
 
 
-def _manifest(model, row, qcfg, config, tmp: Path, fused: int,
+def _manifest(model, row, qcfg, config, tmp: Path, fused: int, parameters: int,
               results: dict[str, BuildResult], st, bos, eos) -> dict:
     adapter = model.adapter_state
     primary = results[row.backends[0]]
+    eager_quantized = results[row.backends[-1]].quantized_linears_eager   # `model`'s backend
     return {
         "format": FORMAT,
         "format_version": 1,
@@ -132,7 +138,7 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int,
         "target": row.name,
         "backends": list(row.backends),
         "model": {**model.source.to_dict(), "config": model.config.to_hf_dict(),
-                  "parameters": sum(p.numel() for p in model.parameters())},
+                  "parameters": parameters},
         "adapter": None if adapter is None else adapter.manifest(),
         "quantization": asdict(qcfg),
         "runtime": {"max_seq_len": config.max_seq, "bos_id": bos, "eos_ids": eos,
@@ -140,7 +146,8 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int,
         "files": {p.name: file_record(p) for p in sorted(tmp.iterdir())
                   if p.name != MANIFEST},
         "counts": {"fused_linears": fused,
-                   "quantized_linears_eager": count_quantized_linears(model),
+                   "quantized_linears_eager": (count_quantized_linears(model)
+                                               if eager_quantized is None else eager_quantized),
                    **primary.counts.to_dict()},
         "parity": primary.gates.parity,
         "quality": primary.gates.quality,

@@ -18,6 +18,8 @@ Norms and biases are small and always kept in the compute dtype.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,22 +28,34 @@ COMPUTE_DTYPE = torch.float32
 NARROW_DTYPES = (torch.bfloat16, torch.float16)
 
 
-CHUNK_ROWS_NUMEL = 1 << 24    # a larger weight is upcast in blocks of rows (<= 64 MB each)
+BLOCK_NUMEL = 1 << 24    # a larger weight is widened in blocks of rows (<= 64 MB each)
+
+
+def row_blocks(weight: torch.Tensor, multiple: int = 1) -> list[slice]:
+    """Slices of `weight`'s rows, each block <= BLOCK_NUMEL elements (a multiple of
+    `multiple` rows), covering all rows; one slice when the weight is small."""
+    rows = len(weight)
+    step = max(multiple, BLOCK_NUMEL // max(1, math.prod(weight.shape[1:])) // multiple * multiple)
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def linear_by_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                   ) -> torch.Tensor:
+    """F.linear(x, weight, bias), a block of output rows at a time: a large weight (an LM
+    head over a 128K-256K vocabulary) is widened (or dequantized) one block at a time, so
+    its float32 copy never exists whole. The same numbers as one call, up to summation order."""
+    blocks = row_blocks(weight)
+    if len(blocks) == 1:
+        return F.linear(x, weight.to(x.dtype), bias)
+    out = torch.cat([F.linear(x, weight[b].to(x.dtype)) for b in blocks], dim=-1)
+    return out if bias is None else out + bias
 
 
 class StoredLinear(nn.Linear):
-    """An nn.Linear with a bf16/fp16 weight that computes in its input's dtype. A large
-    weight (an LM head over a 128K-256K vocabulary) is upcast a block of output rows at a
-    time, so the float32 copy of it never exists whole."""
+    """An nn.Linear with a bf16/fp16 weight that computes in its input's dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        if w.numel() <= CHUNK_ROWS_NUMEL:
-            return F.linear(x, w.to(x.dtype), self.bias)
-        step = max(1, CHUNK_ROWS_NUMEL // w.shape[1])
-        out = torch.cat([F.linear(x, w[i:i + step].to(x.dtype)) for i in range(0, len(w), step)],
-                        dim=-1)
-        return out if self.bias is None else out + self.bias
+        return linear_by_rows(x, self.weight, self.bias)
 
 
 class StoredEmbedding(nn.Embedding):
