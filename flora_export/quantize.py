@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import FloraError, unknown_name
-from .model.storage import linear_by_rows, row_blocks, widen
+from .model.storage import linear_by_rows, mark, row_blocks, widen
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def quantize(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         else:
             module.weight = nn.Parameter(_quantized_by_rows(module, mcfg, quantize_),
                                          requires_grad=False)
+            mark(module)                  # a plain module again: its weight is torchao's
     if cfg.group_size:
         _round_group_scales_to_bf16(model)
     log.info("quantized %d linears (%s)", count_quantized_linears(model), cfg.name)

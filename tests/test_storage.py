@@ -1,0 +1,105 @@
+"""Weights stored in bf16, computed in float32 (model/storage.py), and the memory-frugal
+quantize stage: the same numbers as the float32 model, at 2 bytes a parameter."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from flora_export.adapters import FFBAConfig, LoraConfig, attach_ffba, attach_lora
+from flora_export.fuse import fuse, merge_lora
+from flora_export.model import PRESETS, load_model, random_model
+from flora_export.model import storage
+from flora_export.model.storage import StoredLinear, store, widen_all
+from flora_export.quantize import quant_config, quantize, rowwise_eager
+
+TOKENS = torch.randint(0, 512, (1, 14), generator=torch.Generator().manual_seed(2))
+
+
+def stored_tiny(seed: int = 4):
+    return store(random_model(PRESETS["tiny"], seed=seed), torch.bfloat16)
+
+
+def logits(model, tokens=TOKENS):
+    with torch.no_grad():
+        return model(tokens)
+
+
+def test_preset_matrices_are_bf16_and_compute_like_their_float32_copy():
+    model = load_model("tiny")
+    matrices = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
+    assert matrices and all(m.weight.dtype == torch.bfloat16 for m in matrices)
+    assert model.lm_head.weight is model.embed_tokens.weight
+    stored = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert stored / sum(p.numel() for p in model.parameters()) < 2.05   # 2 bytes a parameter
+    wide = widen_all(copy.deepcopy(model))
+    assert torch.equal(logits(model), logits(wide))
+
+
+def test_large_weights_are_widened_in_row_blocks_with_the_same_numbers(monkeypatch):
+    model = stored_tiny()
+    ref = logits(widen_all(copy.deepcopy(model)))
+    monkeypatch.setattr(storage, "BLOCK_NUMEL", 3000)    # the head (512 x 128) -> 23 blocks
+    assert len(storage.row_blocks(model.lm_head.weight)) == 23
+    assert (logits(model) - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_fused_weights_stay_bf16_only_when_the_adapter_is_exact_in_it(exact):
+    model = stored_tiny()
+    attach_ffba(model, FFBAConfig(width=24))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+                if exact:
+                    p.copy_(p.bfloat16())
+    unfused = logits(model)
+    fuse(model, pad_to=32)
+    qkv = model.layers[0].self_attn.qkv_proj
+    assert qkv.weight.dtype == (torch.bfloat16 if exact else torch.float32)
+    assert isinstance(qkv, StoredLinear) == exact
+    assert (logits(model) - unfused).abs().max() < 1e-5     # fused == unfused, never rounded
+
+
+def test_lora_merged_into_a_bf16_base_is_not_rounded():
+    model = stored_tiny()
+    attach_lora(model, LoraConfig(rank=4, alpha=8.0))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    unmerged = logits(model)
+    merge_lora(model)
+    down = model.layers[1].mlp.down_proj
+    assert down.weight.dtype == torch.float32 and type(down) is torch.nn.Linear
+    assert (logits(model) - unmerged).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["8da4w", "int8"])
+def test_quantizing_by_row_blocks_gives_the_same_tensors(monkeypatch, mode):
+    whole = quantize(stored_tiny(), quant_config(mode))
+    monkeypatch.setattr(storage, "BLOCK_NUMEL", 3000)
+    blocks = quantize(stored_tiny(), quant_config(mode))
+    for name in ("lm_head", "embed_tokens", "layers.1.mlp.gate_up_proj"):
+        a, b = (m.get_submodule(name).weight for m in (whole, blocks))
+        assert type(a) is type(b) and a.shape == b.shape
+        assert torch.equal(a.dequantize(), b.dequantize()), name
+        assert type(blocks.get_submodule(name)) in (
+            torch.nn.Linear, torch.nn.Embedding)
+    # the row-wise eager run of the quantized model: the same logits as torchao's own
+    ref = logits(blocks)
+    with rowwise_eager(blocks):
+        assert type(blocks.lm_head).__name__ == "_RowwiseLinear"
+        got = logits(blocks)
+    assert type(blocks.lm_head) is torch.nn.Linear
+    assert (got - ref).abs().max() < 1e-5
+
+
+def test_quantize_widens_one_module_at_a_time_and_unties_without_a_copy():
+    model = stored_tiny()
+    quantize(model, quant_config("8da4w"))
+    assert model.lm_head.weight is not model.embed_tokens.weight
+    assert not any(isinstance(m, StoredLinear) for m in model.modules())
