@@ -2,14 +2,18 @@
 preset (default llama3.2-1b, random weights, base, --max-seq 256), ExecuTorch and ONNX,
 next to ExecuTorch's own LLM exporter on the same architecture when it was built.
 
-Each export runs in its own process (wait4 gives its wall time and peak RSS); the
-per-stage seconds and the peak RSS after each stage come from the export's manifest.
+Each export runs in its own process (wait4 gives its wall time and peak RSS, what
+`/usr/bin/time -v` reports); the per-stage seconds and the peak RSS within each stage come
+from the export's manifest, and each row is held to the memory goal: 2 bytes a parameter
+(the bf16 weights) + 2 GB.
 The preset's base exports are the same builds benchmarks/tpot.py uses: with the same
 --work they are reused, not rebuilt (their cost was recorded when they were built).
 
     python benchmarks/export_cost.py --work bench-out/tpot [--with-executorch-peer]
     python benchmarks/export_cost.py --preset none --name export_cost-default \
         --work bench-out/export-default          # the embedded default alone (a minute)
+    python benchmarks/export_cost.py --preset llama3.2-3b --backends executorch \
+        --skip-default --name export_cost-3b --work bench-out/tpot-3b
 
 Prints a table; writes benchmarks/results/NAME.{json,md,png} (NAME: --name, default
 export_cost) with the machine's facts, the load average around every export, and each
@@ -56,21 +60,35 @@ def row(name: str, out: Path, cost: dict) -> dict:
     counts = {k: v for k, v in m.get("counts", {}).items() if k in COUNTS}
     return {"name": name, **cost, "output_mb": round(size / 2 ** 20, 2), "counts": counts,
             "files": {k: v["bytes"] for k, v in m.get("files", {}).items() if "bytes" in v},
-            "stages_s": m.get("timings_s", {}), "rss_mb_after_stage": m.get("peak_rss_mb_after_stage", {})}
+            "stages_s": m.get("timings_s", {}),
+            "rss_mb_after_stage": m.get("peak_rss_mb_after_stage", {}),
+            "rss_mb_in_stage": m.get("peak_rss_mb_in_stage", {}),
+            "parameters": m.get("model", {}).get("parameters"),
+            "budget_gb": budget_gb(m.get("model", {}).get("parameters"))}
+
+
+def budget_gb(parameters: int | None) -> float | None:
+    """The memory goal of an export: 2 bytes a parameter (the bf16 weights) + 2 GB."""
+    return None if parameters is None else round((2 * parameters + 2 * 1024 ** 3) / 1024 ** 3, 2)
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| export | wall time | peak RSS | output | quantized linear ops / XNNPACK delegates "
-             "| load average before → after | stages (s; peak RSS GB after) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| export | wall time | peak RSS | goal (2 B/param + 2 GB) | output "
+             "| quantized linear ops / XNNPACK delegates | load average before → after "
+             "| stages (s; peak RSS GB within the stage, or after it in older rows) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        stages = ", ".join(f"{k} {v:.1f} ({r['rss_mb_after_stage'].get(k, 0) / 1024:.1f})"
+        within = r.get("rss_mb_in_stage") or r["rss_mb_after_stage"]
+        stages = ", ".join(f"{k} {v:.1f} ({within.get(k, 0) / 1024:.1f})"
                            for k, v in r["stages_s"].items()) or "–"
         c = r.get("counts", {})
         ops = f"{c.get('quantized_linear_ops', '–')} / {c.get('delegates', '–')}"
         load = (f"{r['loadavg_before'][0]:.1f} → {r['loadavg_after'][0]:.1f}"
                 if r.get("loadavg_before") else "–")
-        lines.append(f"| {r['name']} | {r['seconds']:.1f} s | {r['peak_rss_gb']:.2f} GB | "
+        goal = r.get("budget_gb")
+        goal = "–" if goal is None else (
+            f"{goal:.2f} GB {'met' if r['peak_rss_gb'] <= goal else 'missed'}")
+        lines.append(f"| {r['name']} | {r['seconds']:.1f} s | {r['peak_rss_gb']:.2f} GB | {goal} | "
                      f"{r['output_mb']:.2f} MiB | {ops} | {load} | {stages} |")
     return "\n".join(lines) + "\n"
 
@@ -111,12 +129,14 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("bench-out/tpot"))
     p.add_argument("--backends", nargs="+", default=["executorch", "onnx"], choices=list(TARGETS))
     p.add_argument("--max-seq", type=int, default=256)
+    p.add_argument("--skip-default", action="store_true",
+                   help="measure the preset's exports only, not the embedded default's")
     p.add_argument("--with-executorch-peer", action="store_true",
                    help="build ExecuTorch's own export of the preset if not in --work yet")
     args = p.parse_args()
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     rows = []
-    for backend in args.backends:
+    for backend in [] if args.skip_default else args.backends:
         rows.append(row(f"default, {backend}", *default_export(backend, args.work)))
     presets = [] if args.preset == "none" else [args.preset]
     backends = [b for b in args.backends if b in BACKEND_TARGETS]

@@ -156,34 +156,53 @@ def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
     return float("inf") if noise == 0 else 10 * math.log10(signal / noise)
 
 
+def _db(signal: float, noise: float) -> float:
+    return float("inf") if noise == 0 else 10 * math.log10(signal / noise)
+
+
 def compare(ref: list[torch.Tensor], test: list[torch.Tensor], k: float = VerifyConfig.decisive_k,
             noise_db: float = VerifyConfig.min_sqnr_db) -> Parity:
     """Statistics of `test` against `ref`. A position is decisive when the reference's
     top-2 margin exceeds k * sqrt(2) * sigma, sigma being the largest RMS logit error the
     gate allows there (the reference's RMS logit over 10^(noise_db/20)): whether a position
     is decisive depends on the reference alone, so a large local error cannot excuse a
-    flip by making its own position non-decisive."""
-    r, t = torch.stack(ref).double(), torch.stack(test).double()
-    err = t - r
-    same = r.argmax(-1) == t.argmax(-1)
-    top2 = r.topk(2, dim=-1)
-    margin = top2.values[:, 0] - top2.values[:, 1]
-    allowed = r.pow(2).mean(-1).sqrt() * 10 ** (-noise_db / 20)
-    decisive = margin > k * SQRT2 * allowed
+    flip by making its own position non-decisive. Computed in float64, a block of
+    positions at a time (a 128K-256K vocabulary over ~500 positions would otherwise take
+    several GB of float64 temporaries)."""
+    rows = [_position_stats(torch.stack(ref[i:i + _BLOCK]).double(),
+                            torch.stack(test[i:i + _BLOCK]).double(), k, noise_db)
+            for i in range(0, len(ref), _BLOCK)]
+    st = {key: torch.cat([r[key] for r in rows]) for key in rows[0]}
+    same, decisive = st["same"], st["decisive"]
     n_dec = int(decisive.sum())
-    # calibration statistics, in units of this position's measured error (sqrt2 sigma)
-    scale = (SQRT2 * err.pow(2).mean(-1).sqrt()).clamp_min(1e-300)
-    z = margin / scale
-    e_top = err.gather(1, top2.indices)
-    u = (e_top[:, 1] - e_top[:, 0]) / scale
-    pos_sqnr = [sqnr_db(a, b) for a, b in zip(r, t)]
+    max_abs = st["max_abs"].max().item()
+    pos_sqnr = [_db(a, b) for a, b in zip(st["signal"].tolist(), st["noise"].tolist())]
     return Parity(
-        steps=len(ref), max_abs_diff=err.abs().max().item(), sqnr_db=sqnr_db(r, t),
+        steps=len(ref), max_abs_diff=max_abs,
+        sqnr_db=_db(st["signal"].sum().item(), st["noise"].sum().item()),
         token_agreement=same.double().mean().item(), decisive_steps=n_dec,
         decisive_agreement=same[decisive].double().mean().item() if n_dec else None,
         min_position_sqnr_db=min(pos_sqnr),
-        max_flip_z=z[~same].max().item() if (~same).any() else None,
-        max_abs_u=u.abs().max().item() if err.abs().max() > 0 else 0.0)
+        max_flip_z=st["z"][~same].max().item() if (~same).any() else None,
+        max_abs_u=st["u"].abs().max().item() if max_abs > 0 else 0.0)
+
+
+_BLOCK = 16     # positions compared at once
+
+
+def _position_stats(r: torch.Tensor, t: torch.Tensor, k: float, noise_db: float) -> dict:
+    """Per-position statistics of compare() for one block ([P, V] float64 each)."""
+    err = t - r
+    top2 = r.topk(2, dim=-1)
+    margin = top2.values[:, 0] - top2.values[:, 1]
+    allowed = r.pow(2).mean(-1).sqrt() * 10 ** (-noise_db / 20)
+    # calibration statistics, in units of this position's measured error (sqrt2 sigma)
+    scale = (SQRT2 * err.pow(2).mean(-1).sqrt()).clamp_min(1e-300)
+    e_top = err.gather(1, top2.indices)
+    return {"same": r.argmax(-1) == t.argmax(-1), "decisive": margin > k * SQRT2 * allowed,
+            "z": margin / scale, "u": (e_top[:, 1] - e_top[:, 0]) / scale,
+            "max_abs": err.abs().amax(-1), "noise": err.pow(2).sum(-1),
+            "signal": r.pow(2).sum(-1)}
 
 
 def schedule(first: int, total: int) -> list[int]:
