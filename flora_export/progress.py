@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 from typing import TextIO
@@ -20,7 +21,8 @@ class StageProgress:
         if seconds is None:
             self._start(label)
         else:
-            self._finish(f"{label} done in {seconds:.1f} s")
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+            self._finish(f"{label} done in {seconds:.1f} s (peak RSS so far {peak:.2f} GB)")
 
     def _start(self, label: str) -> None:
         if not self.stream.isatty():
