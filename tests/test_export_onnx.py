@@ -218,3 +218,22 @@ def test_default_int4_onnx_keeps_the_heldout_task(tmp_path):
     assert m["quality"]["passed"] and m["quality"]["criteria"]["heldout_accuracy"] == "passed"
     q = m["results"]["onnx"]["onnx_quantization"]
     assert q["grid"] == "torchao" and q["embedding"] is None
+
+
+def test_capture_keeps_no_reference_to_the_models_weights(tmp_path):
+    """After capture nothing but the model holds its float32 weights, so the quantize stage
+    can free them (onnxscript's rewrite rules kept the last matched graph, and with it a
+    whole float32 copy of the model: 1B ONNX peaked at 16 GB)."""
+    import gc
+    import weakref
+
+    from flora_export.export import onnx as onnx_backend
+    from flora_export.model.storage import widen_all
+
+    model = widen_all(load_model("tiny")).setup_cache(64)
+    refs = [weakref.ref(model.layers[0].mlp.down_proj.weight),
+            weakref.ref(model.layers[1].self_attn.qkv_proj.weight)]
+    onnx_backend.capture(model, 64, tmp_path / "model.onnx")
+    onnx_backend._drop_weights(model)
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True]

@@ -84,7 +84,32 @@ def capture(model: nn.Module, max_seq: int, path: Path) -> None:
                                     dynamic_shapes=shapes, input_names=inputs,
                                     output_names=outputs, optimize=True, verbose=False,
                                     opset_version=23)
-    _save(program.model_proto, path)
+    path.with_name(DATA_NAME).unlink(missing_ok=True)
+    # streamed from the model's tensors into `model.onnx.data` (`program.model_proto` would
+    # first build a second in-memory copy of every weight)
+    program.save(str(path), external_data=True)
+    del program
+    _forget_rewriter_matches()
+
+
+def _forget_rewriter_matches() -> None:
+    """onnxscript's rewrite rules (run by optimize=True) keep the last graph each matched in
+    module-level matcher objects; that graph's initializers wrap the model's weights, which
+    would then outlive the capture (a whole float32 copy of the model held through the
+    quantize stage). Drop those references (onnxscript 0.7's SimplePatternMatcher state,
+    re-initialized at the start of every match)."""
+    import gc
+
+    try:
+        from onnxscript.rewriter._matcher import SimplePatternMatcher
+    except ImportError:          # another onnxscript: nothing known to clear
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, SimplePatternMatcher):
+            for attr in ("_current_node", "_graph", "_match"):
+                if hasattr(obj, attr):
+                    setattr(obj, attr, None)
+    gc.collect()
 
 
 def _save(proto, path: Path) -> None:
@@ -121,7 +146,9 @@ def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     from .onnx_grid import regrid_int4
 
-    fp32 = onnx.load(str(path))
+    # the float32 graph without its weights: regrid_int4 reads each weight it needs from
+    # the captured data file, which stays until the quantized model replaces it below
+    fp32 = onnx.load(str(path), load_external_data=False)
     # The embedding stays fp32: ORT's int4 GatherBlockQuantized costs the default ~30
     # held-out points, and its quantizer has no int8 Gather (docs/verification.md).
     quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=block_size,
@@ -131,7 +158,7 @@ def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
                                      nodes_to_exclude=list(keep_float))
     quantizer.process()
     if bits == 4:
-        regrid_int4(fp32, quantizer.model.model)
+        regrid_int4(fp32, quantizer.model.model, path.parent)
     _save(quantizer.model.model, path)
 
 

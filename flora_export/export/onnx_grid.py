@@ -11,9 +11,23 @@ import numpy as np
 import torch
 
 
-def regrid_int4(fp32_model, qmodel) -> int:
+def _weight(init, base_dir) -> np.ndarray:
+    """An initializer's array; external data is read into a copy of the proto, so the
+    model's own protos stay without their weights (one weight in memory at a time)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if init.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(init)
+    tmp = onnx.TensorProto()
+    tmp.CopyFrom(init)
+    return numpy_helper.to_array(tmp, base_dir=str(base_dir or ""))
+
+
+def regrid_int4(fp32_model, qmodel, base_dir=None) -> int:
     """Rewrite every 4-bit MatMulNBits' packed weight and scales in `qmodel` from the fp32
-    MatMul weight it replaced (in `fp32_model`); returns how many were rewritten."""
+    MatMul weight it replaced (in `fp32_model`, whose external data, if not loaded, is read
+    one weight at a time from `base_dir`); returns how many were rewritten."""
     import onnx
     from onnx import numpy_helper
 
@@ -31,7 +45,7 @@ def regrid_int4(fp32_model, qmodel) -> int:
         n, k, block = attrs["N"], attrs["K"], attrs["block_size"]
         if k % block:
             continue
-        w = numpy_helper.to_array(finits[src.input[1]]).T.astype(np.float32).reshape(n, -1, block)
+        w = _weight(finits[src.input[1]], base_dir).T.astype(np.float32).reshape(n, -1, block)
         scale = torch.from_numpy(np.abs(w).max(-1) / 7.5).to(torch.bfloat16).float().numpy()
         safe = np.where(scale == 0, 1.0, scale)
         q = (np.clip(np.round(w / safe[..., None]), -8, 7) + 8).astype(np.uint8)
