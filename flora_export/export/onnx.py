@@ -138,27 +138,29 @@ def weight_owners(path: Path) -> dict[str, str]:
 
 def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
              keep_float: tuple[str, ...] = ()) -> None:
-    """Replace constant-weight MatMuls with N-bit block ops (int4 on torchao's grid),
-    except the nodes named in `keep_float` (unmerged LoRA halves, as on ExecuTorch)."""
+    """Replace constant-weight MatMuls with N-bit block ops, except the nodes named in
+    `keep_float` (unmerged LoRA halves, as on ExecuTorch). 4-bit: on torchao's grid, one
+    weight at a time (onnx_grid.py); 8-bit: ONNX Runtime's own quantizer."""
     import onnx
+
+    # The embedding stays fp32: ORT's int4 GatherBlockQuantized costs the default ~30
+    # held-out points, and its quantizer has no int8 Gather (docs/verification.md).
+    if bits == 4:
+        from .onnx_grid import quantize_int4
+
+        proto = onnx.load(str(path), load_external_data=False)
+        quantize_int4(proto, path.parent, block_size, accuracy_level, keep_float)
+        _save(proto, path)
+        return
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    from .onnx_grid import regrid_int4
-
-    # the float32 graph without its weights: regrid_int4 reads each weight it needs from
-    # the captured data file, which stays until the quantized model replaces it below
-    fp32 = onnx.load(str(path), load_external_data=False)
-    # The embedding stays fp32: ORT's int4 GatherBlockQuantized costs the default ~30
-    # held-out points, and its quantizer has no int8 Gather (docs/verification.md).
     quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=block_size,
                                      is_symmetric=True, accuracy_level=accuracy_level,
                                      op_types_to_quantize=("MatMul",),
                                      quant_axes=(("MatMul", 0),),
                                      nodes_to_exclude=list(keep_float))
     quantizer.process()
-    if bits == 4:
-        regrid_int4(fp32, quantizer.model.model, path.parent)
     _save(quantizer.model.model, path)
 
 
