@@ -99,16 +99,7 @@ def store(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     place (a tied head keeps sharing the embedding's table)."""
     if dtype not in NARROW_DTYPES:
         raise ValueError(f"store() takes one of {NARROW_DTYPES}, not {dtype}")
-    done: dict[int, nn.Parameter] = {}
-    with torch.no_grad():
-        for m in model.modules():
-            if type(m) in _STORED:
-                w = m.weight
-                if id(w) not in done:
-                    done[id(w)] = nn.Parameter(w.detach().to(dtype), requires_grad=w.requires_grad)
-                m.weight = done[id(w)]
-                mark(m)
-    return model
+    return _convert(model, tuple(_STORED), dtype)
 
 
 def widen(module: nn.Module) -> nn.Module:
@@ -123,14 +114,19 @@ def widen(module: nn.Module) -> nn.Module:
 
 def widen_all(model: nn.Module) -> nn.Module:
     """widen() every module, keeping tied weights tied (one float32 copy each)."""
+    return _convert(model, tuple(_PLAIN), COMPUTE_DTYPE)
+
+
+def _convert(model: nn.Module, kinds: tuple[type, ...], dtype: torch.dtype) -> nn.Module:
+    """Give every module of exactly one of `kinds` its weight in `dtype` (one new weight
+    per shared tensor, so ties stay ties), then the class that weight calls for."""
     done: dict[int, nn.Parameter] = {}
     with torch.no_grad():
         for m in model.modules():
-            if type(m) in _PLAIN:
+            if type(m) in kinds:
                 w = m.weight
                 if id(w) not in done:
-                    done[id(w)] = nn.Parameter(w.detach().to(COMPUTE_DTYPE),
-                                               requires_grad=w.requires_grad)
+                    done[id(w)] = nn.Parameter(w.detach().to(dtype), requires_grad=w.requires_grad)
                 m.weight = done[id(w)]
                 mark(m)
     return model
