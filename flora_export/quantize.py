@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import FloraError, unknown_name
-from .model.storage import linear_by_rows, mark, row_blocks, widen
+from .model.storage import RowwiseLinear, mark, row_blocks, widen
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +146,6 @@ def _quantized_by_rows(module: nn.Module, mcfg, quantize_) -> torch.Tensor:
     return type(first)(*data, *(getattr(first, a) for a in first.tensor_attribute_names))
 
 
-class _RowwiseLinear(nn.Linear):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear_by_rows(x, self.weight, self.bias)
-
-
 class _RowwiseEmbedding(nn.Embedding):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         ids, inverse = torch.unique(tokens, return_inverse=True)
@@ -169,7 +164,7 @@ def rowwise_eager(model: nn.Module):
     swapped = []
     for m in model.modules():
         if _is_quantized(getattr(m, "weight", None)) and len(row_blocks(m.weight)) > 1:
-            kind = {nn.Linear: _RowwiseLinear, nn.Embedding: _RowwiseEmbedding}.get(type(m))
+            kind = {nn.Linear: RowwiseLinear, nn.Embedding: _RowwiseEmbedding}.get(type(m))
             if kind is not None:
                 swapped.append((m, type(m)))
                 m.__class__ = kind

@@ -182,6 +182,13 @@ def lowering_counts(expected: dict[str, int], quantized: Iterable[str | None], l
                           expected_per_projection=dict(expected), details=details)
 
 
+def drop_weights(modules) -> None:
+    """Free the weights of `modules` (each gets an empty one): the model keeps its
+    structure, config, tokenizer and adapter state, but those modules can no longer run."""
+    for m in modules:
+        m.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+
+
 def load_device_weights(model: nn.Module, weights: dict[str, torch.Tensor], expected: int,
                         what: str) -> int:
     """Give the eager model the device's (dequantized) weights in fp32, by module name, so

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .backend import BuildResult, LoweringCounts, expected_quantized, lowering_counts
+from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
+                      lowering_counts)
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,9 @@ def build(model, out: Path, ctx) -> BuildResult:
 def release_weights(model) -> None:
     """Free the eager model's matrices (ExportConfig.free_weights): after serialization the
     `.pte` is all that runs, and keeping both would add the model's size again to the peak
-    of the runtime checks. The model keeps its structure, config, tokenizer and adapter
-    state (what the manifest reads) but can no longer run."""
+    of the runtime checks."""
     from torch import nn
-    for m in model.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            m.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+    drop_weights(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding)))
 
 
 def load_runtime_ops() -> None:

@@ -27,8 +27,8 @@ from torch import nn
 
 from ..model.storage import widen_all
 from ..quantize import is_lora_half, untie_head
-from .backend import (BuildResult, LoweringCounts, expected_quantized, load_device_weights,
-                      lowering_counts)
+from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
+                      load_device_weights, lowering_counts)
 from .onnx_attention import ExplicitKV, check_mappable, layer_specs
 from .onnx_graph import use_group_query_attention
 
@@ -197,8 +197,7 @@ def _attr(node, name: str):
 def _drop_weights(model: nn.Module) -> None:
     from ..quantize import quantizable_linears
 
-    for _, lin in quantizable_linears(model):
-        lin.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+    drop_weights(lin for _, lin in quantizable_linears(model))
 
 
 def load_quantized_weights(model: nn.Module, path: Path, owners: dict[str, str],

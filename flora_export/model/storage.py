@@ -51,11 +51,16 @@ def linear_by_rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out if bias is None else out + bias
 
 
-class StoredLinear(nn.Linear):
-    """An nn.Linear with a bf16/fp16 weight that computes in its input's dtype."""
+class RowwiseLinear(nn.Linear):
+    """An nn.Linear computed by linear_by_rows (eager only: a captured program would get
+    one linear op per block)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear_by_rows(x, self.weight, self.bias)
+
+
+class StoredLinear(RowwiseLinear):
+    """An nn.Linear with a bf16/fp16 weight that computes in its input's dtype."""
 
 
 class StoredEmbedding(nn.Embedding):
