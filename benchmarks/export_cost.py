@@ -13,7 +13,8 @@ The preset's base exports are the same builds benchmarks/tpot.py uses: with the 
     python benchmarks/export_cost.py --preset none --name export_cost-default \
         --work bench-out/export-default          # the embedded default alone (a minute)
     python benchmarks/export_cost.py --preset llama3.2-3b --backends executorch \
-        --skip-default --name export_cost-3b --work bench-out/tpot-3b
+        --variants base ffba-fused --skip-default --name export_cost-3b-android \
+        --work bench-out/tpot-3b          # 3B base and FFBA fused (~40 min, ~12 GB)
 
 Prints a table; writes benchmarks/results/NAME.{json,md,png} (NAME: --name, default
 export_cost) with the machine's facts, the load average around every export, and each
@@ -64,7 +65,19 @@ def row(name: str, out: Path, cost: dict) -> dict:
             "rss_mb_after_stage": m.get("peak_rss_mb_after_stage", {}),
             "rss_mb_in_stage": m.get("peak_rss_mb_in_stage", {}),
             "parameters": m.get("model", {}).get("parameters"),
+            "lowering": lowering(m),
             "budget_gb": budget_gb(m.get("model", {}).get("parameters"))}
+
+
+def lowering(manifest: dict) -> dict | None:
+    """The lowering gate's SQNR, its threshold and the model's rounding sensitivity."""
+    p = manifest.get("parity") or {}
+    if "sqnr_db" not in p:
+        return None
+    t = p.get("thresholds", {})
+    return {"sqnr_db": round(p["sqnr_db"], 2), "min_sqnr_db": t.get("min_sqnr_db"),
+            "rounding_sensitivity_db": t.get("rounding_sensitivity_db"),
+            "passed": p.get("passed")}
 
 
 def budget_gb(parameters: int | None) -> float | None:
@@ -74,9 +87,10 @@ def budget_gb(parameters: int | None) -> float | None:
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| export | wall time | peak RSS | goal (2 B/param + 2 GB) | output "
-             "| quantized linear ops / XNNPACK delegates | load average before → after "
+             "| quantized linear ops / XNNPACK delegates | lowering SQNR (threshold; "
+             "rounding sensitivity) | load average before → after "
              "| stages (s; peak RSS GB within the stage, or after it in older rows) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         within = r.get("rss_mb_in_stage") or r["rss_mb_after_stage"]
         stages = ", ".join(f"{k} {v:.1f} ({within.get(k, 0) / 1024:.1f})"
@@ -88,8 +102,13 @@ def markdown(rows: list[dict]) -> str:
         goal = r.get("budget_gb")
         goal = "–" if goal is None else (
             f"{goal:.2f} GB {'met' if r['peak_rss_gb'] <= goal else 'missed'}")
+        low = r.get("lowering")
+        low = "–" if not low else (
+            f"{low['sqnr_db']:.1f} dB ({low['min_sqnr_db']}"
+            + (f"; {low['rounding_sensitivity_db']:.1f}" if low.get("rounding_sensitivity_db")
+               else "") + ")")
         lines.append(f"| {r['name']} | {r['seconds']:.1f} s | {r['peak_rss_gb']:.2f} GB | {goal} | "
-                     f"{r['output_mb']:.2f} MiB | {ops} | {load} | {stages} |")
+                     f"{r['output_mb']:.2f} MiB | {ops} | {low} | {load} | {stages} |")
     return "\n".join(lines) + "\n"
 
 
@@ -129,6 +148,9 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("bench-out/tpot"))
     p.add_argument("--backends", nargs="+", default=["executorch", "onnx"], choices=list(TARGETS))
     p.add_argument("--max-seq", type=int, default=256)
+    p.add_argument("--variants", nargs="+", default=["base"],
+                   help="the preset's builds to measure (benchmarks/variants.py: base, "
+                        "ffba-fused, lora, ...; default base)")
     p.add_argument("--skip-default", action="store_true",
                    help="measure the preset's exports only, not the embedded default's")
     p.add_argument("--with-executorch-peer", action="store_true",
@@ -140,11 +162,12 @@ def main() -> None:
         rows.append(row(f"default, {backend}", *default_export(backend, args.work)))
     presets = [] if args.preset == "none" else [args.preset]
     backends = [b for b in args.backends if b in BACKEND_TARGETS]
-    dirs = build_all(args.preset, ["base"], backends, args.work, args.max_seq) if presets else {}
+    dirs = build_all(args.preset, args.variants, backends, args.work, args.max_seq) if presets else {}
     for backend in dirs:
-        if "base" in dirs[backend]:
-            cost = json.loads((args.work / "logs" / f"{backend}-base.cost.json").read_text())
-            rows.append(row(f"{args.preset}, {backend}", dirs[backend]["base"], cost))
+        for variant, out in dirs[backend].items():
+            cost = json.loads((args.work / "logs" / f"{backend}-{variant}.cost.json").read_text())
+            label = args.preset if variant == "base" else f"{args.preset} {variant}"
+            rows.append(row(f"{label}, {backend}", out, cost))
     peer = args.work / "executorch-peer" / "et-export"
     if presets and args.with_executorch_peer and not (peer / "cost.json").exists():
         from executorch_peer import build_peers

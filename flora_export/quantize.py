@@ -192,6 +192,12 @@ def _round_group_scales_to_bf16(model: nn.Module) -> None:
                 scale.copy_(scale.to(torch.bfloat16).to(scale.dtype))
 
 
+def dynamic_activation_linears(model: nn.Module) -> list[nn.Linear]:
+    """The linears whose torchao weight quantizes their input to int8 at run time."""
+    return [m for _, m in quantizable_linears(model) if _is_quantized(m.weight)
+            and getattr(m.weight, "activation_quantization", None) is not None]
+
+
 def count_quantized_linears(model: nn.Module) -> int:
     """Linears whose weight is a torchao quantized tensor (eager view)."""
     return sum(1 for _, m in quantizable_linears(model) if _is_quantized(m.weight))

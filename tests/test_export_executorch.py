@@ -119,6 +119,10 @@ def test_cli_8da4w_output_and_manifest(cli_export, tiny_base, tiny_ffba):
     assert m["adapter"]["state"] == "fused" and m["adapter"]["fused_width"] == 64
     p, cfg = m["parity"], VerifyConfig()
     assert p["passed"] and p["criteria"]["sqnr"] == "passed" and p["sqnr_db"] >= 25
+    # a shallow model barely amplifies one-ulp roundings: the fixed threshold applies
+    t = p["thresholds"]
+    assert 30 < t["rounding_sensitivity_db"] < 60 and t["fixed_min_sqnr_db"] == cfg.min_sqnr_db
+    assert t["min_sqnr_db"] == cfg.min_sqnr_db
     assert p["steps"] >= cfg.decode_steps + 1                       # prefill + 8 decode steps
     if p["decisive_steps"] >= cfg.min_decisive:
         assert p["criteria"]["decisive_agreement"] == "passed"
@@ -185,7 +189,8 @@ def test_llm_runner_prints_the_int4_programs_greedy_text(cli_export):
 
 def test_failed_verification_writes_nothing_and_keeps_old_output(cli_export, tiny_base):
     before = {p.name: p.read_bytes() for p in cli_export.iterdir()}
-    strict = ExportConfig(quant="8da4w", max_seq=64, verify=VerifyConfig(min_sqnr_db=500.0))
+    strict = ExportConfig(quant="8da4w", max_seq=64,
+                          verify=VerifyConfig(min_sqnr_db=500.0, sensitivity_margin_db=None))
     with pytest.raises(FloraError, match="does not match the eager model"):
         export(load_model(tiny_base), "android", cli_export, strict)
     assert {p.name: p.read_bytes() for p in cli_export.iterdir()} == before

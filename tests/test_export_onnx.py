@@ -159,6 +159,40 @@ def test_int4_ort_genai_greedy_is_the_eager_int4_weight_models(int4_onnx, fp32_o
     assert bool(agree[decisive].all()), (agree.tolist(), decisive.tolist())
 
 
+def test_int4_reference_holds_the_files_weights_exactly_at_2_bytes(int4_onnx, fp32_onnx,
+                                                                    tiny_base, tiny_ffba):
+    """The eager reference carries the file's dequantized int4 weights in fp16 (a 4-bit
+    code times a bf16 scale fits fp16's 11 significant bits): exactly the float32 values,
+    at half the memory (the 1B export's quant-reference stage held them in float32)."""
+    import onnx
+
+    from flora_export.adapters import load_adapter
+    from flora_export.export.onnx import (_dequant_matmulnbits, _replaced, load_quantized_weights,
+                                          weight_owners)
+    from flora_export.export.onnx_grid import initializer_array
+    from flora_export.fuse import fuse
+    from flora_export.model.storage import StoredLinear
+
+    model = load_model(tiny_base)
+    load_adapter(model, tiny_ffba)
+    fuse(model)
+    path = int4_onnx / "model.onnx"
+    owners = weight_owners(fp32_onnx[1] / "model.onnx")
+    load_quantized_weights(model, path, owners)
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name: i for i in proto.graph.initializer}
+    checked = 0
+    for node in proto.graph.node:
+        if node.op_type == "MatMulNBits":
+            w32 = _dequant_matmulnbits(node, *[initializer_array(inits[x], path.parent)
+                                               for x in node.input if x in inits])
+            module = model.get_submodule(owners[_replaced(node.name)])
+            assert type(module) is StoredLinear and module.weight.dtype == torch.float16
+            assert torch.equal(module.weight.float(), w32)
+            checked += 1
+    assert checked == 4 * LAYERS + 1
+
+
 def test_int8_onnx(tmp_path):
     m = export(load_model("tiny"), "onnx", tmp_path / "o8", ExportConfig(quant="int8",
                                                                          max_seq=64))

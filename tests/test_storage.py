@@ -103,3 +103,25 @@ def test_quantize_widens_one_module_at_a_time_and_unties_without_a_copy():
     quantize(model, quant_config("8da4w"))
     assert model.lm_head.weight is not model.embed_tokens.weight
     assert not any(isinstance(m, StoredLinear) for m in model.modules())
+
+
+def test_exact_narrow_picks_the_narrowest_dtype_that_loses_nothing():
+    from flora_export.model.storage import exact_narrow, narrow_all
+
+    gen = torch.Generator().manual_seed(0)
+    bf16 = torch.randn(64, 32, generator=gen).to(torch.bfloat16).float()
+    codes = torch.randint(-8, 8, (64, 32), generator=gen).float()
+    scales = torch.rand(64, 1, generator=gen).add(0.5).to(torch.bfloat16).float()
+    int4 = codes * scales                       # an int4 code times a bf16 scale
+    wide = torch.randn(64, 32, generator=gen)
+    assert exact_narrow(bf16).dtype == torch.bfloat16
+    assert exact_narrow(int4).dtype == torch.float16
+    assert torch.equal(exact_narrow(int4).float(), int4)
+    assert exact_narrow(wide) is wide           # float32 values: kept as they are
+    model = widen_all(load_model("tiny"))
+    before = logits(model)
+    narrow_all(model)
+    assert model.lm_head.weight is model.embed_tokens.weight
+    assert {m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)} == \
+        {torch.bfloat16}
+    assert torch.equal(logits(model), before)

@@ -244,3 +244,38 @@ def test_calibration_covers_the_faithful_lowerings_and_they_pass():
         if c["trained"] and c["target"] == "android":
             assert v["quality"]["sqnr"] == "passed" and v["quality"]["agreement"] != "failed"
             assert v["quality"]["heldout_accuracy"] == "passed"
+
+
+def test_rounding_sensitivity_measures_one_ulp_nudges_of_the_int8_activations():
+    """The nudge moves a quantized model's logits by a finite amount (tiny preset: 39.2 and
+    39.4 dB for two seeds, about its XNNPACK lowering's 39.6 dB), and nothing at all where
+    no linear quantizes its activations."""
+    from flora_export.model import load_model
+    from flora_export.quantize import quant_config, quantize
+    from flora_export.verify import eager_step, rounding_sensitivity_db, run_steps
+
+    tokens = torch.randint(0, 512, (1, 40), generator=torch.Generator().manual_seed(2))
+    got = {}
+    for mode in ("8da4w", "fp32"):
+        model = quantize(load_model("tiny").setup_cache(64), quant_config(mode))
+
+        def logits():
+            return run_steps(eager_step(model), tokens, 8, 31)
+        ref = logits()
+        got[mode] = [rounding_sensitivity_db(model, logits, ref, seed=s) for s in (0, 1)]
+        assert torch.equal(torch.stack(logits()), torch.stack(ref))   # the hooks are gone
+    assert got["fp32"] == [None, None]
+    a, b = got["8da4w"]
+    assert 30 < a < 50 and abs(a - b) < 1.5
+
+
+def test_the_lowering_threshold_follows_the_sensitivity_only_downwards():
+    from flora_export.verify import sensitive_config
+
+    cfg = VerifyConfig()
+    assert sensitive_config(cfg, None) == cfg
+    assert sensitive_config(cfg, 39.2).min_sqnr_db == cfg.min_sqnr_db       # never raised
+    assert sensitive_config(cfg, 17.6).min_sqnr_db == pytest.approx(17.6 - 3.0)
+    assert sensitive_config(cfg, float("inf")) == cfg
+    fixed = VerifyConfig(sensitivity_margin_db=None)
+    assert sensitive_config(fixed, 17.6) == fixed

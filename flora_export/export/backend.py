@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import FloraError
+from ..model.storage import COMPUTE_DTYPE, NARROW_DTYPES, mark
 from ..quantize import quantizable_linears, untie_head  # noqa: F401  (a backend helper)
 
 if TYPE_CHECKING:
@@ -182,6 +183,9 @@ def lowering_counts(expected: dict[str, int], quantized: Iterable[str | None], l
                           expected_per_projection=dict(expected), details=details)
 
 
+KEPT_DTYPES = (COMPUTE_DTYPE, *NARROW_DTYPES)   # what a device weight may be held in
+
+
 def drop_weights(modules) -> None:
     """Free the weights of `modules` (each gets an empty one): the model keeps its
     structure, config, tokenizer and adapter state, but those modules can no longer run."""
@@ -189,12 +193,20 @@ def drop_weights(modules) -> None:
         m.weight = nn.Parameter(torch.empty(0), requires_grad=False)
 
 
+def release_weights(model: nn.Module) -> None:
+    """Free every matrix of the eager model (ExportConfig.free_weights), once the logits
+    the gates compare against are computed: the artifact is then all that runs, and keeping
+    both would add the model's size again to the peak of the runtime checks."""
+    drop_weights(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding)))
+
+
 def load_device_weights(model: nn.Module, weights: dict[str, torch.Tensor], expected: int,
                         what: str) -> int:
-    """Give the eager model the device's (dequantized) weights in fp32, by module name, so
-    the gates' reference computes with exactly what the runtime uses; modules given the same
-    tensor (a tied head and embedding) share one parameter. Returns how many modules were
-    set; fails when fewer than `expected` linears got a weight."""
+    """Give the eager model the device's dequantized weights, by module name, so the gates'
+    reference computes with exactly what the runtime uses; a weight given in bf16/fp16
+    (exact_narrow) stays so, and its module computes in float32 (model/storage.py). Modules
+    given the same tensor (a tied head and embedding) share one parameter. Returns how many
+    modules were set; fails when fewer than `expected` linears got a weight."""
     params: dict[int, nn.Parameter] = {}
     linears = 0
     with torch.no_grad():
@@ -202,8 +214,11 @@ def load_device_weights(model: nn.Module, weights: dict[str, torch.Tensor], expe
             module = model.get_submodule(fqn)
             if id(w) not in params:       # the module's shape, unless its weight was freed
                 shaped = w.reshape(module.weight.shape) if module.weight.numel() else w
-                params[id(w)] = nn.Parameter(shaped.float().contiguous(), requires_grad=False)
+                if shaped.dtype not in KEPT_DTYPES:
+                    shaped = shaped.float()
+                params[id(w)] = nn.Parameter(shaped.contiguous(), requires_grad=False)
             module.weight = params[id(w)]
+            mark(module)
             linears += isinstance(module, nn.Linear)
     if linears < expected:
         raise FloraError(f"only {linears} of the {what}'s {expected} quantized weights map to "

@@ -12,7 +12,8 @@ import torch
 
 from ..quantize import QuantConfig, rowwise_eager
 from ..verify import (VerifyConfig, compare, eager_extension, eager_step, enforce, judge_lowering,
-                      judge_quality, lowering_thresholds, measure, reference_sequence, run_steps)
+                      judge_quality, lowering_thresholds, measure, reference_sequence,
+                      rounding_sensitivity_db, run_steps, sensitive_config)
 from .backend import Gates
 from .output import Stages
 from .prompt import extension_tokens
@@ -35,6 +36,8 @@ class BuildContext:
     references: dict = field(default_factory=dict)
     random_weights: bool = False     # a preset: quality cannot be judged
     heldout: dict | None = None      # {"tasks", "encoder", "examples", "fp32": EvalResult dict}
+    # backend -> the eager model's rounding sensitivity (verify.rounding_sensitivity_db)
+    sensitivity: dict = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -57,6 +60,17 @@ class BuildContext:
                 out += eager_extension(model, self.tokens, self.prompt_len + first)
         return out
 
+    def measure_sensitivity(self, model, eager: list[torch.Tensor]) -> float | None:
+        """The rounding sensitivity of the quantized eager model whose logits are `eager`
+        (an extra eager pass); the lowering gate of this backend then allows what it
+        implies (verify.sensitive_config)."""
+        s = rounding_sensitivity_db(model, lambda: self.eager_logits(model), eager)
+        self.sensitivity[self.backend] = s
+        if s is not None:
+            log.info("rounding sensitivity %.2f dB: lowering SQNR threshold %.2f dB", s,
+                     sensitive_config(self.config.verify, s).min_sqnr_db)
+        return s
+
     def verify(self, step, eager: list[torch.Tensor], what: str, *,
                program_only: bool = False) -> Gates:
         """Both gates for `step` (the artifact in its runtime) against `eager` (the eager
@@ -67,7 +81,9 @@ class BuildContext:
         (which this machine cannot run, e.g. Core ML off macOS): it is held to the fp32
         tolerance against `eager` over the whole sequence, without a quality gate and
         without a verify_reference entry; `defer()` then records the artifact's gates."""
-        cfg, q = self.config.verify, self.quant.quantizes
+        q = self.quant.quantizes
+        sensitivity = self.sensitivity.get(self.backend)
+        cfg = sensitive_config(self.config.verify, sensitivity)
         if program_only:
             got = run_steps(step, self.tokens, self.prompt_len, len(eager) - 1)
             low = compare(eager, got, cfg.decisive_k, cfg.min_sqnr_db)
@@ -78,7 +94,11 @@ class BuildContext:
         self.references[self.backend] = eager[:low.steps]
         if q:
             low.quant_sqnr_db_vs_fp32 = qual.sqnr_db
-        enforce(judge_lowering(low, q, cfg, self.bound), what)
+        judge_lowering(low, q, cfg, self.bound)
+        if q and sensitivity is not None:
+            low.thresholds.update(rounding_sensitivity_db=round(sensitivity, 3),
+                                  fixed_min_sqnr_db=self.config.verify.min_sqnr_db)
+        enforce(low, what)
         if q:
             heldout = self.heldout_result(step) if self.heldout else None
             enforce(judge_quality(qual, cfg, self.bound, self.random_weights, heldout), what)

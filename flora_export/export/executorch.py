@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
+from .backend import (BuildResult, LoweringCounts, expected_quantized, release_weights,
                       lowering_counts)
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ def build(model, out: Path, ctx) -> BuildResult:
         eager_quantized = count_quantized_linears(model)
     with st("quant-reference"):
         eager = ctx.eager_logits(model)
+        ctx.measure_sensitivity(model, eager)
     with st("capture"):
         with custom_op_attention(model), written_out_tanh_gelu(model):
             ep = capture(model, ctx.config.max_seq)
@@ -58,14 +59,6 @@ def build(model, out: Path, ctx) -> BuildResult:
     return BuildResult(files=[PTE_NAME], counts=counts, gates=gates, runtime={
         "method": "forward", "inputs": ["tokens[1,S] int64", "input_pos[1] int64"],
         "outputs": ["logits[1,1,vocab] float32"]}, quantized_linears_eager=eager_quantized)
-
-
-def release_weights(model) -> None:
-    """Free the eager model's matrices (ExportConfig.free_weights): after serialization the
-    `.pte` is all that runs, and keeping both would add the model's size again to the peak
-    of the runtime checks."""
-    from torch import nn
-    drop_weights(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding)))
 
 
 def load_runtime_ops() -> None:

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.storage import widen_all
+from ..model.storage import exact_narrow, narrow_all, widen_all
 from ..quantize import is_lora_half, untie_head
 from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
-                      load_device_weights, lowering_counts)
+                      load_device_weights, lowering_counts, release_weights)
 from .onnx_attention import ExplicitKV, check_mappable, layer_specs
 from .onnx_graph import use_group_query_attention
 
@@ -203,21 +203,25 @@ def _drop_weights(model: nn.Module) -> None:
 def load_quantized_weights(model: nn.Module, path: Path, owners: dict[str, str],
                            expected: int = 0) -> int:
     """Set the eager model's weights to the ONNX file's dequantized ones: the reference
-    then computes with exactly the int4/int8 weights that ONNX Runtime uses. Returns how
-    many were set; fails when fewer than `expected` linears got one."""
+    then computes with exactly the int4/int8 weights that ONNX Runtime uses. One weight is
+    read from the external data at a time, and each is held in bf16/fp16 where that is
+    exact (exact_narrow: int4 codes on a bf16 scale fit fp16). Returns how many were set;
+    fails when fewer than `expected` linears got one."""
     import onnx
-    from onnx import numpy_helper
 
-    proto = onnx.load(str(path))
+    from .onnx_grid import initializer_array
+
+    proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name: i for i in proto.graph.initializer}
     weights = {}
     for node in proto.graph.node:
         if node.op_type not in _WEIGHT_OPS:
             continue
-        arrays = [numpy_helper.to_array(inits[x]) for x in node.input if x in inits]
-        weights[owners[_replaced(node.name)]] = (
+        arrays = [initializer_array(inits[x], path.parent) for x in node.input if x in inits]
+        weights[owners[_replaced(node.name)]] = exact_narrow(
             _dequant_matmulnbits(node, *arrays) if node.op_type == "MatMulNBits"
             else _dequant_gather(node, *arrays))
+    del proto, inits
     return load_device_weights(model, weights, expected, "ONNX model")
 
 
@@ -229,7 +233,7 @@ def _dequant_matmulnbits(node, packed: np.ndarray, scales: np.ndarray, *zp) -> t
         q = torch.stack([q & 0xF, q >> 4], dim=-1).reshape(n, -1)
     w = q.float().sub_(1 << (bits - 1))
     w.view(n, -1, block).mul_(torch.tensor(scales).reshape(n, -1, 1))
-    return w[:, :k]
+    return w[:, :k].contiguous()
 
 
 def _dequant_gather(node, data: np.ndarray, scales: np.ndarray, *zp) -> torch.Tensor:
@@ -322,6 +326,7 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
         capture(model, ctx.config.max_seq, path)
         owners = weight_owners(path)
         use_group_query_attention(path, layer_specs(model))
+        narrow_all(model)                  # the file has the float32 weights now
     eager, qinfo = ctx.fp32_logits, None
     if ctx.quant.quantizes:
         bits, block = ctx.quant.weight_bits, ctx.quant.group_size or 32
@@ -336,6 +341,8 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
         with st("quant-reference"):
             load_quantized_weights(model, path, owners, counts.expected_quantized_linear_ops)
             eager = ctx.eager_logits(model)
+    if ctx.config.free_weights:            # the runtime checks need only the logits
+        release_weights(model)
     else:
         counts = node_counts(path, owners, expected).check("ONNX model")
     with st("verify"):

@@ -40,7 +40,7 @@ def int4_blocks(w_nk: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     return packed, scales
 
 
-def _array(init, base_dir: Path) -> np.ndarray:
+def initializer_array(init, base_dir: Path) -> np.ndarray:
     """An initializer's array; external data is read into a copy of the proto, so the
     graph's own protos stay without their weights (one weight in memory at a time)."""
     import onnx
@@ -77,7 +77,7 @@ def quantize_int4(proto, base_dir: Path, block: int, accuracy_level: int,
             nodes.append(node)
             continue
         k, n = init.dims
-        packed, scales = int4_blocks(np.ascontiguousarray(_array(init, base_dir).T), block)
+        packed, scales = int4_blocks(np.ascontiguousarray(initializer_array(init, base_dir).T), block)
         new_inits += [numpy_helper.from_array(packed, f"{b}_Q4"),
                       numpy_helper.from_array(scales, f"{b}_scales")]
         nodes.append(helper.make_node(

@@ -137,6 +137,36 @@ def _convert(model: nn.Module, kinds: tuple[type, ...], dtype: torch.dtype) -> n
     return model
 
 
+def exact_narrow(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` (float32) in bf16 or fp16 when that dtype holds every value exactly, else
+    itself: a device's dequantized weights (an int4 code times a bf16 scale fits fp16's 11
+    significant bits) then cost 2 bytes a parameter in the eager model, computing the same
+    numbers. Checked a block of rows at a time; returns a new tensor only when narrowed."""
+    if weight.dtype != COMPUTE_DTYPE:
+        return weight
+    for dtype in NARROW_DTYPES:
+        if all(torch.equal(weight[b].to(dtype).to(COMPUTE_DTYPE), weight[b])
+               for b in row_blocks(weight)):
+            return weight.to(dtype)
+    return weight
+
+
+def narrow_all(model: nn.Module) -> nn.Module:
+    """exact_narrow() every float32 Linear/Embedding weight (ties kept): a model widened
+    for a capture goes back to 2 bytes a parameter wherever that loses nothing."""
+    done: dict[int, nn.Parameter] = {}
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m) in _STORED and m.weight.numel():
+                w = m.weight
+                if id(w) not in done:
+                    done[id(w)] = nn.Parameter(exact_narrow(w.detach()),
+                                               requires_grad=w.requires_grad)
+                m.weight = done[id(w)]
+                mark(m)
+    return model
+
+
 def narrowest(base: torch.Tensor, *parts: torch.Tensor) -> torch.dtype:
     """The dtype a weight joining `base` with `parts` (fused/merged) is stored in: base's,
     when every part is exact in it, else the widest of them (nothing is rounded)."""
