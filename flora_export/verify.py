@@ -53,7 +53,7 @@ class VerifyConfig:
     min_sqnr_db: float = 18.5          # 1B preset measured 21.8 dB: 21.5 - 3
     # ... or, where lower, the model's own rounding sensitivity (rounding_sensitivity_db)
     # less the same 3 dB: what one-ulp differences at every activation quantization move
-    # this model's logits by (the 1B preset: 21.9 dB, its XNNPACK lowering: 21.8 dB);
+    # this model's logits by (the 1B preset: 21.9 dB, its XNNPACK lowering: 22.1 dB);
     # None: the fixed threshold alone
     sensitivity_margin_db: float | None = 3.0
     min_token_agreement: float = 0.9   # on decisive positions (>= min_decisive of them)
@@ -266,8 +266,9 @@ def rounding_sensitivity_db(model: torch.nn.Module, logits: Callable[[], list[to
     is) against logits() with the input of every linear that quantizes its activations
     at run time moved by one ulp (x * (1 +- 2^-23), a fixed random sign per element).
     Such a difference flips some int8 activation roundings, and a random-weight model
-    amplifies the flips with depth: the 1B preset measured 21.9 dB this way and 21.8 dB for
-    its real XNNPACK lowering, the 28-layer 3B preset 17.6 dB for its lowering. None when
+    amplifies the flips with depth: the 1B preset measured 21.9 dB this way and 22.1 dB for
+    its XNNPACK lowering, the 28-layer 3B preset 17.2 and 17.3 dB (docs/verification.md,
+    "Rounding sensitivity"). None when
     no linear quantizes its activations (nothing for such differences to flip)."""
     from .quantize import dynamic_activation_linears
 
