@@ -341,10 +341,10 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
         with st("quant-reference"):
             load_quantized_weights(model, path, owners, counts.expected_quantized_linear_ops)
             eager = ctx.eager_logits(model)
-    if ctx.config.free_weights:            # the runtime checks need only the logits
-        release_weights(model)
     else:
         counts = node_counts(path, owners, expected).check("ONNX model")
+    if ctx.config.free_weights:            # the runtime checks need only the logits
+        release_weights(model)
     with st("verify"):
         step = runtime_step(path, cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
                             ctx.config.max_seq)
