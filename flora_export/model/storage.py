@@ -19,6 +19,7 @@ Norms and biases are small and always kept in the compute dtype.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +105,7 @@ def store(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     place (a tied head keeps sharing the embedding's table)."""
     if dtype not in NARROW_DTYPES:
         raise ValueError(f"store() takes one of {NARROW_DTYPES}, not {dtype}")
-    return _convert(model, tuple(_STORED), dtype)
+    return _convert(model, tuple(_STORED), lambda w: w.to(dtype))
 
 
 def widen(module: nn.Module) -> nn.Module:
@@ -119,19 +120,21 @@ def widen(module: nn.Module) -> nn.Module:
 
 def widen_all(model: nn.Module) -> nn.Module:
     """widen() every module, keeping tied weights tied (one float32 copy each)."""
-    return _convert(model, tuple(_PLAIN), COMPUTE_DTYPE)
+    return _convert(model, tuple(_PLAIN), lambda w: w.to(COMPUTE_DTYPE))
 
 
-def _convert(model: nn.Module, kinds: tuple[type, ...], dtype: torch.dtype) -> nn.Module:
-    """Give every module of exactly one of `kinds` its weight in `dtype` (one new weight
-    per shared tensor, so ties stay ties), then the class that weight calls for."""
+def _convert(model: nn.Module, kinds: tuple[type, ...],
+             convert: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
+    """Give every module of exactly one of `kinds` the weight `convert` makes of its own
+    (one new weight per shared tensor, so ties stay ties), then the class that weight
+    calls for."""
     done: dict[int, nn.Parameter] = {}
     with torch.no_grad():
         for m in model.modules():
             if type(m) in kinds:
                 w = m.weight
                 if id(w) not in done:
-                    done[id(w)] = nn.Parameter(w.detach().to(dtype), requires_grad=w.requires_grad)
+                    done[id(w)] = nn.Parameter(convert(w.detach()), requires_grad=w.requires_grad)
                 m.weight = done[id(w)]
                 mark(m)
     return model
@@ -154,17 +157,7 @@ def exact_narrow(weight: torch.Tensor) -> torch.Tensor:
 def narrow_all(model: nn.Module) -> nn.Module:
     """exact_narrow() every float32 Linear/Embedding weight (ties kept): a model widened
     for a capture goes back to 2 bytes a parameter wherever that loses nothing."""
-    done: dict[int, nn.Parameter] = {}
-    with torch.no_grad():
-        for m in model.modules():
-            if type(m) in _STORED and m.weight.numel():
-                w = m.weight
-                if id(w) not in done:
-                    done[id(w)] = nn.Parameter(exact_narrow(w.detach()),
-                                               requires_grad=w.requires_grad)
-                m.weight = done[id(w)]
-                mark(m)
-    return model
+    return _convert(model, tuple(_STORED), exact_narrow)
 
 
 def narrowest(base: torch.Tensor, *parts: torch.Tensor) -> torch.dtype:
