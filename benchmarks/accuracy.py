@@ -190,7 +190,8 @@ def main() -> int:
                    choices=list(RECIPE))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400, help="training steps per run")
-    p.add_argument("--jobs", type=int, default=2, help="cells run in parallel (processes)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="cells run in parallel (processes; with --sweep too, each --threads)")
     p.add_argument("--skip", nargs="*", default=[], metavar="TASK:METHOD",
                    help="leave these task/method pairs out, e.g. reverse:ffba-mlp")
     p.add_argument("--work", type=Path, default=ROOT / "bench-work" / "accuracy")

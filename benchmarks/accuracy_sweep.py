@@ -228,10 +228,33 @@ def best(rows: list[dict]) -> dict:
     return max(rows, key=lambda r: (r["val"]["accuracy"], -r["val"]["loss"]))
 
 
+def _cells(jobs: int, fn, calls: list[tuple]) -> list[dict]:
+    """fn(*call) for every call, `jobs` processes at a time (one cell each, in order)."""
+    if jobs <= 1:
+        return [fn(*c) for c in calls]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, *zip(*calls)))
+
+
+def _select_print(task: str, st: Setting, r: dict) -> None:
+    print(f"  select {task:<8} {st.key:<40} val {r['val']['accuracy']:6.1%}"
+          f" int4 {r['val_int4']['accuracy']:6.1%} ({r['seconds']:.0f} s)", flush=True)
+
+
+def report_cell(task: str, st: Setting, seed: int, args, data: dict) -> dict:
+    r = run_cell(task, st, seed, args, data)
+    if seed in args.pte_seeds:
+        r = {**r, "pte_test": run_pte(task, r, args, data)}
+    return r
+
+
 def sweep(args, result: dict) -> dict:
     """Phase 1 for every (task, method, budget) group, then phase 2 for each; `result`
     (select, report rows) is rewritten to --out after every group, so a partial sweep
-    leaves its finished groups."""
+    leaves its finished groups. With --jobs N the cells of a group run N at a time."""
     t0 = time.perf_counter()
     select, report = result["select"], result["report"]
     data = {}
@@ -243,25 +266,21 @@ def sweep(args, result: dict) -> dict:
               "examples", flush=True)
     chosen = {}
     for task, method, budget in groups_:
-        rows = []
-        for st in grid(method, budget, args):
-            r = run_cell(task, st, 0, args, data[task])
-            rows.append(r)
-            print(f"  select {task:<8} {st.key:<40} val {r['val']['accuracy']:6.1%}"
-                  f" int4 {r['val_int4']['accuracy']:6.1%} ({r['seconds']:.0f} s)", flush=True)
+        settings = grid(method, budget, args)
+        rows = _cells(args.jobs, run_cell, [(task, st, 0, args, data[task]) for st in settings])
+        for st, r in zip(settings, rows):
+            _select_print(task, st, r)
         select += rows
         key = best(rows)["key"]
-        chosen[(task, method, budget)] = next(s for s in grid(method, budget, args)
-                                              if s.key == key)
+        chosen[(task, method, budget)] = next(s for s in settings if s.key == key)
         result["wall_s"] = round(time.perf_counter() - t0)
         write(result, args)
     if args.select_only:
         return result
     for (task, method, budget), st in chosen.items():
-        for seed in args.seeds:
-            r = run_cell(task, st, seed, args, data[task])
-            if seed in args.pte_seeds:
-                r = {**r, "pte_test": run_pte(task, r, args, data[task])}
+        rows = _cells(args.jobs, report_cell,
+                      [(task, st, seed, args, data[task]) for seed in args.seeds])
+        for seed, r in zip(args.seeds, rows):
             report.append(r)
             print(f"  report {task:<8} {st.key:<40} seed {seed} test "
                   f"{r['test']['accuracy']:6.1%} int4 {r['test_int4']['accuracy']:6.1%}"
@@ -300,7 +319,7 @@ def add_arguments(p) -> None:
     g.add_argument("--select-only", action="store_true", help="phase 1 only")
     g.add_argument("--replot", type=Path, metavar="JSON",
                    help="only redraw the curves of a written accuracy-sweep JSON (beside it)")
-    g.add_argument("--threads", type=int, default=2, help="torch threads")
+    g.add_argument("--threads", type=int, default=2, help="torch threads (per cell)")
     g.add_argument("--batch-size", type=int, default=32, help="training batch size")
     g.add_argument("--keep-runs", action="store_true", help="keep full fine-tuning checkpoints")
 

@@ -109,6 +109,9 @@ def test_cli_reports_bad_input_in_one_line(capsys):
 def test_tasks_answers_and_split():
     reverse, shift = TASKS["reverse"][0], TASKS["shift"][0]
     assert reverse("abc") == "cba" and shift("xyz") == "yza"
+    assert TASKS["rotate"][0]("hello") == "elloh"
+    rotated = [e for _, e in zip(range(500), generated(["rotate"], "train", 0))]
+    assert all(e.response != e.prompt.split(": ")[1] for e in rotated)   # never its own answer
     train_prompts = {e.prompt for _, e in zip(range(3000), generated(["reverse"], "train", 0))}
     held = eval_set(["reverse"], 100)
     assert len({e.prompt for e in held}) == 100 and all(is_eval(e.prompt) for e in held)

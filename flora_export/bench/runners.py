@@ -7,7 +7,9 @@ EOS as on a phone; its figures come from its own stats (the PyTorchObserver fiel
 Engines:
   executorch             the .pte in the ExecuTorch runtime (pybind Method.execute), greedy
   executorch-llm-runner  ExecuTorch's C++ TextLLMRunner (what llama_main / apps run)
-  ort-genai              an ONNX Runtime GenAI folder (og.Generator, min_length = max_length)
+  ort-genai              an ONNX Runtime GenAI folder (og.Generator with the KV buffer the
+                         folder was built for, its genai_config search.max_length; EOS
+                         held off until the forced length)
   eager                  the source model in PyTorch, float, static KV cache
   coreml                 extension point: Core ML prediction needs macOS
 
@@ -208,6 +210,10 @@ class OrtGenAIRunner(Runner):
         self.vocab_size = genai["model"]["vocab_size"]
         self.max_seq = (self.manifest or {}).get("runtime", {}).get("max_seq_len")
         self._bos = genai["model"].get("bos_token_id")
+        # The folder's own KV buffer length: a folder whose attention keeps a ring buffer
+        # of its sliding window (the model builder's `sliding_window_cache`) refuses a
+        # buffer shorter than the window, and every folder is timed at what it was built for.
+        self.kv_len = genai.get("search", {}).get("max_length")
         self.tokenizer = og.Tokenizer(self.model)
 
     @property
@@ -218,7 +224,8 @@ class OrtGenAIRunner(Runner):
         total = len(prompt_ids) + gen_len
         self._check_length(total)
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        params.set_search_options(max_length=max(total, self.kv_len or 0), min_length=total,
+                                  do_sample=False)
         t0 = time.perf_counter()
         gen = self.og.Generator(self.model, params)
         gen.append_tokens(self.np.array(prompt_ids, dtype=self.np.int32))

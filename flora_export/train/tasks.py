@@ -39,6 +39,7 @@ TASKS: dict[str, tuple[Callable[[str], str], str]] = {
     "upper": (str.upper, "upper: hello -> HELLO"),
     "reverse": (lambda w: w[::-1], "reverse: hello -> olleh"),
     "shift": (_shift, "shift: hello -> ifmmp (each letter to the next, z -> a)"),
+    "rotate": (lambda w: w[1:] + w[:1], "rotate: hello -> elloh (the first letter to the end)"),
 }
 WORD_LEN = 5
 
@@ -51,7 +52,8 @@ def is_eval(prompt: str) -> bool:
 def task_example(task: str, rng: random.Random) -> Example:
     answer, _ = TASKS[task]
     word = "".join(rng.choice(LETTERS) for _ in range(WORD_LEN))
-    while task == "reverse" and word == word[::-1]:   # a palindrome teaches nothing
+    # a word its own answer (a palindrome reversed, "aaaaa" rotated) teaches nothing
+    while task in ("reverse", "rotate") and answer(word) == word:
         word = "".join(rng.choice(LETTERS) for _ in range(WORD_LEN))
     return Example(f"{task}: {word}", answer(word))
 
