@@ -13,14 +13,14 @@ from ..limits import COUNT, option
 EPILOG = """\
 examples:
   flora-train recipes/default-adapter.yaml
-      train the embedded demo's FFBA adapter (reverse a word) into runs/default-adapter
-  flora-train recipes/ffba-reverse.yaml --set method.ffba.width=32 --set train.steps=200
-      the same recipe with overrides (each checked against the field's type)
+      train the embedded demo's FFBA adapter (shift each letter) into runs/default-adapter
+  flora-train recipes/ffba-shift.yaml --set data.tasks=[rotate] --set train.steps=200
+      a recipe with overrides (each checked against the field's type)
   flora-train --budget --model flora-default --lora-rank 8
       the FFBA width with the trainable-parameter count of LoRA r=8 on all 7 projections
   flora-train --budget --model llama3.2-1b --ffba-width 96 --variant ffba
       the LoRA rank with the parameter count of that FFBA adapter
-  accelerate launch -m flora_export.train.cli recipes/ffba-reverse.yaml
+  accelerate launch -m flora_export.train.cli recipes/ffba-shift.yaml
       the same recipe on several GPUs or nodes (DDP/FSDP as set by `accelerate config`)
   ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m flora_export.train.cli RECIPE
       two data-parallel CPU processes (gloo)
