@@ -90,7 +90,8 @@ def export_cell(method: str, run_dir: Path) -> Path:
 
 
 def eval_export(export_dir: Path, task: str, n: int) -> dict:
-    from flora_export.evaluation import export_step, score_steps
+    from flora_export.train.evaluation import score_steps
+    from flora_export.export.artifact import export_step
     from flora_export.train.tasks import eval_set
 
     step, encoder, _ = export_step(export_dir)

@@ -139,7 +139,7 @@ def fold(model, method: str):
 
 
 def score(model, data: dict[str, list]) -> dict:
-    from flora_export.evaluation import score_eager
+    from flora_export.train.evaluation import score_eager
     from flora_export.train.data import Encoder
 
     enc = Encoder.for_model(model)
@@ -192,7 +192,8 @@ def run_cell(task: str, st: Setting, seed: int, args, data: dict) -> dict:
 
 def run_pte(task: str, row: dict, args, data: dict) -> dict:
     """Export the cell's run with flora-export (android, 8da4w) and score the .pte on test."""
-    from flora_export.evaluation import export_step, score_steps
+    from flora_export.train.evaluation import score_steps
+    from flora_export.export.artifact import export_step
     from flora_export.errors import FloraError
     from flora_export.export import ExportConfig, export
     from flora_export.verify import VerifyConfig

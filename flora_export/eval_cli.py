@@ -99,7 +99,8 @@ def examples_for(args):
 
 
 def run(args) -> dict:
-    from .evaluation import check_fits, export_step, score_eager, score_steps
+    from .train.evaluation import check_fits, score_eager, score_steps
+    from .export.artifact import export_step
     from .train.data import Encoder
 
     for flag in ("model", "export", "adapter"):

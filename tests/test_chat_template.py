@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 from tokenizers import Tokenizer, models
 
-from flora_export.export.chat_template import fill
-from flora_export.export.prompt import chat_format
+from flora_export.chat_template import fill
+from flora_export.prompt import chat_format
 
 QWEN25 = (
     "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content']"
@@ -174,7 +174,7 @@ def test_without_a_template_llama3_tokens_give_llama3s_format_and_others_none(tm
     fmt = chat_format(model)
     assert fmt["template"].startswith("<|begin_of_text|><|start_header_id|>user")
     assert fmt["stop"][0] == "<|eot_id|>" and fmt["bos"] == "<|begin_of_text|>"
-    with caplog.at_level(logging.INFO, logger="flora_export.export.prompt"):
+    with caplog.at_level(logging.INFO, logger="flora_export.prompt"):
         none, _ = _model(tmp_path, CHATML, "<|endoftext|>", "<|im_end|>", {})
         assert chat_format(none) is None
     assert "no chat template" in caplog.text

@@ -39,7 +39,7 @@ def test_help_explains_targets_quant_and_presets():
 
 def test_shipped_default_metrics_are_reproduced():
     """The shipped adapter's recorded held-out figures are what evaluation gives today."""
-    from flora_export.evaluation import score_eager
+    from flora_export.train.evaluation import score_eager
     from flora_export.train.data import Encoder
     from flora_export.train.recipe import load_recipe
     from flora_export.train.tasks import eval_set

@@ -8,7 +8,7 @@ import pytest
 
 from flora_export.cli import main as export_main
 from flora_export.eval_cli import main as eval_main
-from flora_export.evaluation import generate, score_eager, score_steps
+from flora_export.train.evaluation import generate, score_eager, score_steps
 from flora_export.train.tasks import eval_set
 
 N = 100

@@ -16,7 +16,7 @@ from ..verify import (VerifyConfig, compare, eager_extension, eager_step, enforc
                       rounding_sensitivity_db, run_steps, sensitive_config)
 from .backend import Gates
 from .output import Stages
-from .prompt import extension_tokens
+from ..prompt import extension_tokens
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class BuildContext:
             f"weights; the package itself is checked on {needs} by {command}"})
 
     def heldout_result(self, step) -> dict:
-        from ..evaluation import score_steps
+        from ..train.evaluation import score_steps
         h = self.heldout
         art = score_steps(step, h["encoder"], h["examples"]).to_dict()
         return {"tasks": h["tasks"], "n": len(h["examples"]), "fp32": h["fp32"],
@@ -182,7 +182,7 @@ def heldout_tasks(model) -> list[str] | None:
 def heldout_reference(model, config) -> dict | None:
     """fp32 held-out exact-match accuracy on the model's own tasks (None when unknown or
     when the examples do not fit max_seq)."""
-    from ..evaluation import score_eager
+    from ..train.evaluation import score_eager
     from ..train.data import Encoder
     from ..train.tasks import eval_set
 

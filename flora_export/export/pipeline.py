@@ -23,7 +23,7 @@ from .context import BuildContext, reference as verification_reference
 from .outdir import FORMAT, MANIFEST, config_parameters, estimate_bytes, plan_out_dir, staging_dir
 from .output import Stages, file_record, peak_rss_mb, versions, write_json
 from . import tokenizer_gate
-from .prompt import chat_format, special_ids, verify_prompt
+from ..prompt import chat_format, special_ids, verify_prompt
 from .reference import REFERENCE, write_verify_reference
 from .targets import target_row
 

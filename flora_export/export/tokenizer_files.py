@@ -13,7 +13,7 @@ import json
 
 from tokenizers import Tokenizer
 
-from .chat_template import fill
+from ..chat_template import fill
 
 PROBE_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",      # ASCII

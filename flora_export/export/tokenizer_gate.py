@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import FloraError
 from ..verify import reference_sequence
-from .chat_template import fill
+from ..chat_template import fill
 from .tokenizer_files import Reference, probe_texts, special_ids, token_text
 from .tokenizer_rewrites import candidates
 from .tokenizer_runtimes import (ExecuTorchTokenizer, IsolatedTokenizer, OrtGenAITokenizer,

@@ -71,7 +71,7 @@ def _load_dir(path: Path, dtype: torch.dtype, allow_unused_weights: bool) -> Lla
     model = load_hf_checkpoint(path, dtype, allow_unused_weights)
     model.tokenizer_json = (path / "tokenizer.json").read_text()
     # beside tokenizer.json: the SentencePiece model (a runtime may read it) and the files
-    # that may hold the chat template (export/chat_template.py)
+    # that may hold the chat template (chat_template.py)
     tokenizer_files = {n: path / n for n in TOKENIZER_FILES if (path / n).is_file()}
     extra = ("generation_config.json", INDEX, *tokenizer_files)
     files = sorted({path / "config.json", path / "tokenizer.json",

@@ -15,8 +15,8 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import FloraError
-from ..export.chat_template import fill
-from ..export.prompt import chat_format, special_ids
+from ..chat_template import fill
+from ..prompt import chat_format, special_ids
 from .recipe import Recipe
 from .tasks import Example, eval_set, generated, read_jsonl, split_jsonl
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..adapters import FFBAConfig, LoraConfig, attach_ffba, attach_lora, save_adapter
 from ..embedded import DEFAULT_BASE, EMBEDDED_BASE
-from ..evaluation import score_eager
+from .evaluation import score_eager
 from ..model import load_model, random_model, save_hf_checkpoint
 from ..model.checkpoint import write_atomic
 from ..model.source import FROM_SCRATCH, ModelSource

@@ -7,7 +7,7 @@ import logging
 
 from tokenizers import Tokenizer
 
-from ..errors import FloraError
+from .errors import FloraError
 from .chat_template import render_format, template_source, token_strings
 
 log = logging.getLogger(__name__)
