@@ -187,6 +187,25 @@ def test_reference_holds_the_packages_weights(int4_coreml, tiny_base, tiny_ffba)
     assert torch.allclose(got, ref["reference_logits"][0], atol=1e-4)
 
 
+def test_reference_holds_the_packages_weights_at_2_bytes(tiny_base, tmp_path):
+    """After an int4 export the eager model holds the package's dequantized weights as the
+    device computes them, fp16 (2 bytes a parameter, computing in float32), not a float32
+    copy; norms and the RoPE tables are float32 again; the head stays tied."""
+    from flora_export.model.storage import StoredEmbedding, StoredLinear
+
+    model = load_model(tiny_base)
+    export(model, "coreml", tmp_path / "c", ExportConfig(quant="8da4w", max_seq=MAX_SEQ))
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m) is StoredLinear and m.weight.dtype == torch.float16
+                           for m in linears)
+    assert type(model.embed_tokens) is StoredEmbedding
+    assert model.lm_head.weight is model.embed_tokens.weight
+    small = [t for n, t in [*model.named_parameters(), *model.named_buffers()]
+             if t.is_floating_point() and not n.endswith("proj.weight")
+             and not n.startswith(("embed_tokens", "lm_head"))]
+    assert small and all(t.dtype == torch.float32 for t in small)
+
+
 def test_sliced_kv_program_matches_eager(tiny_base):
     """The captured Core ML torch program (caches as buffers, shape-derived slices)."""
     from flora_export.export.coreml import capture, program_step

@@ -187,10 +187,13 @@ KEPT_DTYPES = (COMPUTE_DTYPE, *NARROW_DTYPES)   # what a device weight may be he
 
 
 def drop_weights(modules) -> None:
-    """Free the weights of `modules` (each gets an empty one): the model keeps its
-    structure, config, tokenizer and adapter state, but those modules can no longer run."""
+    """Free the weights of `modules` (each gets an empty one; modules that shared a weight,
+    a tied head and embedding, share the empty one): the model keeps its structure, ties,
+    config, tokenizer and adapter state, but those modules can no longer run."""
+    empty: dict[int, nn.Parameter] = {}
     for m in modules:
-        m.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+        m.weight = empty.setdefault(id(m.weight), nn.Parameter(torch.empty(0),
+                                                               requires_grad=False))
 
 
 def release_weights(model: nn.Module) -> None:

@@ -27,16 +27,18 @@ import json
 import logging
 import warnings
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..errors import FloraError
-from ..model.storage import widen_all
+from ..model.storage import widen_all, widen_small
+from ..quantize import quantizable_linears
 from . import coreml_spec
-from .backend import (BuildResult, LoweringCounts, expected_quantized, load_device_weights,
-                      lowering_counts)
+from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
+                      load_device_weights, lowering_counts)
 from .coreml_attention import SlicedKV
 
 log = logging.getLogger(__name__)
@@ -126,8 +128,8 @@ def convert(ep: torch.export.ExportedProgram, cfg, max_seq: int):
 
 def convert_from_fp16(model: nn.Module, cfg, max_seq: int):
     """Convert from fp16 weights (what the package stores; the converter then holds no fp32
-    copies). Returns (mlmodel, source dtype); the model's weights are left fp16-rounded
-    (call `model.float()` before running it). A graph that coremltools mistypes in fp16
+    copies). Returns (mlmodel, source dtype); the model is left fp16 (its weights rounded;
+    `storage.widen_small` brings the rest back to float32). A graph that coremltools mistypes in fp16
     (unmerged LoRA's zero segments) is converted from those weights in fp32 instead."""
     model.half()
     try:
@@ -232,15 +234,17 @@ def check_package(path: Path, model: nn.Module, max_seq: int, expected: dict[str
     return counts.check("Core ML package"), io
 
 
-def dequantized_weights(mlmodel) -> dict[str, torch.Tensor]:
-    """Const name -> the float weight that each quantized constant expands to on device."""
-    out = {}
+def dequantized_weights(mlmodel) -> Iterator[tuple[str, torch.Tensor]]:
+    """(const name, the weight that quantized constant expands to on device), one at a time,
+    in the dtype the device computes it in (fp16: the scales' dtype), so the eager model
+    holds it at 2 bytes a parameter and computes exactly what the package does."""
     for fn in mlmodel._mil_program.functions.values():
         for op in fn.operations:
             if op.op_type in coreml_spec.QUANT_OPS:
-                out[op.outputs[0].name] = torch.from_numpy(
-                    np.asarray(op.materialized_val_inference(), dtype=np.float32))
-    return out
+                value = np.asarray(op.materialized_val_inference())
+                if value.dtype not in (np.float16, np.float32):
+                    value = value.astype(np.float32)
+                yield op.outputs[0].name, torch.from_numpy(value)
 
 
 def _weight_name(const: str) -> str:
@@ -255,13 +259,13 @@ def weight_owners(model: nn.Module) -> dict[str, str]:
             if isinstance(module, (nn.Linear, nn.Embedding))}
 
 
-def load_package_weights(model: nn.Module, weights: dict[str, torch.Tensor],
+def load_package_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
                          expected: int = 0) -> int:
     """Give the eager model the package's dequantized weights (matched by torch name); a
     tied head and embedding (one constant in the package) stay one parameter."""
     owners, tied = weight_owners(model), model.lm_head.weight is model.embed_tokens.weight
     by_module = {}
-    for name, w in weights.items():
+    for name, w in weights:
         fqn = owners.get(_weight_name(name))
         if fqn is None:
             continue
@@ -303,21 +307,28 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
         mlmodel, source = convert_from_fp16(model, cfg, max_seq)
     if ctx.quant.quantizes:
         with st("coreml-quantize"):
-            mlmodel = quantize(mlmodel, ctx.quant, lora_consts(mlmodel))
+            skip = lora_consts(mlmodel)
+            # The reference takes the package's quantized weights and the quantizer reads
+            # the converted weights from disk: neither the torch copies (LoRA halves stay,
+            # as in the package) nor the in-memory program is needed any more, and each
+            # would add 2 bytes a parameter to the peak.
+            drop_weights([lin for _, lin in quantizable_linears(model)] + [model.embed_tokens])
+            mlmodel._mil_program = None
+            mlmodel = quantize(mlmodel, ctx.quant, skip)
     with st("coreml-save"):
         set_metadata(mlmodel, app_metadata(model, max_seq, ctx.bos, ctx.eos, ctx.quant))
         mlmodel.save(str(out / PACKAGE))
         counts, interface = check_package(out / PACKAGE, model, max_seq, expected)
     with st("coreml-reference"):
-        weights = dequantized_weights(mlmodel) if ctx.quant.quantizes else {}
-        del mlmodel
         reference = ctx.fp32_logits
         if ctx.quant.quantizes:
-            load_package_weights(model, weights, counts.expected_quantized_linear_ops)
-            del weights
-            reference = ctx.eager_logits(model.float())
+            load_package_weights(model, dequantized_weights(mlmodel),
+                                 counts.expected_quantized_linear_ops)
+            del mlmodel
+            widen_small(model)           # norms, biases, tables: back to float32
+            reference = ctx.eager_logits(model)
         write_reference(out / REFERENCE, ctx, reference)
-    model.float()
+    widen_small(model)
     gates = ctx.defer(program, reference, "the Core ML package's weights", needs="macOS",
                       command=PARITY_COMMAND, reference=REFERENCE,
                       how=f"{PARITY_COMMAND} OUT_DIR  (on macOS 15+, pip install -e \".[coreml]\")")

@@ -123,6 +123,23 @@ def widen_all(model: nn.Module) -> nn.Module:
     return _convert(model, tuple(_PLAIN), lambda w: w.to(COMPUTE_DTYPE))
 
 
+def widen_small(model: nn.Module) -> nn.Module:
+    """Everything but the Linear/Embedding weights back to float32 (norms, biases, RoPE
+    tables, after a `model.half()`), in place; the weights keep their dtype (a plain
+    module whose weight is narrow becomes a stored one, computing in float32)."""
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, tuple(_STORED))}
+    with torch.no_grad():
+        for m in model.modules():
+            for name, p in list(m.named_parameters(recurse=False)):
+                if id(p) not in weights and p.is_floating_point() and p.dtype != COMPUTE_DTYPE:
+                    setattr(m, name, nn.Parameter(p.to(COMPUTE_DTYPE), requires_grad=p.requires_grad))
+            for name, b in list(m.named_buffers(recurse=False)):
+                if b is not None and b.is_floating_point() and b.dtype != COMPUTE_DTYPE:
+                    m._buffers[name] = b.to(COMPUTE_DTYPE)
+            mark(m)
+    return model
+
+
 def _convert(model: nn.Module, kinds: tuple[type, ...],
              convert: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
     """Give every module of exactly one of `kinds` the weight `convert` makes of its own
