@@ -125,3 +125,21 @@ def test_exact_narrow_picks_the_narrowest_dtype_that_loses_nothing():
     assert {m.weight.dtype for m in model.modules() if isinstance(m, torch.nn.Linear)} == \
         {torch.bfloat16}
     assert torch.equal(logits(model), before)
+
+
+def test_widen_small_restores_float32_around_fp16_weights():
+    """After model.half(): widen_small keeps the matrices fp16 (stored, computing in float32)
+    and brings norms and RoPE tables back to float32; the logits are those of the model
+    whose weights were rounded to fp16, computed in float32 (what .float() gave)."""
+    model = widen_all(random_model(PRESETS["tiny"], seed=3))
+    model.half()
+    want = logits(copy.deepcopy(model).float())
+    storage.widen_small(model)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(type(m) is StoredLinear and m.weight.dtype == torch.float16 for m in linears)
+    assert model.lm_head.weight is model.embed_tokens.weight
+    others = [t for n, t in [*model.named_parameters(), *model.named_buffers()]
+              if t.is_floating_point() and not n.endswith("proj.weight")
+              and not n.startswith(("embed_tokens", "lm_head"))]
+    assert others and all(t.dtype == torch.float32 for t in others)
+    assert torch.equal(logits(model), want)
