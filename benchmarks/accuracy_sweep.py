@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from accuracy_sweep_report import markdown, plot_curves, write  # noqa: E402 (benchmarks/ on sys.path)
+from accuracy_sweep_report import markdown, plot_curves, png_for, write  # noqa: E402 (benchmarks/ on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATES = ROOT / "recipes" / "data" / "dates.jsonl"
@@ -318,6 +318,9 @@ def add_arguments(p) -> None:
     g.add_argument("--pte-seeds", nargs="*", type=int, default=[0],
                    help="report seeds whose real .pte is exported and scored")
     g.add_argument("--select-only", action="store_true", help="phase 1 only")
+    g.add_argument("--name", default="accuracy-sweep",
+                   help="results file stem in --out: NAME.json, NAME.md and the curves "
+                        "(accuracy-sweep[-X] -> accuracy-lr[-X].png)")
     g.add_argument("--replot", type=Path, metavar="JSON",
                    help="only redraw the curves of a written accuracy-sweep JSON (beside it)")
     g.add_argument("--threads", type=int, default=2, help="torch threads (per cell)")
@@ -328,8 +331,7 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     if args.replot:
         result = json.loads(args.replot.read_text())
-        png = args.replot.with_name(args.replot.stem.replace("accuracy-sweep", "accuracy-lr")
-                                    + ".png")
+        png = args.replot.with_name(png_for(args.replot.stem))
         plot_curves(result, result["grid"]["tasks"], png)
         print(f"wrote {png}")
         return 0

@@ -101,9 +101,15 @@ def plot_curves(result: dict, tasks: list[str], path: Path) -> bool:
     return True
 
 
+def png_for(stem: str) -> str:
+    """The curves' file name beside NAME.json: accuracy-sweep[-X] -> accuracy-lr[-X].png."""
+    return stem.replace("accuracy-sweep", "accuracy-lr") + ".png"
+
+
 def write(result: dict, args) -> None:
     result["summary"] = summary(result["report"])
-    (args.out / "accuracy-sweep.json").write_text(json.dumps(result, indent=2))
-    (args.out / "accuracy-sweep.md").write_text(markdown(result) + "\n")
-    if plot_curves(result, args.tasks, args.out / "accuracy-lr.png"):
-        print(f"wrote {args.out / 'accuracy-lr.png'}")
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"{args.name}.md").write_text(markdown(result) + "\n")
+    png = args.out / png_for(args.name)
+    if plot_curves(result, args.tasks, png):
+        print(f"wrote {png}")
