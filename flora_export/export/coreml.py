@@ -320,15 +320,13 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
         mlmodel.save(str(out / PACKAGE))
         counts, interface = check_package(out / PACKAGE, model, max_seq, expected)
     with st("coreml-reference"):
-        reference = ctx.fp32_logits
         if ctx.quant.quantizes:
             load_package_weights(model, dequantized_weights(mlmodel),
                                  counts.expected_quantized_linear_ops)
-            del mlmodel
-            widen_small(model)           # norms, biases, tables: back to float32
-            reference = ctx.eager_logits(model)
+        del mlmodel
+        widen_small(model)               # norms, biases, tables: back to float32
+        reference = ctx.eager_logits(model) if ctx.quant.quantizes else ctx.fp32_logits
         write_reference(out / REFERENCE, ctx, reference)
-    widen_small(model)
     gates = ctx.defer(program, reference, "the Core ML package's weights", needs="macOS",
                       command=PARITY_COMMAND, reference=REFERENCE,
                       how=f"{PARITY_COMMAND} OUT_DIR  (on macOS 15+, pip install -e \".[coreml]\")")
