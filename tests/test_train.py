@@ -110,6 +110,7 @@ def test_tasks_answers_and_split():
     reverse, shift = TASKS["reverse"][0], TASKS["shift"][0]
     assert reverse("abc") == "cba" and shift("xyz") == "yza"
     assert TASKS["rotate"][0]("hello") == "elloh"
+    assert TASKS["mirror"][0]("hello") == "svool" and TASKS["mirror"][0]("az") == "za"
     rotated = [e for _, e in zip(range(500), generated(["rotate"], "train", 0))]
     assert all(e.response != e.prompt.split(": ")[1] for e in rotated)   # never its own answer
     train_prompts = {e.prompt for _, e in zip(range(3000), generated(["reverse"], "train", 0))}

@@ -33,6 +33,10 @@ def _shift(word: str) -> str:
     return "".join(LETTERS[(LETTERS.index(c) + 1) % 26] for c in word)
 
 
+def _mirror(word: str) -> str:
+    return "".join(LETTERS[25 - LETTERS.index(c)] for c in word)
+
+
 # name -> (answer function, description)
 TASKS: dict[str, tuple[Callable[[str], str], str]] = {
     "copy": (lambda w: w, "copy: hello -> hello"),
@@ -40,6 +44,7 @@ TASKS: dict[str, tuple[Callable[[str], str], str]] = {
     "reverse": (lambda w: w[::-1], "reverse: hello -> olleh"),
     "shift": (_shift, "shift: hello -> ifmmp (each letter to the next, z -> a)"),
     "rotate": (lambda w: w[1:] + w[:1], "rotate: hello -> elloh (the first letter to the end)"),
+    "mirror": (_mirror, "mirror: hello -> svool (each letter mirrored in the alphabet, a <-> z)"),
 }
 WORD_LEN = 5
 
