@@ -155,11 +155,22 @@ def cell_dir(args, task: str, key: str, seed: int) -> Path:
             / f"{key}-seed{seed}")
 
 
+def train_cell(task: str, st: Setting, seed: int, args) -> dict:
+    """Train the cell's recipe into its run directory (deterministic for a seed)."""
+    import torch
+    from flora_export.train import load_recipe, train
+
+    torch.set_num_threads(args.threads)     # the same reduction order on every rerun
+    recipe_file = "ffba-shift.yaml" if st.method in FFBA_METHODS else RECIPE[st.method]
+    recipe = load_recipe(ROOT / "recipes" / recipe_file,
+                         overrides(task, st, seed, args, cell_dir(args, task, st.key, seed) / "run"))
+    return train(recipe, restart=True, progress=False)
+
+
 def run_cell(task: str, st: Setting, seed: int, args, data: dict) -> dict:
     """Train (unless cached), score eager and int4-weight eager on val and test."""
     import torch
     from flora_export.quantize import quant_config, quantize
-    from flora_export.train import load_recipe, train
 
     cell = cell_dir(args, task, st.key, seed)
     done = cell / "cell.json"
@@ -167,10 +178,7 @@ def run_cell(task: str, st: Setting, seed: int, args, data: dict) -> dict:
         return json.loads(done.read_text())
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    recipe_file = "ffba-shift.yaml" if st.method in FFBA_METHODS else RECIPE[st.method]
-    recipe = load_recipe(ROOT / "recipes" / recipe_file,
-                         overrides(task, st, seed, args, cell / "run"))
-    metrics = train(recipe, restart=True, progress=False)
+    metrics = train_cell(task, st, seed, args)
     t_train = time.perf_counter() - t0
     model = load_trained(st.method, cell / "run")
     eager = score(model, data)
@@ -183,9 +191,9 @@ def run_cell(task: str, st: Setting, seed: int, args, data: dict) -> dict:
            "val": eager["val"], "test": eager["test"],
            "val_int4": int4["val"], "test_int4": int4["test"],
            "train_s": round(t_train, 1), "seconds": round(time.perf_counter() - t0, 1)}
-    if not args.keep_runs and st.method == "full":
+    if not args.keep_runs and st.method == "full" and seed not in args.pte_seeds:
         for f in (cell / "run").glob("*.safetensors"):
-            f.unlink()                      # full checkpoints are large; scores are kept
+            f.unlink()                      # full checkpoints: scores are kept, weights not
     done.write_text(json.dumps(row, indent=2))
     return row
 
@@ -203,6 +211,15 @@ def run_pte(task: str, row: dict, args, data: dict) -> dict:
     if done.is_file():
         return json.loads(done.read_text())
     out, refused = cell / "android", None
+    if not any((cell / "run").glob("*.safetensors")):
+        # a full fine-tuning cell whose weights were not kept: train it again (same seed,
+        # same recipe), and check it is the model that was scored
+        train_cell(task, Setting(row["method"], row["budget_lora_rank"], row["lr"],
+                                 row["scale"], row["activation"], row["init"]), row["seed"], args)
+        again = score(load_trained(row["method"], cell / "run"), data)["test"]["accuracy"]
+        if abs(again - row["test"]["accuracy"]) > 1e-9:
+            raise RuntimeError(f"{cell}: retrained test accuracy {again:.4f} != the recorded "
+                               f"{row['test']['accuracy']:.4f} (training is not deterministic)")
     try:
         export(load_trained(row["method"], cell / "run"), "android", out,
                ExportConfig(quant="8da4w", max_seq=96, force=True))
