@@ -271,3 +271,50 @@ def test_capture_keeps_no_reference_to_the_models_weights(tmp_path):
     onnx_backend._drop_weights(model)
     gc.collect()
     assert [r() is None for r in refs] == [True, True]
+
+
+def _weights_by_owner(folder) -> dict:
+    """Owner module -> every array its quantized node (or float initializer) holds."""
+    from flora_export.export.onnx import _replaced, weight_owners
+    from flora_export.export.onnx_grid import initializer_array
+
+    path = folder / "model.onnx"
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name: i for i in proto.graph.initializer}
+    names = {i.name for i in proto.graph.initializer}
+    owners = {}
+    for node in proto.graph.node:
+        if node.op_type in ("MatMulNBits", "Gather", "MatMul"):
+            owners[node.name] = [initializer_array(inits[x], folder) for x in node.input
+                                 if x in names]
+    return proto, owners
+
+
+@pytest.mark.parametrize("quant", ["8da4w", "fp32"])
+def test_bf16_checkpoint_captures_in_bf16_and_writes_the_float32_graph(quant, tmp_path):
+    """A bf16 checkpoint is captured with its weights in bf16 (each upcast by a Cast in the
+    graph: no float32 copy of the model during the capture, 13 GB at 3B) and the saved
+    folder is the one a float32 capture of the same model writes: the same nodes, the same
+    int4 codes and scales bit for bit (or float32 weights), a float32 embedding, and no
+    bf16 tensor or Cast of a weight left."""
+    from conftest import write_base
+    from flora_export.model.storage import widen_all
+
+    base = write_base(tmp_path / "base", dtype=torch.bfloat16)
+    stored = load_model(base)
+    assert stored.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
+    cfg = ExportConfig(quant=quant, max_seq=64)
+    m16 = export(stored, "onnx", tmp_path / "bf16", cfg)
+    m32 = export(widen_all(load_model(base)), "onnx", tmp_path / "fp32", cfg)
+    assert m16["parity"]["passed"] and m16["counts"] == m32["counts"]
+    p16, w16 = _weights_by_owner(tmp_path / "bf16")
+    p32, w32 = _weights_by_owner(tmp_path / "fp32")
+    assert op_counts(tmp_path / "bf16" / "model.onnx") == op_counts(tmp_path / "fp32" / "model.onnx")
+    assert sorted(w16) == sorted(w32) and len(w16) >= 4 * LAYERS + 2      # + head, embedding
+    for name in w16:
+        assert [a.dtype for a in w16[name]] == [a.dtype for a in w32[name]], name
+        assert all(np.array_equal(a, b) for a, b in zip(w16[name], w32[name])), name
+    assert not [i.name for i in p16.graph.initializer
+                if i.data_type in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16)]
+    if quant == "fp32":
+        assert m16["parity"]["max_abs_diff"] <= 1e-4

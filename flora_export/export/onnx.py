@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.storage import exact_narrow, narrow_all, widen_all
+from ..model.storage import (CapturedEmbedding, CapturedLinear, RowwiseLinear, StoredEmbedding,
+                             StoredLinear, captured_form, exact_narrow)
 from ..quantize import is_lora_half, untie_head
 from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
                       load_device_weights, lowering_counts, release_weights)
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 MODEL_NAME, DATA_NAME = "model.onnx", "model.onnx.data"
 STAGES = ["capture", "quantize", "quant-reference", "verify"]
 _WEIGHT_OPS = ("MatMulNBits", "GatherBlockQuantized")
+# the modules whose weight a MatMul/Gather node holds (the class in its namespace metadata)
+_WEIGHT_MODULES = (nn.Linear, nn.Embedding, RowwiseLinear, StoredLinear, CapturedLinear,
+                   StoredEmbedding, CapturedEmbedding)
 
 
 class OnnxDecoder(nn.Module):
@@ -66,7 +70,9 @@ def check_model(model: nn.Module) -> None:
 
 
 def capture(model: nn.Module, max_seq: int, path: Path) -> None:
-    """Export the fp32 decoder to `path` (+ external data); the head is untied first."""
+    """Export the decoder to `path` (+ external data); the head is untied first. It
+    computes in float32; stored bf16/fp16 weights stay so in the file, each upcast by a
+    Cast in the graph (onnx_weights.py resolves them after)."""
     cfg = model.config
     check_mappable(model)
     untie_head(model)                      # a tied head exports as a Transpose
@@ -78,7 +84,7 @@ def capture(model: nn.Module, max_seq: int, path: Path) -> None:
     total = torch.export.Dim("total_sequence_length", min=1, max=max_seq)
     shapes = ({1: seq}, {1: total}, tuple({2: past_len} for _ in past))
     inputs, outputs = io_names(cfg.num_hidden_layers)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), captured_form(model):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(OnnxDecoder(model).eval(), example, dynamo=True,
                                     dynamic_shapes=shapes, input_names=inputs,
@@ -126,11 +132,11 @@ def weight_owners(path: Path) -> dict[str, str]:
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
+    classes = "|".join(re.escape(f"{c.__module__}.{c.__qualname__}") for c in _WEIGHT_MODULES)
     owners = {}
     for node in proto.graph.node:
         scope = next((p.value for p in node.metadata_props if p.key == "namespace"), "")
-        match = re.findall(r"([\w.]+): torch\.nn\.modules\.(?:linear\.Linear|sparse\.Embedding)",
-                           scope)
+        match = re.findall(rf"([\w.]+): (?:{classes})(?=/|$)", scope)
         if node.op_type in ("MatMul", "Gather") and match:
             owners[node.name] = match[-1].removeprefix("model.")
     return owners
@@ -154,14 +160,30 @@ def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
         return
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    from .onnx_weights import widen_stored
+
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), bits=bits, block_size=block_size,
+    proto = onnx.load(str(path))
+    widen_stored(proto, path.parent)       # ORT's quantizer reads float32 initializers
+    quantizer = MatMulNBitsQuantizer(proto, bits=bits, block_size=block_size,
                                      is_symmetric=True, accuracy_level=accuracy_level,
                                      op_types_to_quantize=("MatMul",),
                                      quant_axes=(("MatMul", 0),),
                                      nodes_to_exclude=list(keep_float))
     quantizer.process()
     _save(quantizer.model.model, path)
+
+
+def widen(path: Path) -> None:
+    """Rewrite the saved graph with every stored bf16/fp16 weight as float32 (an unquantized
+    export: the graph a float32 capture gives)."""
+    import onnx
+
+    from .onnx_weights import widen_stored
+
+    proto = onnx.load(str(path))
+    if widen_stored(proto, path.parent):
+        _save(proto, path)
 
 
 def node_counts(path: Path, owners: dict[str, str], expected: dict[str, int]) -> LoweringCounts:
@@ -320,13 +342,11 @@ def versions() -> dict:
 def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     """Export, quantize to MatMulNBits, verify in ONNX Runtime, write the ORT-GenAI files."""
     st, cfg, path = ctx.stages, model.config, out / MODEL_NAME
-    widen_all(model)                       # the exporter captures float32 weights
     expected = expected_quantized(model, ctx.quant)
-    with st("capture"):
+    with st("capture"):                    # in the stored dtype: no float32 copy of the model
         capture(model, ctx.config.max_seq, path)
         owners = weight_owners(path)
         use_group_query_attention(path, layer_specs(model))
-        narrow_all(model)                  # the file has the float32 weights now
     eager, qinfo = ctx.fp32_logits, None
     if ctx.quant.quantizes:
         bits, block = ctx.quant.weight_bits, ctx.quant.group_size or 32
@@ -342,6 +362,7 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
             load_quantized_weights(model, path, owners, counts.expected_quantized_linear_ops)
             eager = ctx.eager_logits(model)
     else:
+        widen(path)
         counts = node_counts(path, owners, expected).check("ONNX model")
     if ctx.config.free_weights:            # the runtime checks need only the logits
         release_weights(model)

@@ -9,9 +9,9 @@ embedding) where torchao's grid keeps 97%, the same as the `.pte` (docs/verifica
 `quantize_int4` rewrites every constant-weight MatMul of a saved graph into the node
 ONNX Runtime's `MatMulNBitsQuantizer` would write (same names, inputs, attributes and
 layout: B uint8 [N, K/block, block/2], low nibble first, offset 8; scales [N, K/block];
-no zero points), reading one float32 weight at a time from the graph's external data
-file: the float32 model is never loaded whole (at 1B the quantizer's in-memory copies
-peaked at 11-16 GB).
+no zero points), reading one weight at a time from the graph's external data file (a
+stored bf16/fp16 weight is upcast then, onnx_weights.py): the float32 model is never
+loaded whole (at 1B the quantizer's in-memory copies peaked at 11-16 GB).
 """
 from __future__ import annotations
 
@@ -56,28 +56,27 @@ def initializer_array(init, base_dir: Path) -> np.ndarray:
 def quantize_int4(proto, base_dir: Path, block: int, accuracy_level: int,
                   keep_float: tuple[str, ...] = ()) -> int:
     """Rewrite `proto` (loaded without external data; its data in `base_dir`) in place:
-    every MatMul with a float32 initializer B [K, N], K a multiple of `block` and not named
-    in `keep_float`, becomes a 4-bit MatMulNBits; the other external initializers are read
-    into the proto (so it can be saved to a new data file). Returns how many were rewritten."""
+    every MatMul with a constant weight (onnx_weights.matmul_weight: a float32 [K, N]
+    initializer, or a stored bf16/fp16 one behind its Cast and Transpose), K a multiple of
+    `block` and not named in `keep_float`, becomes a 4-bit MatMulNBits; the stored
+    weights left are widened to float32 and every external initializer is read into the
+    proto (so it can be saved to a new data file). Returns how many were rewritten."""
     import onnx
     from onnx import external_data_helper, helper, numpy_helper
 
+    from .onnx_weights import GraphIndex, matmul_weight, weight_nk, widen_stored
+
     graph = proto.graph
-    inits = {i.name: i for i in graph.initializer}
-    uses: dict[str, int] = {}
+    index = GraphIndex(graph)
+    nodes, new_inits, replaced, dead = [], [], set(), set()
     for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    nodes, new_inits, replaced = [], [], set()
-    for node in graph.node:
-        b = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
-        init = inits.get(b)
-        if (init is None or node.name in keep_float or uses[b] != 1 or len(init.dims) != 2
-                or init.data_type != onnx.TensorProto.FLOAT or init.dims[0] % block):
+        weight = None if node.name in keep_float else matmul_weight(node, index)
+        if weight is None or (weight.init.dims[1 if weight.transposed else 0] % block):
             nodes.append(node)
             continue
-        k, n = init.dims
-        packed, scales = int4_blocks(np.ascontiguousarray(initializer_array(init, base_dir).T), block)
+        b = weight.init.name
+        packed, scales = int4_blocks(weight_nk(weight, base_dir), block)
+        n, k = packed.shape[0], packed.shape[1] * block
         new_inits += [numpy_helper.from_array(packed, f"{b}_Q4"),
                       numpy_helper.from_array(scales, f"{b}_scales")]
         nodes.append(helper.make_node(
@@ -85,16 +84,19 @@ def quantize_int4(proto, base_dir: Path, block: int, accuracy_level: int,
             name=f"{node.name}_Q4", domain="com.microsoft", K=k, N=n, bits=4,
             block_size=block, accuracy_level=accuracy_level))
         replaced.add(b)
+        dead.update(id(v) for v in weight.via)
     kept = [i for i in graph.initializer if i.name not in replaced]
-    for init in kept:
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if id(n) not in dead)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    widen_stored(proto, base_dir)          # unquantized stored weights: float32, as captured
+    for init in graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             external_data_helper.load_external_data_for_tensor(init, str(base_dir))
             init.data_location = onnx.TensorProto.DEFAULT
             del init.external_data[:]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
+    graph.initializer.extend(new_inits)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return len(replaced)

@@ -11,15 +11,17 @@ verification reference and every gate are unchanged), at half the memory.
 narrower than their compute dtype; `mark()` gives a module the class its weight calls for,
 so a module's class always says which it is. `widen()` turns one module back into a plain
 float32 one (the quantize stage does this one module at a time, so the float32 copy of the
-whole model never exists); `widen_all()` does it to the whole model, for the backends that
-convert from a float32 program (ONNX, Core ML) and for training the base weights.
+whole model never exists); `widen_all()` does it to the whole model, for Core ML (which
+converts from a float32 program) and for training the base weights. The ONNX capture
+keeps the stored dtype instead (`captured_form`: the program upcasts each weight).
 Norms and biases are small and always kept in the compute dtype.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -64,11 +66,47 @@ class StoredLinear(RowwiseLinear):
     """An nn.Linear with a bf16/fp16 weight that computes in its input's dtype."""
 
 
+class CapturedLinear(StoredLinear):
+    """A stored linear as one op, for a captured program: the whole weight upcast, then
+    one linear (the program records the stored weight and a cast, not a float32 copy)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight.to(x.dtype), self.bias)
+
+
 class StoredEmbedding(nn.Embedding):
     """An nn.Embedding with a bf16/fp16 table whose rows come out in float32."""
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return super().forward(tokens).to(COMPUTE_DTYPE)
+
+
+class CapturedEmbedding(StoredEmbedding):
+    """A stored embedding for a captured program: the table upcast, then gathered (the
+    program then gathers from a float32 table, as a float32 model's would, once the
+    cast of the initializer is resolved; a cast of the gathered rows instead would stop
+    the exporter fusing the first RMSNorm)."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.weight.to(COMPUTE_DTYPE), self.padding_idx)
+
+
+_CAPTURED = {StoredLinear: CapturedLinear, StoredEmbedding: CapturedEmbedding}
+
+
+@contextmanager
+def captured_form(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block every stored linear/embedding of `model` is captured as one op on
+    its upcast weight (CapturedLinear/CapturedEmbedding), for an exporter that converts a
+    program and should keep the stored dtype in it (the ONNX capture)."""
+    changed = [(m, type(m)) for m in model.modules() if type(m) in _CAPTURED]
+    for m, cls in changed:
+        m.__class__ = _CAPTURED[cls]
+    try:
+        yield model
+    finally:
+        for m, cls in changed:
+            m.__class__ = cls
 
 
 _STORED = {nn.Linear: StoredLinear, nn.Embedding: StoredEmbedding}
@@ -169,12 +207,6 @@ def exact_narrow(weight: torch.Tensor) -> torch.Tensor:
                for b in row_blocks(weight)):
             return weight.to(dtype)
     return weight
-
-
-def narrow_all(model: nn.Module) -> nn.Module:
-    """exact_narrow() every float32 Linear/Embedding weight (ties kept): a model widened
-    for a capture goes back to 2 bytes a parameter wherever that loses nothing."""
-    return _convert(model, tuple(_STORED), exact_narrow)
 
 
 def narrowest(base: torch.Tensor, *parts: torch.Tensor) -> torch.dtype:
