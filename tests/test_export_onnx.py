@@ -159,19 +159,34 @@ def test_int4_ort_genai_greedy_is_the_eager_int4_weight_models(int4_onnx, fp32_o
     assert bool(agree[decisive].all()), (agree.tolist(), decisive.tolist())
 
 
-def test_int4_reference_holds_the_files_weights_exactly_at_2_bytes(int4_onnx, fp32_onnx,
-                                                                    tiny_base, tiny_ffba):
-    """The eager reference carries the file's dequantized int4 weights in fp16 (a 4-bit
-    code times a bf16 scale fits fp16's 11 significant bits): exactly the float32 values,
-    at half the memory (the 1B export's quant-reference stage held them in float32)."""
+def _dequant_matmulnbits(node, packed: np.ndarray, scales: np.ndarray) -> torch.Tensor:
+    """MatMulNBits B [N, blocks, blob] + scales [N, blocks] -> float32 weight [N, K], as
+    ONNX Runtime's kernel dequantizes it (symmetric: offset 2^(bits-1))."""
+    import onnx
+
+    attr = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    bits, k, n, block = attr["bits"], attr["K"], attr["N"], attr["block_size"]
+    q = packed.reshape(n, -1).astype(np.int32)
+    if bits == 4:
+        q = np.stack([q & 0xF, q >> 4], axis=-1).reshape(n, -1)
+    w = (q - (1 << (bits - 1))).astype(np.float32).reshape(n, -1, block)
+    w *= scales.reshape(n, -1, 1)
+    return torch.from_numpy(w.reshape(n, -1)[:, :k].copy())
+
+
+def test_int4_reference_holds_the_files_codes_at_1_byte(int4_onnx, fp32_onnx, tiny_base,
+                                                        tiny_ffba):
+    """The eager reference carries the file's int4 weights as stored: int8 codes and the
+    bf16-exact scales (CodedLinear, 1 byte a parameter; the 1B export's quant-reference
+    stage once held them in float32, then in fp16), dequantizing to exactly the float32
+    weights ONNX Runtime's kernel uses, and computing the same outputs."""
     import onnx
 
     from flora_export.adapters import load_adapter
-    from flora_export.export.onnx import (_dequant_matmulnbits, _replaced, load_quantized_weights,
-                                          weight_owners)
+    from flora_export.export.onnx import _replaced, load_quantized_weights, weight_owners
     from flora_export.export.onnx_grid import initializer_array
     from flora_export.fuse import fuse
-    from flora_export.model.storage import StoredLinear
+    from flora_export.model.storage import CodedLinear
 
     model = load_model(tiny_base)
     load_adapter(model, tiny_ffba)
@@ -181,14 +196,19 @@ def test_int4_reference_holds_the_files_weights_exactly_at_2_bytes(int4_onnx, fp
     load_quantized_weights(model, path, owners)
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name: i for i in proto.graph.initializer}
+    x = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
     checked = 0
     for node in proto.graph.node:
         if node.op_type == "MatMulNBits":
-            w32 = _dequant_matmulnbits(node, *[initializer_array(inits[x], path.parent)
-                                               for x in node.input if x in inits])
+            w32 = _dequant_matmulnbits(node, *[initializer_array(inits[i], path.parent)
+                                               for i in node.input if i in inits])
             module = model.get_submodule(owners[_replaced(node.name)])
-            assert type(module) is StoredLinear and module.weight.dtype == torch.float16
-            assert torch.equal(module.weight.float(), w32)
+            assert type(module) is CodedLinear and module.weight.numel() == 0
+            assert module.codes.dtype == torch.int8 and module.codes.shape == w32.shape
+            assert module.scales.dtype == torch.bfloat16
+            assert torch.equal(module.dequantized(slice(None)), w32)
+            if module.in_features == x.shape[-1]:
+                torch.testing.assert_close(module(x), x @ w32.T, rtol=1e-5, atol=1e-6)
             checked += 1
     assert checked == 4 * LAYERS + 1
 
@@ -318,3 +338,39 @@ def test_bf16_checkpoint_captures_in_bf16_and_writes_the_float32_graph(quant, tm
                 if i.data_type in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16)]
     if quant == "fp32":
         assert m16["parity"]["max_abs_diff"] <= 1e-4
+
+
+def test_data_writer_leaves_the_captured_files_when_a_rewrite_fails(tmp_path):
+    """A rewrite that fails half way leaves the captured model and data files as they were
+    and no partial file behind; one that commits replaces both, its tensors readable."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from flora_export.export.onnx_grid import initializer_array
+    from flora_export.export.onnx_weights import DataWriter, move_external
+
+    model_path, data = tmp_path / "model.onnx", tmp_path / "model.onnx.data"
+    w = np.arange(4096 * 80, dtype=np.float32).reshape(4096, 80)
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save_model(helper.make_model(graph), str(model_path), save_as_external_data=True,
+                    location=data.name, size_threshold=0)
+    before = (model_path.read_bytes(), data.read_bytes())
+    proto = onnx.load(str(model_path), load_external_data=False)
+    with pytest.raises(RuntimeError):
+        with DataWriter(model_path, data.name) as writer:
+            writer.add("extra", (3,), np.float32, [np.ones(3)])
+            raise RuntimeError("stopped")
+    assert (model_path.read_bytes(), data.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    with DataWriter(model_path, data.name) as writer:
+        extra = writer.add("extra", (2, 3), np.float32, [np.ones(3), np.zeros(3)])
+        move_external(proto, tmp_path, writer)
+        proto.graph.initializer.append(extra)
+        writer.commit(proto)
+    saved = onnx.load(str(model_path), load_external_data=False)
+    arrays = {i.name: initializer_array(i, tmp_path) for i in saved.graph.initializer}
+    assert np.array_equal(arrays["w"], w)
+    assert np.array_equal(arrays["extra"], [[1, 1, 1], [0, 0, 0]])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..model.storage import (CapturedEmbedding, CapturedLinear, RowwiseLinear, StoredEmbedding,
-                             StoredLinear, captured_form, exact_narrow)
+from ..errors import FloraError
+from ..model.storage import (CapturedEmbedding, CapturedLinear, CodedLinear, RowwiseLinear,
+                             StoredEmbedding, StoredLinear, captured_form, exact_narrow)
 from ..quantize import is_lora_half, untie_head
 from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
                       load_device_weights, lowering_counts, release_weights)
@@ -153,10 +154,12 @@ def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
     # held-out points, and its quantizer has no int8 Gather (docs/verification.md).
     if bits == 4:
         from .onnx_grid import quantize_int4
+        from .onnx_weights import DataWriter
 
         proto = onnx.load(str(path), load_external_data=False)
-        quantize_int4(proto, path.parent, block_size, accuracy_level, keep_float)
-        _save(proto, path)
+        with DataWriter(path, DATA_NAME) as writer:
+            quantize_int4(proto, path.parent, block_size, accuracy_level, writer, keep_float)
+            writer.commit(proto)
         return
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -179,11 +182,13 @@ def widen(path: Path) -> None:
     export: the graph a float32 capture gives)."""
     import onnx
 
-    from .onnx_weights import widen_stored
+    from .onnx_weights import DataWriter, move_external, widen_stored
 
-    proto = onnx.load(str(path))
-    if widen_stored(proto, path.parent):
-        _save(proto, path)
+    proto = onnx.load(str(path), load_external_data=False)
+    with DataWriter(path, DATA_NAME) as writer:
+        widen_stored(proto, path.parent, writer)
+        move_external(proto, path.parent, writer)
+        writer.commit(proto)
 
 
 def node_counts(path: Path, owners: dict[str, str], expected: dict[str, int]) -> LoweringCounts:
@@ -224,38 +229,50 @@ def _drop_weights(model: nn.Module) -> None:
 
 def load_quantized_weights(model: nn.Module, path: Path, owners: dict[str, str],
                            expected: int = 0) -> int:
-    """Set the eager model's weights to the ONNX file's dequantized ones: the reference
-    then computes with exactly the int4/int8 weights that ONNX Runtime uses. One weight is
-    read from the external data at a time, and each is held in bf16/fp16 where that is
-    exact (exact_narrow: int4 codes on a bf16 scale fit fp16). Returns how many were set;
-    fails when fewer than `expected` linears got one."""
+    """Give the eager model the ONNX file's quantized weights: the reference then computes
+    with exactly the int4/int8 weights that ONNX Runtime uses. One weight is read from the
+    external data at a time; a MatMulNBits linear keeps its codes and scales as stored
+    (storage.CodedLinear, 1 byte a parameter, dequantized a block of rows per call), a
+    quantized Gather's table is dequantized and held in bf16/fp16 where that is exact
+    (exact_narrow). Returns how many modules were set; fails when fewer than `expected`
+    linears got one."""
     import onnx
 
     from .onnx_grid import initializer_array
 
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name: i for i in proto.graph.initializer}
-    weights = {}
+    tables, coded = {}, 0
     for node in proto.graph.node:
         if node.op_type not in _WEIGHT_OPS:
             continue
         arrays = [initializer_array(inits[x], path.parent) for x in node.input if x in inits]
-        weights[owners[_replaced(node.name)]] = exact_narrow(
-            _dequant_matmulnbits(node, *arrays) if node.op_type == "MatMulNBits"
-            else _dequant_gather(node, *arrays))
+        owner = owners[_replaced(node.name)]
+        if node.op_type == "MatMulNBits":
+            CodedLinear.hold(model.get_submodule(owner), *_matmulnbits_codes(node, *arrays))
+            coded += 1
+        else:
+            tables[owner] = exact_narrow(_dequant_gather(node, *arrays))
     del proto, inits
-    return load_device_weights(model, weights, expected, "ONNX model")
+    if coded < expected:
+        raise FloraError(f"only {coded} of the ONNX model's {expected} quantized weights map "
+                         "to the model's linears", "report this with the manifest inputs")
+    return coded + load_device_weights(model, tables, 0, "ONNX model")
 
 
-def _dequant_matmulnbits(node, packed: np.ndarray, scales: np.ndarray, *zp) -> torch.Tensor:
-    """MatMulNBits B [N, blocks, blob] (+ scales [N, blocks]) -> weight [N, K], in place."""
-    bits, k, n, block = (_attr(node, a) for a in ("bits", "K", "N", "block_size"))
+def _matmulnbits_codes(node, packed: np.ndarray, scales: np.ndarray, *zp
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MatMulNBits B [N, blocks, blob] (+ scales [N, blocks], symmetric: no zero points)
+    -> (int8 codes [N, blocks * block], scales [N, blocks], bf16/fp16 where exact)."""
+    if zp:
+        raise FloraError(f"MatMulNBits {node.name} has zero points; this export writes "
+                         "symmetric weights only", "report this with the manifest inputs")
+    bits, n = _attr(node, "bits"), _attr(node, "N")
     q = torch.from_numpy(packed.reshape(n, -1).copy())
     if bits == 4:
         q = torch.stack([q & 0xF, q >> 4], dim=-1).reshape(n, -1)
-    w = q.float().sub_(1 << (bits - 1))
-    w.view(n, -1, block).mul_(torch.tensor(scales).reshape(n, -1, 1))
-    return w[:, :k].contiguous()
+    codes = q.to(torch.int16).sub_(1 << (bits - 1)).to(torch.int8)
+    return codes, exact_narrow(torch.from_numpy(scales.reshape(n, -1).copy()))
 
 
 def _dequant_gather(node, data: np.ndarray, scales: np.ndarray, *zp) -> torch.Tensor:

@@ -10,8 +10,10 @@ embedding) where torchao's grid keeps 97%, the same as the `.pte` (docs/verifica
 ONNX Runtime's `MatMulNBitsQuantizer` would write (same names, inputs, attributes and
 layout: B uint8 [N, K/block, block/2], low nibble first, offset 8; scales [N, K/block];
 no zero points), reading one weight at a time from the graph's external data file (a
-stored bf16/fp16 weight is upcast then, onnx_weights.py): the float32 model is never
-loaded whole (at 1B the quantizer's in-memory copies peaked at 11-16 GB).
+stored bf16/fp16 weight is upcast then, a block of rows at a time, onnx_weights.py) and
+writing each packed weight straight to the new data file: neither the float32 model nor
+the quantized one is ever held whole (at 1B ONNX Runtime's quantizer's in-memory copies
+peaked at 11-16 GB).
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ _ROWS = 4096        # output rows quantized at once (bounds the float32 temporar
 
 
 def int4_blocks(w_nk: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Weight [N, K] (float32) -> (packed uint8 [N, K/block, block/2], scales [N, K/block])
-    on torchao's symmetric int4 grid, a block of rows at a time."""
+    """Weight [N, K] (any float dtype, widened a block of rows at a time) -> (packed uint8
+    [N, K/block, block/2], scales [N, K/block]) on torchao's symmetric int4 grid."""
     n, k = w_nk.shape
     packed = np.empty((n, k // block, block // 2), np.uint8)
     scales = np.empty((n, k // block), np.float32)
@@ -53,18 +55,18 @@ def initializer_array(init, base_dir: Path) -> np.ndarray:
     return numpy_helper.to_array(tmp, base_dir=str(base_dir))
 
 
-def quantize_int4(proto, base_dir: Path, block: int, accuracy_level: int,
+def quantize_int4(proto, base_dir: Path, block: int, accuracy_level: int, writer,
                   keep_float: tuple[str, ...] = ()) -> int:
     """Rewrite `proto` (loaded without external data; its data in `base_dir`) in place:
     every MatMul with a constant weight (onnx_weights.matmul_weight: a float32 [K, N]
     initializer, or a stored bf16/fp16 one behind its Cast and Transpose), K a multiple of
     `block` and not named in `keep_float`, becomes a 4-bit MatMulNBits; the stored
-    weights left are widened to float32 and every external initializer is read into the
-    proto (so it can be saved to a new data file). Returns how many were rewritten."""
-    import onnx
-    from onnx import external_data_helper, helper, numpy_helper
+    weights left are widened to float32. Every large initializer ends in `writer`'s new
+    data file (onnx_weights.DataWriter; the caller commits it). Returns how many MatMuls
+    were rewritten."""
+    from onnx import helper
 
-    from .onnx_weights import GraphIndex, matmul_weight, weight_nk, widen_stored
+    from .onnx_weights import GraphIndex, matmul_weight, move_external, weight_nk, widen_stored
 
     graph = proto.graph
     index = GraphIndex(graph)
@@ -77,8 +79,9 @@ def quantize_int4(proto, base_dir: Path, block: int, accuracy_level: int,
         b = weight.init.name
         packed, scales = int4_blocks(weight_nk(weight, base_dir), block)
         n, k = packed.shape[0], packed.shape[1] * block
-        new_inits += [numpy_helper.from_array(packed, f"{b}_Q4"),
-                      numpy_helper.from_array(scales, f"{b}_scales")]
+        new_inits += [writer.add(f"{b}_Q4", packed.shape, np.uint8, [packed]),
+                      writer.add(f"{b}_scales", scales.shape, np.float32, [scales])]
+        del packed, scales
         nodes.append(helper.make_node(
             "MatMulNBits", [node.input[0], f"{b}_Q4", f"{b}_scales"], list(node.output),
             name=f"{node.name}_Q4", domain="com.microsoft", K=k, N=n, bits=4,
@@ -90,12 +93,8 @@ def quantize_int4(proto, base_dir: Path, block: int, accuracy_level: int,
     graph.node.extend(n for n in nodes if id(n) not in dead)
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    widen_stored(proto, base_dir)          # unquantized stored weights: float32, as captured
-    for init in graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            external_data_helper.load_external_data_for_tensor(init, str(base_dir))
-            init.data_location = onnx.TensorProto.DEFAULT
-            del init.external_data[:]
+    widen_stored(proto, base_dir, writer)  # unquantized stored weights: float32, as captured
+    move_external(proto, base_dir, writer)
     graph.initializer.extend(new_inits)
     if not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))

@@ -12,15 +12,24 @@ input (a float32 [K, N] initializer, or a narrow [N, K] one behind Cast and Tran
 and `widen_stored` turns every chain left into a plain float32 initializer, one tensor at
 a time, so the final graph is the one a float32 capture gives (float32 embedding and
 unquantized weights; the upcast is exact, so the numbers are the same).
+
+`DataWriter` writes the rewritten graph's external data one tensor at a time (a block of
+rows at a time for the widened ones) to a new file that then replaces the captured one:
+neither the float32 weights nor the quantized ones are ever held whole in a proto.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 _NARROW = ("BFLOAT16", "FLOAT16")
+_ROWS = 4096                 # rows widened at once (bounds the float32 temporaries)
+_ALIGN, _ALIGN_FROM = 65536, 1 << 20   # tensors over 1 MiB start on a 64 KiB boundary
+_COPY = 64 << 20             # bytes copied at once when a tensor moves to the new file
 
 
 @dataclass
@@ -99,18 +108,120 @@ def matmul_weight(node, index: GraphIndex) -> MatMulWeight | None:
 
 
 def weight_nk(weight: MatMulWeight, base_dir: Path) -> np.ndarray:
-    """The weight as float32 [N, K] (output rows first), read from its initializer."""
+    """The weight as [N, K] (output rows first), in its stored dtype: the narrow
+    initializer itself, or a transposed view of a float32 one (callers convert a block of
+    rows at a time)."""
     from .onnx_grid import initializer_array
 
     arr = initializer_array(weight.init, base_dir)
-    return arr.astype(np.float32) if weight.transposed else np.ascontiguousarray(arr.T)
+    return arr if weight.transposed else arr.T
 
 
-def widen_stored(proto, base_dir: Path) -> int:
+class DataWriter:
+    """A graph's new external-data file, written one tensor at a time. `add` writes a
+    tensor from blocks of rows; `move` copies a stored initializer's bytes over from the
+    old file; `commit` saves the graph and puts the new file in the old one's place. As a
+    context manager, it removes its partial file when the block fails."""
+
+    def __init__(self, model_path: Path, data_name: str):
+        self.model_path, self.name = model_path, data_name
+        self.final = model_path.with_name(data_name)
+        self.partial = model_path.with_name(data_name + ".partial")
+        self.file = open(self.partial, "wb")
+        self.written: set[str] = set()     # initializers already in the new file
+
+    def __enter__(self) -> "DataWriter":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is not None:
+            self.file.close()
+            self.partial.unlink(missing_ok=True)
+
+    def _start(self, nbytes: int) -> int:
+        offset = self.file.tell()
+        if nbytes >= _ALIGN_FROM and offset % _ALIGN:
+            offset += _ALIGN - offset % _ALIGN
+            self.file.seek(offset)
+        return offset
+
+    def _point(self, init, offset: int, length: int) -> None:
+        import onnx
+
+        init.ClearField("raw_data")
+        init.data_location = onnx.TensorProto.EXTERNAL
+        del init.external_data[:]
+        for key, value in (("location", self.name), ("offset", offset), ("length", length)):
+            entry = init.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self.written.add(init.name)
+
+    def add(self, name: str, dims: tuple[int, ...], dtype, blocks: Iterable[np.ndarray]):
+        """A new initializer `name` of shape `dims`, its bytes the concatenated `blocks`
+        (each converted to `dtype`)."""
+        import onnx
+        from onnx import helper
+
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+        offset = self._start(nbytes)
+        for block in blocks:
+            self.file.write(np.ascontiguousarray(block, dtype=dtype).data)
+        if self.file.tell() - offset != nbytes:
+            raise ValueError(f"initializer {name}: wrote {self.file.tell() - offset} bytes "
+                             f"of {nbytes}")
+        init = onnx.TensorProto(name=name, dims=list(dims),
+                                data_type=helper.np_dtype_to_tensor_dtype(dtype))
+        self._point(init, offset, nbytes)
+        return init
+
+    def move(self, init, base_dir: Path) -> None:
+        """Copy `init`'s stored bytes (external, in `base_dir`) to the new file, in place."""
+        info = {e.key: e.value for e in init.external_data}
+        length = int(info["length"])
+        offset = self._start(length)
+        with open(base_dir / info["location"], "rb") as src:
+            src.seek(int(info.get("offset", 0)))
+            for start in range(0, length, _COPY):
+                self.file.write(src.read(min(_COPY, length - start)))
+        self._point(init, offset, length)
+
+    def commit(self, proto) -> None:
+        """Save `proto` (every large initializer pointing into the new file) and replace
+        the old model and data files."""
+        import onnx
+
+        self.file.close()
+        tmp = self.model_path.with_name(self.model_path.name + ".partial")
+        onnx.save_model(proto, str(tmp))
+        os.replace(self.partial, self.final)
+        os.replace(tmp, self.model_path)
+
+
+def move_external(proto, base_dir: Path, writer: DataWriter) -> None:
+    """Move every initializer still stored in the old data file to the new one."""
+    import onnx
+
+    for init in proto.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL and init.name not in writer.written:
+            writer.move(init, base_dir)
+
+
+def _rows(arr: np.ndarray) -> Iterable[np.ndarray]:
+    """`arr` as float32, a block of rows at a time."""
+    if arr.ndim == 0:
+        yield arr.astype(np.float32)
+        return
+    for r in range(0, max(len(arr), 1), _ROWS):
+        yield arr[r:r + _ROWS].astype(np.float32)
+
+
+def widen_stored(proto, base_dir: Path, writer: DataWriter | None = None) -> int:
     """Replace, in place, every narrow initializer the graph upcasts by a float32 one:
     `Cast(to=FLOAT)` of it (with a following 2-D `Transpose` folded in) becomes a float32
-    initializer named as the chain's output. The float32 tensors are held in the proto
-    (save it with external data); the narrow ones are dropped. Returns how many
+    initializer named as the chain's output; the narrow ones are dropped. With `writer`
+    each float32 tensor is written to the new data file a block of rows at a time;
+    without, it is held in the proto (save it with external data). Returns how many
     initializers were widened."""
     from onnx import numpy_helper
 
@@ -124,14 +235,19 @@ def widen_stored(proto, base_dir: Path) -> int:
             init = index.inits[node.input[0]]
             if not is_narrow(init) or index.uses(init.name) != 1:
                 continue
-            arr, out = initializer_array(init, base_dir).astype(np.float32), node.output[0]
+            arr, out = initializer_array(init, base_dir), node.output[0]
             dead.add(id(node))
             nxt = index.consumers.get(out, [])
             if (len(nxt) == 1 and nxt[0] is not None and _is_2d_transpose(nxt[0])
                     and arr.ndim == 2):
-                arr, out = np.ascontiguousarray(arr.T), nxt[0].output[0]
+                arr, out = arr.T, nxt[0].output[0]
                 dead.add(id(nxt[0]))
-            new_inits.append(numpy_helper.from_array(arr, out))
+            if writer is None:
+                new_inits.append(numpy_helper.from_array(
+                    np.ascontiguousarray(arr.astype(np.float32)), out))
+            else:
+                new_inits.append(writer.add(out, arr.shape, np.float32, _rows(arr)))
+            del arr
             replaced.add(init.name)
     kept_nodes = [n for n in graph.node if id(n) not in dead]
     kept = [i for i in graph.initializer if i.name not in replaced]

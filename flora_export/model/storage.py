@@ -74,6 +74,48 @@ class CapturedLinear(StoredLinear):
         return F.linear(x, self.weight.to(x.dtype), self.bias)
 
 
+class CodedLinear(nn.Linear):
+    """A linear holding a device's block-quantized weight as stored: integer codes [N, K']
+    (int8, offset removed; K' >= K when the last block is padded) and one scale per `block`
+    columns [N, K'/block], dequantized to float32 a block of rows at a time on each call.
+    1 byte a parameter where an exact fp16 copy of the dequantized weight takes 2; the
+    same float32 weights, so the same numbers up to summation order. Its `weight` is
+    empty (the float original, if any, is released)."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+
+    @classmethod
+    def hold(cls, module: nn.Linear, codes: torch.Tensor, scales: torch.Tensor) -> "CodedLinear":
+        """Make `module` (an nn.Linear) compute with `codes` x `scales` instead of its weight."""
+        if codes.dtype != torch.int8 or codes.shape[0] != scales.shape[0] \
+                or codes.shape[1] % scales.shape[1] or codes.shape[1] < module.in_features:
+            raise ValueError(f"codes {tuple(codes.shape)} {codes.dtype} and scales "
+                             f"{tuple(scales.shape)} are not a block-quantized "
+                             f"[{module.out_features}, {module.in_features}] weight")
+        module.__class__ = cls
+        if module.weight.numel():
+            module.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+        module.register_buffer("codes", codes, persistent=False)
+        module.register_buffer("scales", scales, persistent=False)
+        return module
+
+    def dequantized(self, rows: slice) -> torch.Tensor:
+        codes = self.codes[rows]
+        n, blocks = len(codes), self.scales.shape[1]
+        w = codes.to(COMPUTE_DTYPE).view(n, blocks, -1)
+        w.mul_(self.scales[rows].to(COMPUTE_DTYPE).unsqueeze(-1))
+        return w.view(n, -1)[:, :self.in_features]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([F.linear(x, self.dequantized(b).to(x.dtype))
+                         for b in row_blocks(self.codes)], dim=-1)
+        return out if self.bias is None else out + self.bias
+
+    def drop_codes(self) -> None:
+        self.codes = self.scales = torch.empty(0)
+
+
 class StoredEmbedding(nn.Embedding):
     """An nn.Embedding with a bf16/fp16 table whose rows come out in float32."""
 
