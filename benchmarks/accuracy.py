@@ -187,8 +187,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["shift", "reverse"])
+    import accuracy_sweep
     p.add_argument("--methods", nargs="+", default=["ffba", "ffba-mlp", "lora", "full"],
-                   choices=list(RECIPE))
+                   choices=list(accuracy_sweep.METHODS),
+                   help="METHOD-qat (FFBA trained quantization-aware): with --sweep only")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=400, help="training steps per run")
     p.add_argument("--jobs", type=int, default=2,
@@ -197,9 +199,11 @@ def main() -> int:
                    help="leave these task/method pairs out, e.g. reverse:ffba-mlp")
     p.add_argument("--work", type=Path, default=ROOT / "bench-work" / "accuracy")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    import accuracy_sweep
     accuracy_sweep.add_arguments(p)
     args = p.parse_args()
+    if not args.sweep and not set(args.methods) <= set(RECIPE):
+        p.error(f"--methods {' '.join(sorted(set(args.methods) - set(RECIPE)))}: "
+                "quantization-aware methods run with --sweep only")
     logging.basicConfig(level=logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 DATES = ROOT / "recipes" / "data" / "dates.jsonl"
 RECIPE = {"lora": "lora-shift.yaml", "full": "full-shift.yaml"}     # ffba*: ffba-shift.yaml
 FFBA_METHODS = ("ffba", "ffba-attn", "ffba-mlp", "ffba-neurons")
-METHODS = (*FFBA_METHODS, "lora", "full")
+# METHOD-qat: the FFBA variant trained quantization-aware (recipe train.quant_aware=true)
+QAT = "-qat"
+QAT_METHODS = tuple(m + QAT for m in FFBA_METHODS)
+METHODS = (*FFBA_METHODS, *QAT_METHODS, "lora", "full")
+
+
+def ffba_variant(method: str) -> str | None:
+    """The FFBA variant a sweep method trains (None for LoRA and full fine-tuning)."""
+    base = method.removesuffix(QAT)
+    return base if base in FFBA_METHODS else None
 JSONL_TASKS = {"dates": DATES}
 
 
@@ -57,7 +66,7 @@ class Setting:
     @property
     def key(self) -> str:
         parts = [self.method] + ([f"r{self.budget}"] if self.budget else [])
-        if self.method in FFBA_METHODS:
+        if ffba_variant(self.method):
             parts += [self.act, f"s{self.scale:g}", self.init]
         return "-".join(parts + [f"lr{self.lr:g}"])
 
@@ -68,8 +77,8 @@ class Setting:
 
 def grid(method: str, budget: int | None, args) -> list[Setting]:
     lrs = args.lrs.get(method) or args.lrs["default"]
-    if method in FFBA_METHODS:
-        acts = ["identity"] if method == "ffba-neurons" else args.activations
+    if ffba_variant(method):
+        acts = ["identity"] if ffba_variant(method) == "ffba-neurons" else args.activations
         return [Setting(method, budget, lr, s, a, i) for lr, s, a, i in
                 itertools.product(lrs, args.scales, acts, args.inits)]
     return [Setting(method, budget if method != "full" else None, lr) for lr in lrs]
@@ -104,10 +113,12 @@ def overrides(task: str, st: Setting, seed: int, args, out: Path) -> list[str]:
             f"train.steps={args.steps}", "train.save_every=0", f"train.lr={st.lr}",
             "train.log_every=100", f"train.batch_size={args.batch_size}",
             f"train.threads={args.threads}", f"train.warmup_steps={min(30, args.steps // 5)}"]
-    if st.method in FFBA_METHODS:
+    variant = ffba_variant(st.method)
+    if variant:
         cfg = LlamaConfig.from_file(DEFAULT_BASE / "config.json")
-        width = ffba_width_for_lora(cfg, st.budget, variant=st.method).ffba_width
-        sets += [f"method.ffba.variant={st.method}", f"method.ffba.activation={st.act}",
+        width = ffba_width_for_lora(cfg, st.budget, variant=variant).ffba_width
+        sets += [f"train.quant_aware={str(st.method.endswith(QAT)).lower()}",
+                 f"method.ffba.variant={variant}", f"method.ffba.activation={st.act}",
                  f"method.ffba.width={width}", f"method.ffba.alpha={st.scale * width}",
                  f"method.ffba.init={st.init}"]
     elif st.method == "lora":
@@ -131,7 +142,7 @@ def fold(model, method: str):
     """What the export runs: FFBA fused (padded to the group), LoRA merged."""
     from flora_export.fuse import fuse, merge_lora
 
-    if method in FFBA_METHODS:
+    if ffba_variant(method):
         fuse(model, pad_to=32)
     elif method == "lora":
         merge_lora(model)
@@ -161,7 +172,7 @@ def train_cell(task: str, st: Setting, seed: int, args) -> dict:
     from flora_export.train import load_recipe, train
 
     torch.set_num_threads(args.threads)     # the same reduction order on every rerun
-    recipe_file = "ffba-shift.yaml" if st.method in FFBA_METHODS else RECIPE[st.method]
+    recipe_file = "ffba-shift.yaml" if ffba_variant(st.method) else RECIPE[st.method]
     recipe = load_recipe(ROOT / "recipes" / recipe_file,
                          overrides(task, st, seed, args, cell_dir(args, task, st.key, seed) / "run"))
     return train(recipe, restart=True, progress=False)

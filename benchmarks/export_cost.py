@@ -162,6 +162,9 @@ def main() -> None:
         rows.append(row(f"default, {backend}", *default_export(backend, args.work)))
     presets = [] if args.preset == "none" else [args.preset]
     backends = [b for b in args.backends if b in BACKEND_TARGETS]
+    if presets and args.skip_default and not backends:
+        p.error(f"--backends {' '.join(args.backends)}: a preset is exported to "
+                f"{', '.join(BACKEND_TARGETS)} only, and --skip-default leaves nothing to measure")
     dirs = build_all(args.preset, args.variants, backends, args.work, args.max_seq) if presets else {}
     for backend in dirs:
         for variant, out in dirs[backend].items():

@@ -97,7 +97,7 @@ def score_cell(task: str, st, seed: int, args, data: dict) -> dict:
     for mode, cfg in quant_modes().items():
         model = sweep.fold(sweep.load_trained(st.method, cell / "run"), st.method)
         row[mode] = sweep.score(quantize(model, cfg), data)["test"]
-    if st.method in sweep.FFBA_METHODS:
+    if sweep.ffba_variant(st.method):
         for mode, adapter in zip(SPLIT_MODES, (False, True)):
             model = round_part(sweep.load_trained(st.method, cell / "run"), adapter)
             row[mode] = sweep.score(model, data)["test"]
@@ -132,10 +132,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n", type=int, default=200, help="test examples")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work", type=Path, default=ROOT / "bench-out" / "accuracy-sweep")
+    p.add_argument("--work", type=Path, default=ROOT / "bench-work" / "accuracy",
+                   help="the sweep's cell cache (accuracy.py --work)")
     p.add_argument("--name", default="int4-error")
     args = p.parse_args(argv)
-    ffba = args.method in sweep.FFBA_METHODS
+    ffba = bool(sweep.ffba_variant(args.method))
     st = sweep.Setting(args.method, None if args.method == "full" else args.budget, args.lr,
                        args.scale if ffba else None, "identity" if ffba else None,
                        "kaiming" if ffba else None)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 VARIANTS = ("base", "lora", "lora-merged", "ffba-fused", "ffba-unfused")
-BACKEND_TARGETS = {"executorch": "android", "onnx": "onnx"}
+BACKEND_TARGETS = {"executorch": "android", "onnx": "onnx", "ios": "ios"}
 LORA_RANK = 16
 ROOT = Path(__file__).resolve().parents[1]
 

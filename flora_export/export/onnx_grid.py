@@ -2,7 +2,11 @@
 written one weight at a time.
 
 ONNX Runtime's quantizer maps each block's signed extreme to -8 (scale = v/-8); torchao's
-symmetric int4 uses scale = max|w| / 7.5 with bf16-rounded scales, clamped to [-8, 7].
+symmetric int4 takes scale = max|w| / 7.5 (at least float32's smallest normal), codes
+round(w * (1 / scale)) clamped to [-8, 7], and the export then stores the scale rounded to
+bf16 (what XNNPACK keeps): the weight is code x bf16(scale). `int4_blocks` repeats those
+steps in that order, so the codes and scales are the `.pte`'s bit for bit
+(tests/test_quant_aware.py compares them with torchao's).
 On the embedded default the ORT grid keeps 66.5% held-out `shift` accuracy (fp32
 embedding) where torchao's grid keeps 97%, the same as the `.pte` (docs/verification.md).
 
@@ -23,6 +27,7 @@ import numpy as np
 import torch
 
 _ROWS = 4096        # output rows quantized at once (bounds the float32 temporaries)
+_EPS = np.finfo(np.float32).tiny    # torchao's floor on a symmetric scale
 
 
 def int4_blocks(w_nk: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,9 +38,10 @@ def int4_blocks(w_nk: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     scales = np.empty((n, k // block), np.float32)
     for r in range(0, n, _ROWS):
         w = w_nk[r:r + _ROWS].astype(np.float32).reshape(-1, k // block, block)
-        scale = torch.from_numpy(np.abs(w).max(-1) / 7.5).to(torch.bfloat16).float().numpy()
-        safe = np.where(scale == 0, 1.0, scale)
-        q = (np.clip(np.round(w / safe[..., None]), -8, 7) + 8).astype(np.uint8)
+        scale = np.maximum(np.abs(w).max(-1) / np.float32(7.5), _EPS)
+        q = np.round(w * (np.float32(1) / scale)[..., None])
+        q = (np.clip(q, -8, 7) + 8).astype(np.uint8)
+        scale = torch.from_numpy(scale).to(torch.bfloat16).float().numpy()
         q = q.reshape(len(w), k // block, block // 2, 2)
         packed[r:r + _ROWS] = q[..., 0] | (q[..., 1] << 4)
         scales[r:r + _ROWS] = scale

@@ -82,6 +82,9 @@ class TrainSpec:
     save_every: int = doc("steps between resumable checkpoints (0: none)", 200,
                           limit=OPTIONAL_COUNT)
     log_every: int = doc("steps between loss lines in train_log.jsonl", 10, limit=COUNT)
+    quant_aware: bool = doc("train against the int4 export's weights (FFBA only): the base "
+                            "rounded to int4 once, the adapter in every forward pass with "
+                            "straight-through gradients (docs/ffba.md)", False)
     threads: int = doc("CPU threads for torch (0: torch's default)", 0,
                        limit=Limit(int, 0, THREADS.high, example="2",
                                    note="0 keeps torch's default"))
@@ -110,6 +113,10 @@ class Recipe:
             raise FloraError("an adapter on randomly initialized base weights learns nothing "
                              "useful", "use method.kind=full with model.init=random")
         check_ranges(self)
+        if self.train.quant_aware and self.method.kind != "ffba":
+            raise FloraError(f"train.quant_aware applies to FFBA adapters, not method.kind="
+                             f"{self.method.kind} (a merged LoRA or full model is rounded "
+                             "with the base)", "set train.quant_aware=false or method.kind=ffba")
         if not self.data.tasks and not self.data.jsonl:
             raise FloraError("the recipe names no data", "set data.tasks or data.jsonl")
         from .tasks import TASKS

@@ -29,6 +29,7 @@ from ..version import __version__
 from .checkpoint import (CHECKPOINT, drop_checkpoint, has_checkpoint, load_checkpoint,
                          save_checkpoint)
 from .data import IGNORE, BatchSource, Encoder, check_lengths, held_out
+from .quant_aware import make_quant_aware
 from .recipe import Recipe, dump_recipe
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ def build_model(recipe: Recipe):
     cfg = recipe.adapter_config()
     if isinstance(cfg, FFBAConfig):
         attach_ffba(model, cfg)
+        if recipe.train.quant_aware:
+            log.info("quantization-aware: base rounded to int4, %d adapter matrices rounded "
+                     "in each forward pass", make_quant_aware(model))
     elif isinstance(cfg, LoraConfig):
         attach_lora(model, cfg)
     else:                                    # full fine-tuning updates float32 weights
@@ -210,6 +214,7 @@ def _metrics(recipe: Recipe, model, params, before, after, window, tokens, wall,
         "trainable_params": n_train,
         "total_params": sum(p.numel() for p in model.parameters()),
         "steps": recipe.train.steps,
+        "quant_aware": recipe.train.quant_aware,
         "final_train_loss": round(sum(window) / len(window), 5) if window else None,
         "eval_before": None if before is None else before.to_dict(),
         "eval": after.to_dict(),
