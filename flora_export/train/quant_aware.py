@@ -19,8 +19,10 @@ nothing. So, with `quant_aware`:
 
 The embedding (int8 per row in the export) stays float. The groups align with the fused
 layout only when every base input size is a multiple of the group; other bases are
-refused. Adapter files are unchanged: the base is not saved, and `QuantAwareLinear` is an
-`nn.Linear` with the same parameters.
+refused. `make_quant_aware` returns a `QuantAware` that keeps the base's original weights
+(as loaded: 2 bytes a parameter for a bf16 base); `release()` puts them back and the
+adapter matrices back to plain linears before the adapter is saved, so the saved adapter
+records the base it was trained on (its fingerprint is of the original weights).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dataclasses import dataclass, field
 
 from ..errors import FloraError
 from ..model.storage import mark
@@ -71,10 +75,28 @@ def _adapter_linears(model: nn.Module) -> list[tuple[nn.Linear, float]]:
     return found
 
 
-def make_quant_aware(model: nn.Module) -> int:
+@dataclass
+class QuantAware:
+    """What `make_quant_aware` changed: the base linears' original weights, and the adapter
+    matrices made quantization-aware."""
+    originals: list[tuple[nn.Linear, nn.Parameter]] = field(default_factory=list)
+    adapters: list[nn.Linear] = field(default_factory=list)
+
+    def release(self) -> None:
+        """The original base weights and plain adapter linears back (the adapter's trained
+        values stay)."""
+        for lin, weight in self.originals:
+            lin.weight = weight
+            mark(lin)
+        for lin in self.adapters:
+            lin.__class__ = nn.Linear
+        self.originals, self.adapters = [], []
+
+
+def make_quant_aware(model: nn.Module) -> QuantAware:
     """Round the base's projections and head once and make every FFBA adapter matrix
-    quantization-aware, in place; returns how many adapter matrices were. Fails, naming
-    the projection, when an input size is not a multiple of the group."""
+    quantization-aware, in place. Fails, naming the projection, when an input size is
+    not a multiple of the group."""
     from ..quantize import untie_head
 
     adapters = _adapter_linears(model)
@@ -82,25 +104,24 @@ def make_quant_aware(model: nn.Module) -> int:
         raise FloraError("train.quant_aware needs an FFBA adapter on the model",
                          "set method.kind=ffba, or train.quant_aware=false")
     ids = {id(lin) for lin, _ in adapters}
+    base = [(name, lin) for name, lin in model.named_modules()
+            if isinstance(lin, nn.Linear) and id(lin) not in ids]
+    for name, lin in base:
+        if lin.in_features % GROUP:
+            raise FloraError(f"{name} reads {lin.in_features} inputs, not a multiple of the "
+                             f"int4 group ({GROUP}): its groups would not match the fused "
+                             "weight's", "set train.quant_aware=false for this base")
+    state = QuantAware()
+    tied = model.lm_head.weight is model.embed_tokens.weight
     untie_head(model)                        # the export rounds the head on its own
     with torch.no_grad():
-        for name, lin in model.named_modules():
-            if not isinstance(lin, nn.Linear) or id(lin) in ids:
-                continue
-            if lin.in_features % GROUP:
-                raise FloraError(f"{name} reads {lin.in_features} inputs, not a multiple of "
-                                 f"the int4 group ({GROUP}): its groups would not match the "
-                                 "fused weight's", "set train.quant_aware=false for this base")
+        for _, lin in base:
+            original = model.embed_tokens.weight if tied and lin is model.lm_head else lin.weight
+            state.originals.append((lin, original))
             lin.weight = nn.Parameter(fake_int4(lin.weight), requires_grad=False)
             mark(lin)
     for lin, fold in adapters:
         lin.__class__ = QuantAwareLinear
         lin.fold = fold
-    return len(adapters)
-
-
-def release_quant_aware(model: nn.Module) -> None:
-    """Adapter matrices back to plain nn.Linear (the rounded base stays)."""
-    for m in model.modules():
-        if isinstance(m, QuantAwareLinear):
-            m.__class__ = nn.Linear
+        state.adapters.append(lin)
+    return state

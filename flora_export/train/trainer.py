@@ -53,9 +53,6 @@ def build_model(recipe: Recipe):
     cfg = recipe.adapter_config()
     if isinstance(cfg, FFBAConfig):
         attach_ffba(model, cfg)
-        if recipe.train.quant_aware:
-            log.info("quantization-aware: base rounded to int4, %d adapter matrices rounded "
-                     "in each forward pass", make_quant_aware(model))
     elif isinstance(cfg, LoraConfig):
         attach_lora(model, cfg)
     else:                                    # full fine-tuning updates float32 weights
@@ -92,6 +89,10 @@ def train(recipe: Recipe, restart: bool = False, keep_checkpoint: bool = False,
         torch.set_num_threads(t.threads)
     acc = Accelerator()
     model = build_model(recipe)
+    rounded = make_quant_aware(model) if t.quant_aware else None
+    if rounded:
+        log.info("quantization-aware: base rounded to int4, %d adapter matrices rounded in "
+                 "each forward pass", len(rounded.adapters))
     encoder = Encoder.for_model(model, recipe.data.chat_template)
     source, evals = BatchSource(recipe, encoder), held_out(recipe)
     source.check_lengths()                       # the whole data set, before step 1
@@ -131,6 +132,8 @@ def train(recipe: Recipe, restart: bool = False, keep_checkpoint: bool = False,
         after = score_eager(model, encoder, evals, show=5)
         metrics = _metrics(recipe, model, params, before, after, window, tokens,
                            time.perf_counter() - t0, acc)
+        if rounded:                          # the adapter records the original base
+            rounded.release()
         _write_outputs(recipe, model, metrics)
         if not keep_checkpoint:
             drop_checkpoint(out)
