@@ -45,6 +45,17 @@ def test_fake_int4_is_the_exports_grid():
     assert np.array_equal(scales, qt.scale.float().numpy())
 
 
+def _with_adapter(cfg: FFBAConfig, adapter: dict):
+    """The float base with an FFBA adapter of `cfg` holding the values `adapter`."""
+    model = load_model(DEFAULT_BASE)
+    attach_ffba(model, cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in adapter:
+                p.copy_(adapter[n])
+    return model
+
+
 @pytest.mark.parametrize("variant", ["ffba-neurons", "ffba"])
 def test_quant_aware_model_computes_what_the_int4_fused_model_computes(variant):
     """The unfused quant-aware model's logits equal those of the same adapter fused into the
@@ -59,24 +70,14 @@ def test_quant_aware_model_computes_what_the_int4_fused_model_computes(variant):
     randomize_adapter(qa, std=0.05)
     adapter = {n: p.detach().clone() for n, p in qa.named_parameters() if p.requires_grad}
     assert len(make_quant_aware(qa).adapters) >= 3 * qa.config.num_hidden_layers // 2
-    ref = load_model(DEFAULT_BASE)
-    attach_ffba(ref, cfg)
-    with torch.no_grad():
-        for n, p in ref.named_parameters():
-            if n in adapter:
-                p.copy_(adapter[n])
+    ref = _with_adapter(cfg, adapter)
     fuse(ref, pad_to=32)
     quantize(ref, QuantConfig("4w", weight_bits=4, group_size=32, dynamic_activations=False,
                               embedding_bits=None))
     with torch.no_grad():
         got, want = qa(TOKENS), ref(TOKENS)
-    float_model = load_model(DEFAULT_BASE)
-    attach_ffba(float_model, cfg)
     with torch.no_grad():
-        for n, p in float_model.named_parameters():
-            if n in adapter:
-                p.copy_(adapter[n])
-        drift = (float_model(TOKENS) - want).abs().max().item()
+        drift = (_with_adapter(cfg, adapter)(TOKENS) - want).abs().max().item()
     err = (got - want).abs().max().item()
     assert err < 2e-4 and drift > 100 * err     # the rounding is visible, and matched
 
