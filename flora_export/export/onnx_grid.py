@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .onnx_weights import initializer_array  # noqa: F401  (read by the ONNX backend and tests)
+
 _ROWS = 4096        # output rows quantized at once (bounds the float32 temporaries)
 _EPS = np.finfo(np.float32).tiny    # torchao's floor on a symmetric scale
 
@@ -46,19 +48,6 @@ def int4_blocks(w_nk: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
         packed[r:r + _ROWS] = q[..., 0] | (q[..., 1] << 4)
         scales[r:r + _ROWS] = scale
     return packed, scales
-
-
-def initializer_array(init, base_dir: Path) -> np.ndarray:
-    """An initializer's array; external data is read into a copy of the proto, so the
-    graph's own protos stay without their weights (one weight in memory at a time)."""
-    import onnx
-    from onnx import numpy_helper
-
-    if init.data_location != onnx.TensorProto.EXTERNAL:
-        return numpy_helper.to_array(init)
-    tmp = onnx.TensorProto()
-    tmp.CopyFrom(init)
-    return numpy_helper.to_array(tmp, base_dir=str(base_dir))
 
 
 def quantize_int4(proto, base_dir: Path, block: int, accuracy_level: int, writer,

@@ -107,12 +107,23 @@ def matmul_weight(node, index: GraphIndex) -> MatMulWeight | None:
     return MatMulWeight(init, True, [cast, transpose])
 
 
+def initializer_array(init, base_dir: Path) -> np.ndarray:
+    """An initializer's array; external data is read into a copy of the proto, so the
+    graph's own protos stay without their weights (one weight in memory at a time)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if init.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(init)
+    tmp = onnx.TensorProto()
+    tmp.CopyFrom(init)
+    return numpy_helper.to_array(tmp, base_dir=str(base_dir))
+
+
 def weight_nk(weight: MatMulWeight, base_dir: Path) -> np.ndarray:
     """The weight as [N, K] (output rows first), in its stored dtype: the narrow
     initializer itself, or a transposed view of a float32 one (callers convert a block of
     rows at a time)."""
-    from .onnx_grid import initializer_array
-
     arr = initializer_array(weight.init, base_dir)
     return arr if weight.transposed else arr.T
 
@@ -224,8 +235,6 @@ def widen_stored(proto, base_dir: Path, writer: DataWriter | None = None) -> int
     without, it is held in the proto (save it with external data). Returns how many
     initializers were widened."""
     from onnx import numpy_helper
-
-    from .onnx_grid import initializer_array
 
     graph = proto.graph
     index = GraphIndex(graph)
