@@ -49,26 +49,12 @@ import accuracy_sweep as sweep  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("eager", "int4 weights", "int8 weights + int8 act.", "8da4w")
 SPLIT_MODES = ("int4 base only", "int4 adapter only")
-GROUP = 32
-
-
-def fake_int4(w, group: int = GROUP):
-    """`w` [N, K] rounded to symmetric int4 with one bf16 scale per `group` columns (K
-    zero-padded to the group), as float32."""
-    import torch
-
-    n, k = w.shape
-    pad = -k % group
-    x = torch.nn.functional.pad(w.float(), (0, pad)).view(n, -1, group)
-    scale = (x.abs().amax(-1, keepdim=True) / 7.5).to(torch.bfloat16).float()
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    q = (x / scale).round().clamp(-8, 7).mul(scale)
-    return q.view(n, -1)[:, :k]
 
 
 def round_part(model, adapter: bool):
     """Fake-quantize the adapter's linears (adapter=True) or every other linear, in place."""
     import torch
+    from flora_export.train.quant_aware import fake_int4
 
     with torch.no_grad():
         for name, mod in model.named_modules():
