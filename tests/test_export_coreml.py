@@ -187,6 +187,56 @@ def test_reference_holds_the_packages_weights(int4_coreml, tiny_base, tiny_ffba)
     assert torch.allclose(got, ref["reference_logits"][0], atol=1e-4)
 
 
+def test_package_codes_are_the_pte_grid(int4_coreml, tiny_base, tiny_ffba):
+    """The package's int4 codes and scales are made in torch on the .pte's grid (torchao's,
+    bf16 scales): dequantized, every fused projection and the head equal fake_int4 of the
+    fused float weight exactly; the tied embedding's gather reads the head's constant."""
+    from flora_export.fuse import fuse
+    from flora_export.train.quant_aware import fake_int4
+    model = load_model(tiny_base)
+    load_adapter(model, tiny_ffba)
+    fuse(model, pad_to=32)
+    weights = {f"p_model_{fqn.replace('.', '_')}_weight_quantized": m.weight
+               for fqn, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    package = quantized_linears(int4_coreml / "model.mlpackage")
+    assert set(package) == set(weights)
+    for name, (data, scale) in package.items():
+        got = torch.tensor(data, dtype=torch.float32) * torch.tensor(
+            scale, dtype=torch.float32).repeat_interleave(32, dim=1)
+        assert torch.equal(got, fake_int4(weights[name].detach())), name
+    _, prog = program_of(int4_coreml / "model.mlpackage")
+    gathers = [op for op in prog.functions["main"].operations if op.op_type == "gather"
+               and op.x.op is not None and op.x.op.op_type == "constexpr_blockwise_shift_scale"]
+    assert [op.x.name for op in gathers] == ["p_model_lm_head_weight_quantized"]
+
+
+def test_symmetric_codes_match_torchao():
+    """coreml_weights.symmetric_codes is torchao's symmetric grid for int4 groups (codes and
+    bf16 scales) and int8 rows (float32 scales), on a weight larger than one row block."""
+    from torchao.quantization.quant_primitives import (MappingType, choose_qparams_affine,
+                                                       quantize_affine)
+
+    from flora_export.export.coreml_weights import symmetric_codes
+    from flora_export.model import storage
+    w = torch.randn(300, 96) * torch.logspace(-3, 0, 300)[:, None]
+    w[7] = 0                                                  # an all-zero row (FFBA padding)
+    old, storage.BLOCK_NUMEL = storage.BLOCK_NUMEL, 96 * 64   # several row blocks
+    try:
+        for bits, group, block in ((4, 32, 32), (8, 0, 96)):
+            codes, scales = symmetric_codes(w, bits, group)
+            qmin, qmax = -2 ** (bits - 1), 2 ** (bits - 1) - 1
+            scale, zero = choose_qparams_affine(w, MappingType.SYMMETRIC, (1, block), torch.int8,
+                                                qmin, qmax, torch.finfo(torch.float32).tiny,
+                                                torch.float32)
+            want = quantize_affine(w, (1, block), scale, zero, torch.int8, qmin, qmax)
+            assert torch.equal(codes, want), bits
+            scale = scale.view(300, -1)
+            want_scale = scale.to(torch.bfloat16).float() if group else scale
+            assert torch.equal(scales, want_scale), bits
+    finally:
+        storage.BLOCK_NUMEL = old
+
+
 def test_reference_holds_the_packages_weights_at_2_bytes(tiny_base, tmp_path):
     """After an int4 export the eager model holds the package's dequantized weights as the
     device computes them, fp16 (2 bytes a parameter, computing in float32), not a float32

@@ -8,14 +8,15 @@ bounds come from input shapes. Inputs are `inputIds` [1, S] and `causalMask` [1,
 call, so T - S is the position of the first new token); output `logits` [1, 1, vocab] of
 the last token. One function serves prefill (S > 1) and decode (S = 1).
 
-Weights: `coremltools.optimize.coreml.linear_quantize_weights` (linear_symmetric), int4
-per block of 32 input columns for `8da4w`, int8 per output channel for `int8`; every
-projection and the output head stay one `linear` op fed by one
-`constexpr_blockwise_shift_scale`. Core ML has no dynamic activation quantization:
+Weights: int4 per block of 32 input columns for `8da4w`, int8 per output channel for
+`int8`, made in torch on the `.pte`'s grid (coreml_weights.py) and converted from
+`torchao::dequantize_affine` ops; every projection and the output head stay one `linear`
+op fed by one `constexpr_blockwise_shift_scale`. Core ML has no dynamic activation quantization:
 activations run in fp16 (the compute precision phones use, also for `fp32` weights).
 
-The fp32 program is captured and checked against the eager model first; the package is
-converted from an fp16 copy of the weights (the converter then holds no fp32 constants).
+The fp32 program is captured (stored weights upcast in it) and checked against the eager
+model first; the package is then converted from the codes (or, for `fp32`, from an fp16
+copy of the weights), so the converter never holds a float32 constant.
 Core ML predictions need macOS, so on Linux the package is checked by its spec (inputs,
 outputs, states, op counts) and the captured torch program by numbers; the package's own
 parity runs on a Mac with `python -m flora_export.export.coreml_parity OUT`.
@@ -34,10 +35,9 @@ import torch
 from torch import nn
 
 from ..errors import FloraError
-from ..model.storage import widen_all, widen_small
-from ..quantize import quantizable_linears
-from . import coreml_spec
-from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
+from ..model.storage import captured_form, plain_all, widen_small
+from . import coreml_spec, coreml_weights
+from .backend import (BuildResult, LoweringCounts, expected_quantized,
                       load_device_weights, lowering_counts)
 from .coreml_attention import SlicedKV
 
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 PACKAGE = "model.mlpackage"
 REFERENCE = "coreml_reference.safetensors"
-STAGES = ["coreml-capture", "coreml-convert", "coreml-quantize", "coreml-save",
+STAGES = ["coreml-capture", "coreml-quantize", "coreml-convert", "coreml-save",
           "coreml-reference"]
 INPUTS, OUTPUTS, STATES = ("inputIds", "causalMask"), ("logits",), ("keyCache", "valueCache")
 PARITY_COMMAND = "python -m flora_export.export.coreml_parity"
@@ -108,17 +108,21 @@ def program_step(ep: torch.export.ExportedProgram):
     return step
 
 
-def convert(ep: torch.export.ExportedProgram, cfg, max_seq: int):
-    """ct.convert to an iOS 18 ML program with fp16 compute and fp16 states (not loaded)."""
+def convert(ep: torch.export.ExportedProgram, cfg, max_seq: int, tied: bool = False):
+    """ct.convert to an iOS 18 ML program with fp16 compute and fp16 states (not loaded);
+    coded weights (coreml_weights) become constexpr_blockwise_shift_scale ops named after
+    their weight."""
     import coremltools as ct
 
+    program = ep.run_decompositions({})
+    coreml_weights.name_weights(program, tied)
     states = [ct.StateType(wrapped_type=ct.TensorType(shape=cache_shape(cfg, max_seq),
                                                       dtype=np.float16), name=n) for n in STATES]
     length, total = ct.RangeDim(1, max_seq), ct.RangeDim(1, max_seq)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return ct.convert(
-            ep.run_decompositions({}), convert_to="mlprogram",
+            program, convert_to="mlprogram",
             minimum_deployment_target=ct.target.iOS18,
             compute_precision=ct.precision.FLOAT16, skip_model_load=True,
             inputs=[ct.TensorType(name=INPUTS[0], shape=(1, length), dtype=np.int32),
@@ -128,16 +132,18 @@ def convert(ep: torch.export.ExportedProgram, cfg, max_seq: int):
 
 def convert_from_fp16(model: nn.Module, cfg, max_seq: int):
     """Convert from fp16 weights (what the package stores; the converter then holds no fp32
-    copies). Returns (mlmodel, source dtype); the model is left fp16 (its weights rounded;
-    `storage.widen_small` brings the rest back to float32). A graph that coremltools mistypes in fp16
-    (unmerged LoRA's zero segments) is converted from those weights in fp32 instead."""
-    model.half()
+    copies), or from the package's codes where coreml_weights gave the model them. Returns
+    (mlmodel, source dtype); the model is left fp16 (its weights rounded; `storage.widen_small`
+    brings the rest back to float32). A graph that coremltools mistypes in fp16 (unmerged
+    LoRA's zero segments) is converted from those weights in fp32 instead."""
+    tied = model.lm_head.weight is model.embed_tokens.weight
+    plain_all(model.half())                # one fp16 program: every op computes in fp16
     try:
-        return convert(capture(model, max_seq), cfg, max_seq), "float16"
+        return convert(capture(model, max_seq), cfg, max_seq, tied), "float16"
     except ValueError as e:
         log.warning("fp16 conversion failed (%s); converting from fp32", str(e)[:200])
     model.float()
-    return convert(capture(model, max_seq), cfg, max_seq), "float32"
+    return convert(capture(model, max_seq), cfg, max_seq, tied), "float32"
 
 
 def weight_quantization(quant) -> dict | None:
@@ -146,32 +152,11 @@ def weight_quantization(quant) -> dict | None:
         return None
     if quant.weight_bits == 4:
         return {"dtype": "int4", "granularity": "per_block", "block_size": quant.group_size or 32,
-                "mode": "linear_symmetric", "applies_to": "every linear and the embedding"}
+                "mode": "symmetric", "grid": "the .pte's (torchao)",
+                "applies_to": "every linear and the embedding"}
     return {"dtype": "int8", "granularity": "per_channel", "block_size": None,
-            "mode": "linear_symmetric", "applies_to": "every linear and the embedding"}
-
-
-def quantize(mlmodel, quant, skip: list[str]):
-    """linear_quantize_weights with one config for linear and gather (a tied embedding is
-    one constant shared by the gather and the head); `skip`: const ops left in float."""
-    import coremltools.optimize.coreml as cto
-
-    q = weight_quantization(quant)
-    op = cto.OpLinearQuantizerConfig(mode=q["mode"], dtype=q["dtype"],
-                                     granularity=q["granularity"],
-                                     block_size=q["block_size"] or 32, weight_threshold=0)
-    config = cto.OptimizationConfig(op_type_configs={"linear": op, "gather": op},
-                                    op_name_configs={name: None for name in skip})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return cto.linear_quantize_weights(mlmodel, config)
-
-
-def lora_consts(mlmodel) -> list[str]:
-    """Const ops holding unmerged LoRA halves (kept in float, as in the other backends)."""
-    return [op.name for fn in mlmodel._mil_program.functions.values()
-            for op in fn.operations if op.op_type == "const"
-            and ("lora_a" in op.name.lower() or "lora_b" in op.name.lower())]
+            "mode": "symmetric", "grid": "the .pte's (torchao)",
+            "applies_to": "every linear and the embedding"}
 
 
 def app_metadata(model, max_seq: int, bos: int, eos: list[int], quant) -> dict[str, str]:
@@ -249,7 +234,7 @@ def dequantized_weights(mlmodel) -> Iterator[tuple[str, torch.Tensor]]:
 
 def _weight_name(const: str) -> str:
     """The torch parameter a package constant came from (converter suffixes removed)."""
-    return const.removesuffix("_quantized").removesuffix("_to_fp16")
+    return const.removesuffix("_cast_fp16").removesuffix("_quantized").removesuffix("_to_fp16")
 
 
 def weight_owners(model: nn.Module) -> dict[str, str]:
@@ -298,23 +283,16 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     package's own gates run on macOS (coreml_parity), the quality gate is estimated here."""
     st, cfg, max_seq = ctx.stages, model.config, ctx.config.max_seq
     _check_limits(model, ctx)
-    widen_all(model)                       # converted from a float32 (then fp16) program
     expected = expected_quantized(model, ctx.quant)
-    with st("coreml-capture"):
+    with st("coreml-capture"), captured_form(model):     # stored weights upcast in the program
         program = ctx.verify(program_step(capture(model, max_seq)), ctx.fp32_logits,
                              "the captured Core ML torch program", program_only=True)
-    with st("coreml-convert"):
-        mlmodel, source = convert_from_fp16(model, cfg, max_seq)
     if ctx.quant.quantizes:
         with st("coreml-quantize"):
-            skip = lora_consts(mlmodel)
-            # The reference takes the package's quantized weights and the quantizer reads
-            # the converted weights from disk: neither the torch copies (LoRA halves stay,
-            # as in the package) nor the in-memory program is needed any more, and each
-            # would add 2 bytes a parameter to the peak.
-            drop_weights([lin for _, lin in quantizable_linears(model)] + [model.embed_tokens])
-            mlmodel._mil_program = None
-            mlmodel = quantize(mlmodel, ctx.quant, skip)
+            coreml_weights.code_weights(model, ctx.quant.weight_bits, ctx.quant.group_size)
+    with st("coreml-convert"):
+        mlmodel, source = convert_from_fp16(model, cfg, max_seq)
+        coreml_weights.uncode_weights(model)           # the codes are in the package now
     with st("coreml-save"):
         set_metadata(mlmodel, app_metadata(model, max_seq, ctx.bos, ctx.eos, ctx.quant))
         mlmodel.save(str(out / PACKAGE))

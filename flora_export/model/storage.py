@@ -203,6 +203,16 @@ def widen_all(model: nn.Module) -> nn.Module:
     return _convert(model, tuple(_PLAIN), lambda w: w.to(COMPUTE_DTYPE))
 
 
+def plain_all(model: nn.Module) -> nn.Module:
+    """Every stored module back to its plain class, its weight left as it is: for a model
+    made wholly fp16 by `.half()`, so that every op computes in fp16 and the head stays one
+    op (the Core ML conversion); `widen_small` marks them stored again after."""
+    for m in model.modules():
+        if type(m) in _PLAIN:
+            m.__class__ = _PLAIN[type(m)]
+    return model
+
+
 def widen_small(model: nn.Module) -> nn.Module:
     """Everything but the Linear/Embedding weights back to float32 (norms, biases, RoPE
     tables, after a `model.half()`), in place; the weights keep their dtype (a plain
