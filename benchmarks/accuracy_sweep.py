@@ -7,7 +7,8 @@ Two phases, every cell cached in --work (a cell is one training run and its scor
    rate; for FFBA also the scale alpha/width, the activation and the initialisation of
    A) is trained with seed 0 and scored on the **validation** split. The best setting
    per (task, method, budget) is the one with the highest validation exact match
-   (ties: lower validation loss).
+   (ties: lower validation loss); for a quantization-aware method (`METHOD-qat`) the
+   validation scores of its int4-weight model, the model it trains and ships.
 2. **report**: the chosen setting is trained with --seeds (seed 0 reused) and scored on
    the disjoint **test** split: eager fp32, and eager with the int4 export's exact
    weights (fused/merged, then the export's own 8da4w quantization: int4 group-32
@@ -253,8 +254,16 @@ def run_pte(task: str, row: dict, args, data: dict) -> dict:
 
 # ---------------------------------------------------------------- the sweep
 
+def selection_split(method: str) -> str:
+    """The validation scores a method's settings are judged by: eager, except for a
+    quantization-aware method, whose model is the int4 one (its float-base eager model is
+    not what it trained for, nor what runs)."""
+    return "val_int4" if method.endswith(QAT) else "val"
+
+
 def best(rows: list[dict]) -> dict:
-    return max(rows, key=lambda r: (r["val"]["accuracy"], -r["val"]["loss"]))
+    return max(rows, key=lambda r: (r[selection_split(r["method"])]["accuracy"],
+                                    -r[selection_split(r["method"])]["loss"]))
 
 
 def _cells(jobs: int, fn, calls: list[tuple]) -> list[dict]:

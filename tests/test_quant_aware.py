@@ -123,3 +123,21 @@ def test_short_quant_aware_run_records_it(tmp_path):
     assert metrics["quant_aware"] is True
     from flora_export.adapters import load_adapter       # strict base check: the original base
     load_adapter(load_model(DEFAULT_BASE), tmp_path / "run")
+
+
+def test_the_sweep_selects_a_quant_aware_setting_by_its_int4_model():
+    """benchmarks/accuracy_sweep.best: a quantization-aware method's settings are judged by
+    the validation scores of their int4-weight model (what it trains and ships), the other
+    methods' by their eager model."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from accuracy_sweep import best
+
+    def row(method, key, val, int4):
+        return {"method": method, "key": key, "val": {"accuracy": val, "loss": 0.1},
+                "val_int4": {"accuracy": int4, "loss": 0.1}}
+    qat = [row("ffba-neurons-qat", "a", 0.84, 0.935), row("ffba-neurons-qat", "b", 0.34, 0.965)]
+    assert best(qat)["key"] == "b"
+    plain = [row("ffba-neurons", "a", 0.84, 0.935), row("ffba-neurons", "b", 0.34, 0.965)]
+    assert best(plain)["key"] == "a"
