@@ -24,6 +24,11 @@ LAYERS, MAX_SEQ = 2, 64                      # the tiny preset; the exports' KV 
 PROJECTIONS = ("self_attn_qkv_proj", "self_attn_o_proj", "mlp_gate_up_proj", "mlp_down_proj")
 
 
+def ct_reference(out):
+    from safetensors.torch import load_file
+    return load_file(str(out / "coreml_reference.safetensors"))
+
+
 def program_of(package):
     """The package's ML program with its weights, read back from disk (no model load)."""
     from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
@@ -135,6 +140,9 @@ def test_manifest_says_parity_needs_macos(int4_coreml):
     assert p["status"] == "not run (needs macOS)" and p["passed"] is None
     assert "coreml_parity" in p["how"]
     assert p["torch_program_vs_eager"]["passed"] and p["torch_program_vs_eager"]["max_abs_diff"] < 1e-4
+    # the program was checked at every position the reference scored (the extension too)
+    ref_positions = len(ct_reference(int4_coreml)["fp32_logits"])
+    assert p["torch_program_vs_eager"]["steps"] == ref_positions > 9
     assert p["quant_sqnr_db_vs_fp32"] > 5          # int4 on random weights: low but finite
     pkg = m["files"]["model.mlpackage"]["files"]
     for rel, rec in pkg.items():
@@ -257,10 +265,20 @@ def test_reference_holds_the_packages_weights_at_2_bytes(tiny_base, tmp_path):
 
 
 def test_sliced_kv_program_matches_eager(tiny_base):
-    """The captured Core ML torch program (caches as buffers, shape-derived slices)."""
+    """The captured Core ML torch program (caches as buffers, shape-derived slices); the
+    checked program's chunk of positions equals the same positions decoded one by one."""
     from flora_export.export.coreml import capture, program_step
     model = load_model(tiny_base).setup_cache(MAX_SEQ)
     assert max_step_error(program_step(capture(model, MAX_SEQ)), model, seed=3, total=40) < 1e-4
+    ep = capture(model, MAX_SEQ, last_only=False)
+    tokens = torch.randint(0, 300, (1, 30), generator=torch.Generator().manual_seed(5))
+    chunked, stepped = program_step(ep), program_step(ep)
+    chunked(tokens[:, :10], torch.tensor([0]))
+    got = chunked.extend(tokens, 10)
+    stepped(tokens[:, :10], torch.tensor([0]))
+    want = [stepped(tokens[:, p:p + 1], torch.tensor([p])) for p in range(10, 30)]
+    assert len(got) == 20
+    assert max((g - w).abs().max().item() for g, w in zip(got, want)) < 1e-4
 
 
 def test_ios_folder_holds_both_backends(fp32_ios):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import FloraError
 from ..quantize import QuantConfig, rowwise_eager
 from ..verify import (VerifyConfig, compare, eager_extension, eager_step, enforce, judge_lowering,
                       judge_quality, lowering_thresholds, measure, reference_sequence,
@@ -71,6 +72,20 @@ class BuildContext:
                      sensitive_config(self.config.verify, s).min_sqnr_db)
         return s
 
+    def program_logits(self, step, positions: int) -> list[torch.Tensor]:
+        """A checked torch program's logits at the `positions` the eager reference scored:
+        on the eager schedule (the first round step by step, the extension in one chunk)
+        when the step can score a chunk (`step.extend`), else step by step."""
+        first = self.config.verify.decode_steps
+        if hasattr(step, "extend") and positions > first + 1:
+            got = run_steps(step, self.tokens, self.prompt_len, first)
+            got += step.extend(self.tokens, self.prompt_len + first)
+            if len(got) == positions:
+                return got
+            raise FloraError(f"the checked program scored {len(got)} positions, the reference "
+                             f"{positions}", "report this with the manifest inputs")
+        return run_steps(step, self.tokens, self.prompt_len, positions - 1)
+
     def verify(self, step, eager: list[torch.Tensor], what: str, *,
                program_only: bool = False) -> Gates:
         """Both gates for `step` (the artifact in its runtime) against `eager` (the eager
@@ -85,7 +100,7 @@ class BuildContext:
         sensitivity = self.sensitivity.get(self.backend)
         cfg = sensitive_config(self.config.verify, sensitivity)
         if program_only:
-            got = run_steps(step, self.tokens, self.prompt_len, len(eager) - 1)
+            got = self.program_logits(step, len(eager))
             low = compare(eager, got, cfg.decisive_k, cfg.min_sqnr_db)
             enforce(judge_lowering(low, False, cfg, "the reference sequence"), what)
             return Gates(parity=low.to_dict(), quality=None)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import FloraError
-from ..model.storage import captured_form, plain_all, widen_small
+from ..model.storage import plain_all, widen_small
 from . import coreml_spec, coreml_weights
 from .backend import (BuildResult, LoweringCounts, expected_quantized,
                       load_device_weights, lowering_counts)
@@ -54,18 +54,20 @@ MAX_SEQ_LIMIT = 32767           # Core ML shape arithmetic runs in int16 with fp
 
 class CoreMLDecoder(nn.Module):
     """(inputIds [1, S], causalMask [1, 1, S, T]) -> logits [1, 1, V]; the KV cache is
-    held in two buffers that Core ML turns into states."""
+    held in two buffers that Core ML turns into states. `last_only=False` ([1, S, V]) is
+    for the checked torch program, which then scores a chunk of positions in one call."""
 
-    def __init__(self, model: nn.Module, max_seq: int, dtype=torch.float32):
+    def __init__(self, model: nn.Module, max_seq: int, dtype=torch.float32,
+                 last_only: bool = True):
         super().__init__()
-        self.model = model
+        self.model, self.last_only = model, last_only
         shape = cache_shape(model.config, max_seq)
         self.register_buffer("keyCache", torch.zeros(shape, dtype=dtype))
         self.register_buffer("valueCache", torch.zeros(shape, dtype=dtype))
 
     def forward(self, inputIds: torch.Tensor, causalMask: torch.Tensor) -> torch.Tensor:  # noqa: N803
         kv = SlicedKV(self.keyCache, self.valueCache, causalMask)
-        return self.model(inputIds, last_only=True, cache=kv)
+        return self.model(inputIds, last_only=self.last_only, cache=kv)
 
 
 def cache_shape(cfg, max_seq: int) -> tuple[int, ...]:
@@ -80,14 +82,15 @@ def causal_mask(seq: int, start: int, dtype=torch.float32) -> torch.Tensor:
     return torch.where(allowed, zero, torch.tensor(float("-inf"), dtype=dtype))[None, None]
 
 
-def capture(model: nn.Module, max_seq: int) -> torch.export.ExportedProgram:
+def capture(model: nn.Module, max_seq: int, last_only: bool = True
+            ) -> torch.export.ExportedProgram:
     """Export the decoder with dynamic S and T.
 
     torch.export guards S, T < max_seq (a contiguity special case of a full-length cache
     slice); the Core ML inputs declare the full range [1, max_seq], which the converted
     program's slices handle.
     """
-    wrapper = CoreMLDecoder(model, max_seq).eval()   # fp32 buffers; the states are fp16
+    wrapper = CoreMLDecoder(model, max_seq, last_only=last_only).eval()  # fp32 buffers; states fp16
     seq = torch.export.Dim("query_length", min=1, max=max_seq - 1)
     total = torch.export.Dim("end_step_dim", min=1, max=max_seq - 1)
     example = (torch.zeros(1, 2, dtype=torch.int32), causal_mask(2, 3))
@@ -97,15 +100,29 @@ def capture(model: nn.Module, max_seq: int) -> torch.export.ExportedProgram:
                                    strict=False)
 
 
-def program_step(ep: torch.export.ExportedProgram):
-    """A verify Step running the captured torch program (fresh cache buffers)."""
-    module = ep.module()
+class ProgramStep:
+    """A verify Step running a captured torch program (fresh cache buffers; captured with
+    last_only=False): step(tokens, pos) gives the last position's logits, extend(tokens,
+    fed) the logits of every position of tokens[:, fed:] in one call, continuing the cache,
+    as the eager reference scores its extension (verify.eager_extension)."""
 
-    def step(tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        mask = causal_mask(tokens.shape[1], int(pos[0]))
+    def __init__(self, ep: torch.export.ExportedProgram):
+        self.module = ep.module()
+
+    def _logits(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        mask = causal_mask(tokens.shape[1], start)
         with torch.no_grad():
-            return module(tokens.to(torch.int32), mask)[0, -1].float()
-    return step
+            return self.module(tokens.to(torch.int32), mask)[0].float()
+
+    def __call__(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self._logits(tokens, int(pos[0]))[-1]
+
+    def extend(self, tokens: torch.Tensor, fed: int) -> list[torch.Tensor]:
+        return list(self._logits(tokens[:, fed:], fed)) if fed < tokens.shape[1] else []
+
+
+def program_step(ep: torch.export.ExportedProgram) -> ProgramStep:
+    return ProgramStep(ep)
 
 
 def convert(ep: torch.export.ExportedProgram, cfg, max_seq: int, tied: bool = False):
@@ -284,9 +301,10 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     st, cfg, max_seq = ctx.stages, model.config, ctx.config.max_seq
     _check_limits(model, ctx)
     expected = expected_quantized(model, ctx.quant)
-    with st("coreml-capture"), captured_form(model):     # stored weights upcast in the program
-        program = ctx.verify(program_step(capture(model, max_seq)), ctx.fp32_logits,
-                             "the captured Core ML torch program", program_only=True)
+    with st("coreml-capture"):               # stored weights upcast a block at a time, as eagerly
+        program = ctx.verify(program_step(capture(model, max_seq, last_only=False)),
+                             ctx.fp32_logits, "the captured Core ML torch program",
+                             program_only=True)
     if ctx.quant.quantizes:
         with st("coreml-quantize"):
             coreml_weights.code_weights(model, ctx.quant.weight_bits, ctx.quant.group_size)
