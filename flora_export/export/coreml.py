@@ -249,6 +249,16 @@ def dequantized_weights(mlmodel) -> Iterator[tuple[str, torch.Tensor]]:
                 yield op.outputs[0].name, torch.from_numpy(value)
 
 
+def release(mlmodel) -> None:
+    """Free the in-memory ML program of a saved model now: it holds every weight constant
+    (the int4 codes, and each dequantized value once materialized) in a graph of cycles
+    that only a collection frees."""
+    import gc
+
+    mlmodel._mil_program = None
+    gc.collect()
+
+
 def _weight_name(const: str) -> str:
     """The torch parameter a package constant came from (converter suffixes removed)."""
     return const.removesuffix("_cast_fp16").removesuffix("_quantized").removesuffix("_to_fp16")
@@ -319,6 +329,7 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
         if ctx.quant.quantizes:
             load_package_weights(model, dequantized_weights(mlmodel),
                                  counts.expected_quantized_linear_ops)
+        release(mlmodel)                 # its ML program (cyclic) before the eager run
         del mlmodel
         widen_small(model)               # norms, biases, tables: back to float32
         reference = ctx.eager_logits(model) if ctx.quant.quantizes else ctx.fp32_logits
