@@ -11,9 +11,10 @@ verification reference and every gate are unchanged), at half the memory.
 narrower than their compute dtype; `mark()` gives a module the class its weight calls for,
 so a module's class always says which it is. `widen()` turns one module back into a plain
 float32 one (the quantize stage does this one module at a time, so the float32 copy of the
-whole model never exists); `widen_all()` does it to the whole model, for Core ML (which
-converts from a float32 program) and for training the base weights. The ONNX capture
-keeps the stored dtype instead (`captured_form`: the program upcasts each weight).
+whole model never exists); `widen_all()` does it to the whole model, for training the
+base weights. The ONNX capture keeps the stored dtype instead (`captured_form`: the
+program upcasts each weight); Core ML converts from the package's codes
+(export/coreml_weights.py) or, unquantized, from an all-fp16 model (`plain_all`).
 Norms and biases are small and always kept in the compute dtype.
 """
 
