@@ -239,3 +239,59 @@ def test_lowering_gate_fails_a_wrong_scale_in_the_lowered_program(tmp_path, monk
                                          r"decisive_agreement"):
         export(model, "android", tmp_path / "bad", ExportConfig(quant="8da4w", max_seq=128))
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("shape", [(37, 64), (5, 33), (1, 12, 10)])
+def test_int4_packing_by_row_blocks_gives_executorchs_bytes(shape, monkeypatch):
+    """xnnpack_lowering.pack_int4 (used by the lowering, a block of rows at a time) makes the
+    bytes ExecuTorch's own packing makes, odd widths (padded) and 3-d inputs included; an
+    out-of-range code is refused as there."""
+    from executorch.backends.xnnpack.operators.node_visitor import NodeVisitor
+    from flora_export.export import xnnpack_lowering
+    from flora_export.export.xnnpack_lowering import lean_lowering, pack_int4
+    monkeypatch.setattr(xnnpack_lowering, "BLOCK_ELEMENTS", 100)    # several blocks
+    codes = torch.randint(-8, 8, shape, dtype=torch.int8, generator=torch.Generator().manual_seed(3))
+    expected = NodeVisitor.convert_to_qc4w(codes)
+    assert expected.dtype == torch.uint8 and torch.equal(pack_int4(codes), expected)
+    with lean_lowering():
+        assert NodeVisitor.convert_to_qc4w is pack_int4
+    assert NodeVisitor.convert_to_qc4w is not pack_int4
+    with pytest.raises(AssertionError, match="out of"):
+        pack_int4(codes.to(torch.int16) * 2)
+
+
+def _lowered_pte(model_dir, path, lean: bool, monkeypatch) -> bytes:
+    """8da4w capture of the tiny base lowered and serialized, with or without lean_lowering."""
+    import contextlib
+    from flora_export.export import executorch as et
+    from flora_export.export.capture import capture
+    from flora_export.export.executorch_attention import custom_op_attention
+    from flora_export.quantize import quant_config, quantize
+    model = load_model(model_dir)
+    quantize(model, quant_config("8da4w"))
+    model.setup_cache(32)
+    with custom_op_attention(model):
+        ep = capture(model, 32)
+    with monkeypatch.context() as m:
+        if not lean:
+            m.setattr(et, "lean_lowering", contextlib.nullcontext)
+        edge = et.lower(ep, et.runner_metadata(model, 32, 1, [2]))
+    et.to_pte(edge, path)
+    return path.read_bytes()
+
+
+def test_lean_lowering_writes_executorchs_own_pte_byte_for_byte(tiny_base, tmp_path, monkeypatch):
+    """xnnpack_lowering.lean_lowering shares the preprocessed programs' constants instead of
+    deep-copying them and packs int4 by row blocks: the .pte must be the one ExecuTorch's
+    own lowering writes, and the copy it preprocesses must have its own graph and mapping."""
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+    from flora_export.export.xnnpack_lowering import lean_lowering
+    lean = _lowered_pte(tiny_base, tmp_path / "lean.pte", True, monkeypatch)
+    plain = _lowered_pte(tiny_base, tmp_path / "plain.pte", False, monkeypatch)
+    assert len(lean) > 100_000 and lean == plain
+    ep = torch.export.export(torch.nn.Linear(8, 4), (torch.zeros(1, 8),))
+    with lean_lowering():
+        twin = XnnpackBackend.copy_exported_program_for_preprocess(ep, [])
+    assert twin.state_dict is not ep.state_dict and twin.graph_module is not ep.graph_module
+    assert all(twin.state_dict[k] is v for k, v in ep.state_dict.items())
+    assert "copy_exported_program_for_preprocess" not in XnnpackBackend.__dict__

@@ -136,3 +136,29 @@ def test_widen_small_restores_float32_around_fp16_weights():
               and not n.startswith(("embed_tokens", "lm_head"))]
     assert others and all(t.dtype == torch.float32 for t in others)
     assert torch.equal(logits(model), want)
+
+
+def test_a_copy_for_another_backend_shares_the_weights_and_leaves_them_intact():
+    """ios builds Core ML on a copy sharing the weights' storage (pipeline.copy_sharing_weights):
+    every step a build takes on the copy (quantize, code, .half(), free) must leave the
+    original's weights and outputs as they were, and the copy must keep its tie."""
+    from flora_export.export.backend import release_weights
+    from flora_export.export.coreml_weights import code_weights
+    from flora_export.export.pipeline import copy_sharing_weights
+    model = stored_tiny()
+    model.lm_head.weight = model.embed_tokens.weight
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = logits(model)
+    twin = copy_sharing_weights(model)
+    pairs = list(zip(model.parameters(), twin.parameters()))
+    assert len(pairs) == len(list(twin.parameters())) > 0
+    assert all(a is not b and a.data_ptr() == b.data_ptr() for a, b in pairs)
+    assert twin.lm_head.weight is twin.embed_tokens.weight
+    assert torch.equal(logits(twin), expected)
+    quantize(copy_sharing_weights(model), quant_config("8da4w"))
+    code_weights(twin, 4, 32)
+    twin.half()
+    release_weights(twin)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert torch.equal(logits(model), expected)

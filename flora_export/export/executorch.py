@@ -5,7 +5,9 @@ Attention runs on ExecuTorch's LLM custom ops (`llama.update_cache`,
 export (executorch_attention.py; so is the tanh GELU, written out because XNNPACK's GELU
 is the erf one), every quantized linear
 becomes one XNNPACK fully-connected op, and the runner metadata is stored as
-constant methods, so `TextLLMRunner(model.pte, tokenizer.json)` runs it directly.
+constant methods, so `TextLLMRunner(model.pte, tokenizer.json)` runs it directly. The
+lowering shares the weights it preprocesses instead of copying them, and packs int4 weights
+a block of rows at a time (xnnpack_lowering.py: the same `.pte`, byte for byte).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from .backend import (BuildResult, LoweringCounts, expected_quantized, release_weights,
                       lowering_counts)
+from .xnnpack_lowering import lean_lowering
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ def lower(ep: torch.export.ExportedProgram, metadata: dict):
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
     load_runtime_ops()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), lean_lowering():
         warnings.simplefilter("ignore")
         return to_edge_transform_and_lower(
             ep, partitioner=[XnnpackDynamicallyQuantizedPartitioner(), XnnpackPartitioner()],

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from torch import nn
+
 from ..errors import FloraError
 from ..fuse import count_fused_linears, fuse
 from ..quantize import count_quantized_linears, quant_config
@@ -85,7 +87,8 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
         for i, name in enumerate(row.backends):
             last = i == len(row.backends) - 1
             ctx.backend = name
-            results[name] = backend(name).build(model if last else copy.deepcopy(model), tmp, ctx)
+            results[name] = backend(name).build(model if last else copy_sharing_weights(model),
+                                                tmp, ctx)
         (tmp / "tokenizer.json").write_text(model.tokenizer_json)
         with st("tokenizer"):
             tokenizers = {name: tokenizer_gate.check(
@@ -102,6 +105,17 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
             tokenizer_gate.add_to_manifest(manifest, tokenizers)
             write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def copy_sharing_weights(model):
+    """A copy of `model` for a backend that is not the last one: its own modules, buffers (the
+    KV caches, written in place) and Parameter objects, but over the same weight tensors, so
+    a target with two backends holds the weights once (1B in bf16: 2.5 GB less). Safe because
+    every stage replaces a module's weight (quantizing, coding, freeing, `.half()`) and none
+    writes into one; tests/test_export_pipeline.py checks that the original survives a build."""
+    memo = {id(p): nn.Parameter(p.data, requires_grad=p.requires_grad)
+            for p in model.parameters()}
+    return copy.deepcopy(model, memo)
 
 
 def export_size(model, qcfg, row) -> int:
