@@ -260,8 +260,9 @@ def test_int4_packing_by_row_blocks_gives_executorchs_bytes(shape, monkeypatch):
         pack_int4(codes.to(torch.int16) * 2)
 
 
-def _lowered_pte(model_dir, path, lean: bool, monkeypatch) -> bytes:
-    """8da4w capture of the tiny base lowered and serialized, with or without lean_lowering."""
+def _lowered_pte(model_dir, path, lean: bool, monkeypatch):
+    """8da4w capture of the tiny base lowered and serialized, with or without lean_lowering:
+    (the .pte's bytes, the captured program, the lowered one)."""
     import contextlib
     from flora_export.export import executorch as et
     from flora_export.export.capture import capture
@@ -277,7 +278,7 @@ def _lowered_pte(model_dir, path, lean: bool, monkeypatch) -> bytes:
             m.setattr(et, "lean_lowering", contextlib.nullcontext)
         edge = et.lower(ep, et.runner_metadata(model, 32, 1, [2]))
     et.to_pte(edge, path)
-    return path.read_bytes()
+    return path.read_bytes(), ep, edge
 
 
 def test_lean_lowering_writes_executorchs_own_pte_byte_for_byte(tiny_base, tmp_path, monkeypatch):
@@ -286,9 +287,17 @@ def test_lean_lowering_writes_executorchs_own_pte_byte_for_byte(tiny_base, tmp_p
     own lowering writes, and the copy it preprocesses must have its own graph and mapping."""
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
     from flora_export.export.xnnpack_lowering import lean_lowering
-    lean = _lowered_pte(tiny_base, tmp_path / "lean.pte", True, monkeypatch)
-    plain = _lowered_pte(tiny_base, tmp_path / "plain.pte", False, monkeypatch)
+    from flora_export.export.executorch import drop_constants
+    lean, ep, edge = _lowered_pte(tiny_base, tmp_path / "lean.pte", True, monkeypatch)
+    plain = _lowered_pte(tiny_base, tmp_path / "plain.pte", False, monkeypatch)[0]
     assert len(lean) > 100_000 and lean == plain
+    # after serializing, the export empties every program's constants, partitions included
+    partitions = [m.original_module for m in edge.exported_program().graph_module.modules()
+                  if hasattr(m, "original_module")]
+    assert partitions and ep.state_dict
+    drop_constants(ep, edge.exported_program())
+    assert not ep.state_dict and not edge.exported_program().state_dict
+    assert not any(p.state_dict or p.constants for p in partitions)
     ep = torch.export.export(torch.nn.Linear(8, 4), (torch.zeros(1, 8),))
     with lean_lowering():
         twin = XnnpackBackend.copy_exported_program_for_preprocess(ep, [])
