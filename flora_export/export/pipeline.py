@@ -112,7 +112,7 @@ def copy_sharing_weights(model):
     KV caches, written in place) and Parameter objects, but over the same weight tensors, so
     a target with two backends holds the weights once (1B in bf16: 2.5 GB less). Safe because
     every stage replaces a module's weight (quantizing, coding, freeing, `.half()`) and none
-    writes into one; tests/test_export_pipeline.py checks that the original survives a build."""
+    writes into one; tests/test_storage.py checks that the original survives those steps."""
     memo = {id(p): nn.Parameter(p.data, requires_grad=p.requires_grad)
             for p in model.parameters()}
     return copy.deepcopy(model, memo)
