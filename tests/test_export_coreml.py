@@ -245,23 +245,57 @@ def test_symmetric_codes_match_torchao():
         storage.BLOCK_NUMEL = old
 
 
-def test_reference_holds_the_packages_weights_at_2_bytes(tiny_base, tmp_path):
-    """After an int4 export the eager model holds the package's dequantized weights as the
-    device computes them, fp16 (2 bytes a parameter, computing in float32), not a float32
-    copy; norms and the RoPE tables are float32 again; the head stays tied."""
-    from flora_export.model.storage import StoredEmbedding, StoredLinear
+def test_reference_holds_the_packages_codes_at_1_byte(tiny_base, tmp_path):
+    """After an int4 export the eager model holds the package's own int8 codes and fp16
+    scales (1 byte a parameter, no float copy), dequantized in fp16 as the device does;
+    the tied head and embedding hold one set of codes; norms and the RoPE tables are
+    float32 again."""
+    from flora_export.model.storage import CodedEmbedding, CodedLinear
 
     model = load_model(tiny_base)
     export(model, "coreml", tmp_path / "c", ExportConfig(quant="8da4w", max_seq=MAX_SEQ))
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(type(m) is StoredLinear and m.weight.dtype == torch.float16
-                           for m in linears)
-    assert type(model.embed_tokens) is StoredEmbedding
-    assert model.lm_head.weight is model.embed_tokens.weight
+    linears = {f"p_model_{fqn.replace('.', '_')}_weight_quantized": m
+               for fqn, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears and all(type(m) is CodedLinear and m.weight.numel() == 0
+                           and m.codes.dtype == torch.int8 and m.scales.dtype == torch.float16
+                           and m.rounding == torch.float16 for m in linears.values())
+    package = quantized_linears(tmp_path / "c" / "model.mlpackage")
+    assert set(package) == set(linears)
+    for name, (data, scale) in package.items():
+        assert np.array_equal(linears[name].codes.numpy(), data), name
+        assert np.array_equal(linears[name].scales.numpy(), scale), name
+    assert type(model.embed_tokens) is CodedEmbedding
+    assert model.embed_tokens.codes is model.lm_head.codes
     small = [t for n, t in [*model.named_parameters(), *model.named_buffers()]
-             if t.is_floating_point() and not n.endswith("proj.weight")
-             and not n.startswith(("embed_tokens", "lm_head"))]
+             if t.is_floating_point() and t.numel() and not n.endswith("scales")]
     assert small and all(t.dtype == torch.float32 for t in small)
+
+
+def test_int8_reference_rounds_as_the_device_does(tmp_path):
+    """int8 per row: code x fp16 scale is not an fp16 number in general; the device rounds
+    it to fp16 and so does the saved reference (rebuilt here from the package alone), which
+    a float32 dequantization would miss."""
+    out = tmp_path / "c8"
+    export(load_model("tiny"), "coreml", out, ExportConfig(quant="int8", max_seq=MAX_SEQ))
+    model = load_model("tiny")
+    names = {f"p_model_{fqn.replace('.', '_')}_weight": m for fqn, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear)}
+    rounded, unrounded = 0, 0
+    with torch.no_grad():
+        for name, (data, scale) in quantized_linears(out / "model.mlpackage").items():
+            w = torch.tensor(data, dtype=torch.float32) * torch.tensor(scale, dtype=torch.float32)
+            unrounded += int((w.half().float() != w).sum())
+            rounded += w.numel()
+            names[name.removesuffix("_quantized")].weight = torch.nn.Parameter(w.half().float())
+    assert unrounded > rounded // 4                  # the rounding changes most weights
+    model.embed_tokens.weight = model.lm_head.weight
+    model.half().float()                              # norms as the package stores them
+    ref = ct_reference(out)
+    tokens, n = ref["tokens"], ref["reference_logits"].shape[0]
+    model.setup_cache(MAX_SEQ)
+    with torch.no_grad():
+        got = model(tokens[:, :tokens.shape[1] - (n - 1)], torch.tensor([0]), last_only=True)[0, -1]
+    assert torch.allclose(got, ref["reference_logits"][0], atol=1e-5)
 
 
 def test_sliced_kv_program_matches_eager(tiny_base):
@@ -281,8 +315,9 @@ def test_sliced_kv_program_matches_eager(tiny_base):
     assert max((g - w).abs().max().item() for g, w in zip(got, want)) < 1e-4
 
 
-def test_ios_folder_holds_both_backends(fp32_ios):
+def test_ios_folder_holds_both_backends(fp32_ios, tiny_base, tiny_ffba):
     from flora_export.export.executorch import runtime_step
+    from flora_export.fuse import fuse
     model, out, m = fp32_ios
     assert {p.name for p in out.iterdir()} == {"model.mlpackage", "model.pte", "tokenizer.json",
                                                "coreml_reference.safetensors", "manifest.json",
@@ -294,7 +329,32 @@ def test_ios_folder_holds_both_backends(fp32_ios):
     assert m["results"]["coreml"]["counts"]["quantized_linear_ops"] == 0     # fp32: none
     assert m["results"]["coreml"]["coreml"]["weights"] is None
     assert {"coremltools", "executorch"} <= set(m["versions"])
-    assert max_step_error(runtime_step(out / "model.pte"), model, seed=4) < 1e-4
+    assert model.embed_tokens.weight.dtype == torch.float16   # Core ML, built last, took it
+    eager = load_model(tiny_base)                        # the model the .pte was built from
+    load_adapter(eager, tiny_ffba)
+    fuse(eager, pad_to=32)
+    assert max_step_error(runtime_step(out / "model.pte"), eager, seed=4) < 1e-4
+
+
+def test_ios_builds_core_ml_last_on_the_weights_the_pte_left_intact(int4_coreml, tiny_base,
+                                                                   tiny_ffba, tmp_path):
+    """ios builds the .pte first, on a copy sharing the weights, then Core ML on the model
+    itself (coding its weights in place): the package's codes and its reference logits are
+    a Core ML-only export's, bit for bit, and the .pte passed its gates."""
+    model = load_model(tiny_base)
+    load_adapter(model, tiny_ffba)
+    m = export(model, "ios", tmp_path / "ios", ExportConfig(max_seq=MAX_SEQ))
+    assert m["backends"] == ["coreml", "executorch-xnnpack"]           # Core ML primary
+    assert list(m["timings_s"]).index("quantize") < list(m["timings_s"]).index("coreml-capture")
+    assert m["results"]["executorch-xnnpack"]["parity"]["passed"]
+    ios, alone = ct_reference(tmp_path / "ios"), ct_reference(int4_coreml)
+    assert torch.equal(ios["tokens"], alone["tokens"])
+    assert torch.equal(ios["reference_logits"], alone["reference_logits"])
+    got = quantized_linears(tmp_path / "ios" / "model.mlpackage")
+    want = quantized_linears(int4_coreml / "model.mlpackage")
+    assert set(got) == set(want) and len(got) == 4 * LAYERS + 1
+    assert all(np.array_equal(got[k][0], want[k][0]) and np.array_equal(got[k][1], want[k][1])
+               for k in want)
 
 
 def test_int8_per_channel(tmp_path):

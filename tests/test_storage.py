@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from flora_export.adapters import FFBAConfig, LoraConfig, attach_ffba, attach_lora
 from flora_export.fuse import fuse, merge_lora
@@ -139,7 +140,7 @@ def test_widen_small_restores_float32_around_fp16_weights():
 
 
 def test_a_copy_for_another_backend_shares_the_weights_and_leaves_them_intact():
-    """ios builds Core ML on a copy sharing the weights' storage (pipeline.copy_sharing_weights):
+    """ios builds the .pte on a copy sharing the weights' storage (pipeline.copy_sharing_weights):
     every step a build takes on the copy (quantize, code, .half(), free) must leave the
     original's weights and outputs as they were, and the copy must keep its tie."""
     from flora_export.export.backend import release_weights
@@ -162,3 +163,24 @@ def test_a_copy_for_another_backend_shares_the_weights_and_leaves_them_intact():
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert torch.equal(logits(model), expected)
+
+
+def test_coded_weights_round_their_product_where_the_device_does():
+    """storage.dequantize_rows: codes x scales in float32, rounded to fp16 when the device
+    dequantizes in fp16 (Core ML), bit for bit; an embedding gathers the same rows."""
+    from flora_export.model.storage import CodedEmbedding, CodedLinear, dequantize_rows
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(-128, 128, (64, 96), generator=g, dtype=torch.int8)
+    scales = (torch.rand(64, 1, generator=g) * 1e-2 + 1e-3).half()
+    exact = codes.float() * scales.float()
+    rounded = dequantize_rows(codes, scales, 96, torch.float16)
+    assert torch.equal(rounded, exact.half().float())
+    assert (rounded != exact).float().mean() > 0.5           # the rounding is not a no-op
+    assert torch.equal(dequantize_rows(codes, scales, 96, torch.float32), exact)
+    lin = CodedLinear.hold(nn.Linear(96, 64, bias=False), codes, scales, torch.float16)
+    x = torch.randn(3, 96, generator=g)
+    assert torch.allclose(lin(x), x @ rounded.T, atol=1e-6)
+    emb = CodedEmbedding.hold(nn.Embedding(64, 96), codes, scales, torch.float16)
+    tokens = torch.tensor([[5, 0, 63]])
+    assert torch.equal(emb(tokens), rounded[tokens])
+    assert emb.weight.numel() == 0 and emb.codes is codes

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from ..errors import FloraError
-from ..model.storage import plain_all, widen_small
+from ..model.storage import CodedEmbedding, CodedLinear, plain_all, widen_small
 from . import coreml_spec, coreml_weights
-from .backend import (BuildResult, LoweringCounts, expected_quantized,
-                      load_device_weights, lowering_counts)
+from .backend import (BuildResult, LoweringCounts, expected_quantized, lowering_counts,
+                      release_weights)
 from .coreml_attention import SlicedKV
 
 log = logging.getLogger(__name__)
@@ -236,17 +236,20 @@ def check_package(path: Path, model: nn.Module, max_seq: int, expected: dict[str
     return counts.check("Core ML package"), io
 
 
-def dequantized_weights(mlmodel) -> Iterator[tuple[str, torch.Tensor]]:
-    """(const name, the weight that quantized constant expands to on device), one at a time,
-    in the dtype the device computes it in (fp16: the scales' dtype), so the eager model
-    holds it at 2 bytes a parameter and computes exactly what the package does."""
+def package_codes(mlmodel) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(const name, int8 codes [N, K], fp16 scales [N, blocks]) of every quantized constant
+    of a converted model, as the package stores them: the ML program's own arrays, shared
+    (no copy), so they outlive release()."""
     for fn in mlmodel._mil_program.functions.values():
         for op in fn.operations:
-            if op.op_type in coreml_spec.QUANT_OPS:
-                value = np.asarray(op.materialized_val_inference())
-                if value.dtype not in (np.float16, np.float32):
-                    value = value.astype(np.float32)
-                yield op.outputs[0].name, torch.from_numpy(value)
+            if op.op_type not in coreml_spec.QUANT_OPS:
+                continue
+            if op.op_type != "constexpr_blockwise_shift_scale" or op.offset is not None \
+                    or op.data.val.dtype != np.int8 or op.data.val.ndim != 2:
+                raise FloraError(f"the Core ML constant {op.outputs[0].name} is a {op.op_type} "
+                                 "that is not symmetric int8/int4 codes with block scales",
+                                 "report this with the manifest inputs")
+            yield op.outputs[0].name, torch.from_numpy(op.data.val), torch.from_numpy(op.scale.val)
 
 
 def release(mlmodel) -> None:
@@ -271,20 +274,29 @@ def weight_owners(model: nn.Module) -> dict[str, str]:
             if isinstance(module, (nn.Linear, nn.Embedding))}
 
 
-def load_package_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
-                         expected: int = 0) -> int:
-    """Give the eager model the package's dequantized weights (matched by torch name); a
-    tied head and embedding (one constant in the package) stay one parameter."""
+def hold_package_codes(model: nn.Module, codes: Iterable[tuple[str, torch.Tensor, torch.Tensor]],
+                       expected: int = 0) -> int:
+    """Give the eager model the package's quantized weights as stored (storage.CodedLinear /
+    CodedEmbedding over the codes and scales, 1 byte a parameter), dequantized as the device
+    does it (in fp16), so the reference computes exactly what the package does; a tied head
+    and embedding (one constant in the package) hold one set of codes. Returns how many
+    linears were given codes; fails when fewer than `expected`."""
     owners, tied = weight_owners(model), model.lm_head.weight is model.embed_tokens.weight
-    by_module = {}
-    for name, w in weights:
+    linears = 0
+    for name, data, scales in codes:
         fqn = owners.get(_weight_name(name))
         if fqn is None:
             continue
         for target in (("lm_head", "embed_tokens") if tied and fqn in ("lm_head", "embed_tokens")
                        else (fqn,)):
-            by_module[target] = w
-    return load_device_weights(model, by_module, expected, "Core ML package")
+            module = model.get_submodule(target)
+            coded = CodedEmbedding if isinstance(module, nn.Embedding) else CodedLinear
+            coded.hold(module, data, scales, rounding=torch.float16)
+            linears += coded is CodedLinear
+    if linears < expected:
+        raise FloraError(f"only {linears} of the Core ML package's {expected} quantized weights "
+                         "map to the model's linears", "report this with the manifest inputs")
+    return linears
 
 
 def write_reference(path: Path, ctx, reference: list[torch.Tensor]) -> None:
@@ -326,14 +338,17 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
         mlmodel.save(str(out / PACKAGE))
         counts, interface = check_package(out / PACKAGE, model, max_seq, expected)
     with st("coreml-reference"):
-        if ctx.quant.quantizes:
-            load_package_weights(model, dequantized_weights(mlmodel),
-                                 counts.expected_quantized_linear_ops)
-        release(mlmodel)                 # its ML program (cyclic) before the eager run
+        codes = list(package_codes(mlmodel)) if ctx.quant.quantizes else []
+        release(mlmodel)                 # its ML program (cyclic), all but the codes
         del mlmodel
         widen_small(model)               # norms, biases, tables: back to float32
+        if codes:
+            hold_package_codes(model, codes, counts.expected_quantized_linear_ops)
+            del codes
         reference = ctx.eager_logits(model) if ctx.quant.quantizes else ctx.fp32_logits
         write_reference(out / REFERENCE, ctx, reference)
+        if ctx.config.free_weights:      # its logits are computed: nothing runs it again
+            release_weights(model)
     gates = ctx.defer(program, reference, "the Core ML package's weights", needs="macOS",
                       command=PARITY_COMMAND, reference=REFERENCE,
                       how=f"{PARITY_COMMAND} OUT_DIR  (on macOS 15+, pip install -e \".[coreml]\")")

@@ -49,7 +49,7 @@ class ExportConfig:
 
 def stage_names(target: str) -> list[str]:
     names = list(COMMON_STAGES)
-    for b in target_row(target).backends:
+    for b in target_row(target).builds:
         names += [s for s in backend(b).STAGES if s not in names]
     return names + ["tokenizer", "write"]
 
@@ -84,8 +84,8 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     ctx = BuildContext(qcfg, config, bos=bos, eos=eos, stages=st, **ref)
     with staging_dir(plan) as tmp:
         results = {}
-        for i, name in enumerate(row.backends):
-            last = i == len(row.backends) - 1
+        for i, name in enumerate(row.builds):
+            last = i == len(row.builds) - 1
             ctx.backend = name
             results[name] = backend(name).build(model if last else copy_sharing_weights(model),
                                                 tmp, ctx)
@@ -144,7 +144,7 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int, parameters: int,
               results: dict[str, BuildResult], st, bos, eos) -> dict:
     adapter = model.adapter_state
     primary = results[row.backends[0]]
-    eager_quantized = results[row.backends[-1]].quantized_linears_eager   # `model`'s backend
+    eager_quantized = results[row.builds[-1]].quantized_linears_eager     # `model`'s backend
     return {
         "format": FORMAT,
         "format_version": 1,

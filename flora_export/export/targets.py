@@ -11,15 +11,24 @@ from .backend import BACKENDS
 @dataclass(frozen=True)
 class Target:
     name: str
-    backends: tuple[str, ...]
+    backends: tuple[str, ...]          # as the manifest lists them: the primary one first
     description: str
+    build_order: tuple[str, ...] = ()  # the order they are built in, where it differs
+
+    @property
+    def builds(self) -> tuple[str, ...]:
+        """The backends in build order: all but the last get a copy of the model."""
+        return self.build_order or self.backends
 
 
 TARGETS: dict[str, Target] = {
     "android": Target("android", ("executorch-xnnpack",),
                       "ExecuTorch .pte on XNNPACK (CPU), for ExecuTorch's Android LLM runner"),
+    # built .pte first, on a copy sharing the weights: Core ML, last, then codes the
+    # model's own weights in place, freeing each bf16 matrix as its codes exist
     "ios": Target("ios", ("coreml", "executorch-xnnpack"),
-                  "Core ML .mlpackage plus the ExecuTorch .pte for iOS"),
+                  "Core ML .mlpackage plus the ExecuTorch .pte for iOS",
+                  build_order=("executorch-xnnpack", "coreml")),
     "coreml": Target("coreml", ("coreml",), "Core ML .mlpackage alone"),
     "onnx": Target("onnx", ("onnx",), "ONNX with int4 MatMulNBits, for ONNX Runtime (GenAI)"),
 }

@@ -75,43 +75,88 @@ class CapturedLinear(StoredLinear):
         return F.linear(x, self.weight.to(x.dtype), self.bias)
 
 
+def _check_codes(codes: torch.Tensor, scales: torch.Tensor, rows: int, cols: int) -> None:
+    if codes.dtype != torch.int8 or codes.shape[0] != rows or scales.shape[0] != rows \
+            or codes.shape[1] % scales.shape[1] or codes.shape[1] < cols:
+        raise ValueError(f"codes {tuple(codes.shape)} {codes.dtype} and scales "
+                         f"{tuple(scales.shape)} are not a block-quantized [{rows}, {cols}] weight")
+
+
+def dequantize_rows(codes: torch.Tensor, scales: torch.Tensor, cols: int,
+                    rounding: torch.dtype) -> torch.Tensor:
+    """codes [..., K'] x scales [..., K'/block] -> float32 [..., cols]: the product in
+    float32 (exact for int8 codes and 16-bit scales), rounded to `rounding` when the device
+    dequantizes in that narrower dtype, so the values are the device's bit for bit."""
+    w = codes.to(COMPUTE_DTYPE).unflatten(-1, (scales.shape[-1], -1))
+    w.mul_(scales.to(COMPUTE_DTYPE).unsqueeze(-1))
+    w = w.flatten(-2)[..., :cols]
+    return w if rounding == COMPUTE_DTYPE else w.to(rounding).to(COMPUTE_DTYPE)
+
+
+def _hold(module: nn.Module, codes: torch.Tensor, scales: torch.Tensor,
+          rounding: torch.dtype) -> None:
+    if module.weight.numel():
+        module.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+    module.register_buffer("codes", codes, persistent=False)
+    module.register_buffer("scales", scales, persistent=False)
+    module.rounding = rounding
+
+
 class CodedLinear(nn.Linear):
     """A linear holding a device's block-quantized weight as stored: integer codes [N, K']
     (int8, offset removed; K' >= K when the last block is padded) and one scale per `block`
-    columns [N, K'/block], dequantized to float32 a block of rows at a time on each call.
+    columns [N, K'/block], dequantized to float32 a block of rows at a time on each call
+    (rounded to `rounding` first where the device dequantizes in fp16: Core ML).
     1 byte a parameter where an exact fp16 copy of the dequantized weight takes 2; the
-    same float32 weights, so the same numbers up to summation order. Its `weight` is
-    empty (the float original, if any, is released)."""
+    same weights, so the same numbers up to summation order. Its `weight` is empty (the
+    float original, if any, is released)."""
 
     codes: torch.Tensor
     scales: torch.Tensor
+    rounding: torch.dtype
 
     @classmethod
-    def hold(cls, module: nn.Linear, codes: torch.Tensor, scales: torch.Tensor) -> "CodedLinear":
+    def hold(cls, module: nn.Linear, codes: torch.Tensor, scales: torch.Tensor,
+             rounding: torch.dtype = COMPUTE_DTYPE) -> "CodedLinear":
         """Make `module` (an nn.Linear) compute with `codes` x `scales` instead of its weight."""
-        if codes.dtype != torch.int8 or codes.shape[0] != scales.shape[0] \
-                or codes.shape[1] % scales.shape[1] or codes.shape[1] < module.in_features:
-            raise ValueError(f"codes {tuple(codes.shape)} {codes.dtype} and scales "
-                             f"{tuple(scales.shape)} are not a block-quantized "
-                             f"[{module.out_features}, {module.in_features}] weight")
+        _check_codes(codes, scales, module.out_features, module.in_features)
         module.__class__ = cls
-        if module.weight.numel():
-            module.weight = nn.Parameter(torch.empty(0), requires_grad=False)
-        module.register_buffer("codes", codes, persistent=False)
-        module.register_buffer("scales", scales, persistent=False)
+        _hold(module, codes, scales, rounding)
         return module
 
     def dequantized(self, rows: slice) -> torch.Tensor:
-        codes = self.codes[rows]
-        n, blocks = len(codes), self.scales.shape[1]
-        w = codes.to(COMPUTE_DTYPE).view(n, blocks, -1)
-        w.mul_(self.scales[rows].to(COMPUTE_DTYPE).unsqueeze(-1))
-        return w.view(n, -1)[:, :self.in_features]
+        return dequantize_rows(self.codes[rows], self.scales[rows], self.in_features,
+                               self.rounding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.cat([F.linear(x, self.dequantized(b).to(x.dtype))
                          for b in row_blocks(self.codes)], dim=-1)
         return out if self.bias is None else out + self.bias
+
+    def drop_codes(self) -> None:
+        self.codes = self.scales = torch.empty(0)
+
+
+class CodedEmbedding(nn.Embedding):
+    """An nn.Embedding holding a device's block-quantized table as CodedLinear holds a
+    weight: each call gathers its tokens' rows of codes and scales and dequantizes only
+    those (a tied head's CodedLinear may hold the same codes: one copy for both)."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    rounding: torch.dtype
+
+    @classmethod
+    def hold(cls, module: nn.Embedding, codes: torch.Tensor, scales: torch.Tensor,
+             rounding: torch.dtype = COMPUTE_DTYPE) -> "CodedEmbedding":
+        _check_codes(codes, scales, module.num_embeddings, module.embedding_dim)
+        module.__class__ = cls
+        _hold(module, codes, scales, rounding)
+        return module
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return dequantize_rows(self.codes[tokens], self.scales[tokens], self.embedding_dim,
+                               self.rounding)
 
     def drop_codes(self) -> None:
         self.codes = self.scales = torch.empty(0)
