@@ -329,7 +329,6 @@ def test_ios_folder_holds_both_backends(fp32_ios, tiny_base, tiny_ffba):
     assert m["results"]["coreml"]["counts"]["quantized_linear_ops"] == 0     # fp32: none
     assert m["results"]["coreml"]["coreml"]["weights"] is None
     assert {"coremltools", "executorch"} <= set(m["versions"])
-    assert model.embed_tokens.weight.dtype == torch.float16   # Core ML, built last, took it
     eager = load_model(tiny_base)                        # the model the .pte was built from
     load_adapter(eager, tiny_ffba)
     fuse(eager, pad_to=32)

@@ -139,30 +139,37 @@ def test_widen_small_restores_float32_around_fp16_weights():
     assert torch.equal(logits(model), want)
 
 
-def test_a_copy_for_another_backend_shares_the_weights_and_leaves_them_intact():
-    """ios builds the .pte on a copy sharing the weights' storage (pipeline.copy_sharing_weights):
-    every step a build takes on the copy (quantize, code, .half(), free) must leave the
-    original's weights and outputs as they were, and the copy must keep its tie."""
+@pytest.mark.parametrize("steps", ["quantize", "code"])
+def test_weights_set_aside_come_back_bit_for_bit(tmp_path, steps):
+    """ios builds the .pte on the model, then Core ML on a skeleton restored from the
+    matrices set aside on disk before (export/spill.py): whatever the first build does to
+    the model (quantize or code, .half(), free), the skeleton gets the weights back bit for
+    bit, in their dtype, with their tie and outputs; the file is deleted once read back."""
     from flora_export.export.backend import release_weights
     from flora_export.export.coreml_weights import code_weights
-    from flora_export.export.pipeline import copy_sharing_weights
+    from flora_export.export.spill import restore, set_aside, weights
     model = stored_tiny()
     model.lm_head.weight = model.embed_tokens.weight
     before = {k: v.clone() for k, v in model.state_dict().items()}
     expected = logits(model)
-    twin = copy_sharing_weights(model)
-    pairs = list(zip(model.parameters(), twin.parameters()))
-    assert len(pairs) == len(list(twin.parameters())) > 0
-    assert all(a is not b and a.data_ptr() == b.data_ptr() for a, b in pairs)
-    assert twin.lm_head.weight is twin.embed_tokens.weight
-    assert torch.equal(logits(twin), expected)
-    quantize(copy_sharing_weights(model), quant_config("8da4w"))
-    code_weights(twin, 4, 32)
-    twin.half()
-    release_weights(twin)
-    after = model.state_dict()
-    assert all(torch.equal(after[k], v) for k, v in before.items())
-    assert torch.equal(logits(model), expected)
+    [skeleton], record = set_aside(model, tmp_path / "w.bin")
+    assert (tmp_path / "w.bin").stat().st_size == sum(v.numel() * 2 for k, v in before.items()
+                                                      if k.endswith("proj.weight")
+                                                      or k == "embed_tokens.weight")
+    assert weights(skeleton) == [] and skeleton.lm_head.weight is skeleton.embed_tokens.weight
+    if steps == "quantize":
+        quantize(model, quant_config("8da4w"))
+    else:
+        code_weights(model, 4, 32)
+    model.half()
+    release_weights(model)
+    restored = restore(skeleton, record)
+    assert not (tmp_path / "w.bin").exists()
+    after = restored.state_dict()
+    assert set(after) == set(before)
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert restored.lm_head.weight is restored.embed_tokens.weight
+    assert torch.equal(logits(restored), expected)
 
 
 def test_coded_weights_round_their_product_where_the_device_does():

@@ -7,12 +7,11 @@ matched the eager model: a failed export leaves nothing behind.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from torch import nn
 
@@ -27,11 +26,13 @@ from .output import Stages, file_record, peak_rss_mb, versions, write_json
 from . import tokenizer_gate
 from ..prompt import chat_format, special_ids, verify_prompt
 from .reference import REFERENCE, write_verify_reference
+from .spill import restore, set_aside, weight_bytes
 from .targets import target_row
 
 log = logging.getLogger(__name__)
 
 COMMON_STAGES = ["fuse", "reference"]
+SET_ASIDE = ".weights-set-aside.bin"    # in the staging folder, deleted once read back
 
 
 @dataclass(frozen=True)
@@ -84,11 +85,10 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     ctx = BuildContext(qcfg, config, bos=bos, eos=eos, stages=st, **ref)
     with staging_dir(plan) as tmp:
         results = {}
-        for i, name in enumerate(row.builds):
-            last = i == len(row.builds) - 1
+        for name, built in zip(row.builds, models_to_build(model, len(row.builds), tmp)):
             ctx.backend = name
-            results[name] = backend(name).build(model if last else copy_sharing_weights(model),
-                                                tmp, ctx)
+            results[name] = backend(name).build(built, tmp, ctx)
+            del built
         (tmp / "tokenizer.json").write_text(model.tokenizer_json)
         with st("tokenizer"):
             tokenizers = {name: tokenizer_gate.check(
@@ -107,15 +107,21 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     return manifest
 
 
-def copy_sharing_weights(model):
-    """A copy of `model` for a backend that is not the last one: its own modules, buffers (the
-    KV caches, written in place) and Parameter objects, but over the same weight tensors, so
-    a target with two backends holds the weights once (1B in bf16: 2.5 GB less). Safe because
-    every stage replaces a module's weight (quantizing, coding, freeing, `.half()`) and none
-    writes into one; tests/test_storage.py checks that the original survives those steps."""
-    memo = {id(p): nn.Parameter(p.data, requires_grad=p.requires_grad)
-            for p in model.parameters()}
-    return copy.deepcopy(model, memo)
+def models_to_build(model, backends: int, folder: Path) -> Iterator[nn.Module]:
+    """The model each of `backends` builds on, in build order: the first builds on `model`
+    itself; with more than one, its matrices are set aside on disk first and every later
+    backend builds on a skeleton restored from them (export/spill.py), so no build holds
+    another's weights beside its own."""
+    if backends == 1:
+        yield model
+        return
+    skeletons, record = set_aside(model, folder / SET_ASIDE, copies=backends - 1)
+    try:
+        yield model
+        for skeleton in skeletons:
+            yield restore(skeleton, record)
+    finally:
+        record.path.unlink(missing_ok=True)
 
 
 def export_size(model, qcfg, row) -> int:
@@ -124,8 +130,9 @@ def export_size(model, qcfg, row) -> int:
     total = sum(p.numel() for p in model.parameters())
     _, embedding = config_parameters(model.config)
     linear = total if model.config.tie_word_embeddings else total - embedding
+    aside = weight_bytes(model) if len(row.builds) > 1 else 0      # set aside meanwhile
     return estimate_bytes(linear, embedding, qcfg, row.backends,
-                          len((model.tokenizer_json or "").encode()))
+                          len((model.tokenizer_json or "").encode()) + aside)
 
 
 def _check_max_seq(model, config: ExportConfig, prompt_len: int) -> None:

@@ -24,8 +24,8 @@ class Target:
 TARGETS: dict[str, Target] = {
     "android": Target("android", ("executorch-xnnpack",),
                       "ExecuTorch .pte on XNNPACK (CPU), for ExecuTorch's Android LLM runner"),
-    # built .pte first, on a copy sharing the weights: Core ML, last, then codes the
-    # model's own weights in place, freeing each bf16 matrix as its codes exist
+    # built .pte first, on the model; Core ML after, on the matrices set aside on disk
+    # meanwhile (export/spill.py), coding each in place
     "ios": Target("ios", ("coreml", "executorch-xnnpack"),
                   "Core ML .mlpackage plus the ExecuTorch .pte for iOS",
                   build_order=("executorch-xnnpack", "coreml")),
