@@ -344,6 +344,7 @@ def test_ios_builds_core_ml_last_on_the_weights_the_pte_left_intact(int4_coreml,
     load_adapter(model, tiny_ffba)
     m = export(model, "ios", tmp_path / "ios", ExportConfig(max_seq=MAX_SEQ))
     assert m["backends"] == ["coreml", "executorch-xnnpack"]           # Core ML primary
+    assert m["counts"]["quantized_linears_eager"] == 4 * LAYERS + 1    # the .pte's eager model
     assert list(m["timings_s"]).index("quantize") < list(m["timings_s"]).index("coreml-capture")
     assert m["results"]["executorch-xnnpack"]["parity"]["passed"]
     ios, alone = ct_reference(tmp_path / "ios"), ct_reference(int4_coreml)

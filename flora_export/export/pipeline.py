@@ -151,7 +151,8 @@ def _manifest(model, row, qcfg, config, tmp: Path, fused: int, parameters: int,
               results: dict[str, BuildResult], st, bos, eos) -> dict:
     adapter = model.adapter_state
     primary = results[row.backends[0]]
-    eager_quantized = results[row.builds[-1]].quantized_linears_eager     # `model`'s backend
+    eager_quantized = next((r.quantized_linears_eager for r in results.values()   # the .pte's
+                            if r.quantized_linears_eager is not None), None)
     return {
         "format": FORMAT,
         "format_version": 1,
