@@ -56,6 +56,7 @@ def build(model, out: Path, ctx) -> BuildResult:
         to_pte(edge, out / PTE_NAME)
         drop_constants(ep, *(edge.exported_program(m) for m in edge.methods))
         del edge, ep
+        forget_lowering_memo()
         if ctx.config.free_weights:   # its logits are computed: the runtime checks need neither
             release_weights(model)
     with st("verify"):
@@ -132,6 +133,26 @@ def drop_constants(*programs: torch.export.ExportedProgram) -> None:
 
     for ep in programs:
         clear(ep)
+
+
+def forget_lowering_memo() -> None:
+    """Drop the two references ExecuTorch's partitioning keeps for the life of the process:
+    its memo of node comparisons (`exir.backend.utils.is_same_node`, an unbounded
+    lru_cache keyed on graph nodes) and each partitioner module's `why` logger
+    (`WhyNoPartition`), which holds the last node it rejected. Either keeps a whole graph
+    alive, and through its modules the lowered partitions with their packed weights (as
+    named data, close to the `.pte`'s own size), which a second backend then built beside.
+    Nothing needs them once the `.pte` is written."""
+    import sys
+
+    from executorch.exir.backend import utils
+
+    getattr(utils.is_same_node, "cache_clear", lambda: None)()
+    for name, module in list(sys.modules.items()):
+        if name.startswith("executorch.") and module is not None:
+            for value in list(vars(module).values()):
+                if isinstance(value, utils.WhyNoPartition):
+                    value.node = None
 
 
 def lowered_op_counts(edge, expected: dict[str, int]) -> LoweringCounts:
