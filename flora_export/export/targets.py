@@ -17,7 +17,8 @@ class Target:
 
     @property
     def builds(self) -> tuple[str, ...]:
-        """The backends in build order: all but the last get a copy of the model."""
+        """The backends in build order: the first builds on the model, each later one on a
+        copy restored from the matrices set aside on disk meanwhile (export/spill.py)."""
         return self.build_order or self.backends
 
 
