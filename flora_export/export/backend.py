@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import FloraError
-from ..model.storage import COMPUTE_DTYPE, NARROW_DTYPES, CodedEmbedding, CodedLinear, mark
+from ..model.storage import COMPUTE_DTYPE, NARROW_DTYPES, HoldsCodes, mark
 from ..quantize import quantizable_linears, untie_head  # noqa: F401  (a backend helper)
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def drop_weights(modules) -> None:
     config, tokenizer and adapter state, but those modules can no longer run."""
     empty: dict[int, nn.Parameter] = {}
     for m in modules:
-        if isinstance(m, (CodedLinear, CodedEmbedding)):
+        if isinstance(m, HoldsCodes):
             m.drop_codes()
         m.weight = empty.setdefault(id(m.weight), nn.Parameter(torch.empty(0),
                                                                requires_grad=False))

@@ -75,13 +75,6 @@ class CapturedLinear(StoredLinear):
         return F.linear(x, self.weight.to(x.dtype), self.bias)
 
 
-def _check_codes(codes: torch.Tensor, scales: torch.Tensor, rows: int, cols: int) -> None:
-    if codes.dtype != torch.int8 or codes.shape[0] != rows or scales.shape[0] != rows \
-            or codes.shape[1] % scales.shape[1] or codes.shape[1] < cols:
-        raise ValueError(f"codes {tuple(codes.shape)} {codes.dtype} and scales "
-                         f"{tuple(scales.shape)} are not a block-quantized [{rows}, {cols}] weight")
-
-
 def dequantize_rows(codes: torch.Tensor, scales: torch.Tensor, cols: int,
                     rounding: torch.dtype) -> torch.Tensor:
     """codes [..., K'] x scales [..., K'/block] -> float32 [..., cols]: the product in
@@ -93,16 +86,44 @@ def dequantize_rows(codes: torch.Tensor, scales: torch.Tensor, cols: int,
     return w if rounding == COMPUTE_DTYPE else w.to(rounding).to(COMPUTE_DTYPE)
 
 
-def _hold(module: nn.Module, codes: torch.Tensor, scales: torch.Tensor,
-          rounding: torch.dtype) -> None:
-    if module.weight.numel():
-        module.weight = nn.Parameter(torch.empty(0), requires_grad=False)
-    module.register_buffer("codes", codes, persistent=False)
-    module.register_buffer("scales", scales, persistent=False)
-    module.rounding = rounding
+class HoldsCodes:
+    """What CodedLinear and CodedEmbedding share: a module holding a device's
+    block-quantized weight as stored (int8 codes, one scale per block, the dtype the device
+    rounds the product to) in place of its float weight, which is emptied."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    rounding: torch.dtype
+
+    @staticmethod
+    def _shape(module: nn.Module) -> tuple[int, int]:
+        """(rows, columns) of the weight `module` computes with."""
+        raise NotImplementedError
+
+    @classmethod
+    def hold(cls, module: nn.Module, codes: torch.Tensor, scales: torch.Tensor,
+             rounding: torch.dtype = COMPUTE_DTYPE):
+        """Make `module` compute with `codes` x `scales` (rounded to `rounding`) instead of
+        its weight; returns it."""
+        rows, cols = cls._shape(module)
+        if codes.dtype != torch.int8 or codes.shape[0] != rows or scales.shape[0] != rows \
+                or codes.shape[1] % scales.shape[1] or codes.shape[1] < cols:
+            raise ValueError(f"codes {tuple(codes.shape)} {codes.dtype} and scales "
+                             f"{tuple(scales.shape)} are not a block-quantized [{rows}, {cols}] "
+                             "weight")
+        module.__class__ = cls
+        if module.weight.numel():
+            module.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+        module.register_buffer("codes", codes, persistent=False)
+        module.register_buffer("scales", scales, persistent=False)
+        module.rounding = rounding
+        return module
+
+    def drop_codes(self) -> None:
+        self.codes = self.scales = torch.empty(0)
 
 
-class CodedLinear(nn.Linear):
+class CodedLinear(HoldsCodes, nn.Linear):
     """A linear holding a device's block-quantized weight as stored: integer codes [N, K']
     (int8, offset removed; K' >= K when the last block is padded) and one scale per `block`
     columns [N, K'/block], dequantized to float32 a block of rows at a time on each call
@@ -111,18 +132,9 @@ class CodedLinear(nn.Linear):
     same weights, so the same numbers up to summation order. Its `weight` is empty (the
     float original, if any, is released)."""
 
-    codes: torch.Tensor
-    scales: torch.Tensor
-    rounding: torch.dtype
-
-    @classmethod
-    def hold(cls, module: nn.Linear, codes: torch.Tensor, scales: torch.Tensor,
-             rounding: torch.dtype = COMPUTE_DTYPE) -> "CodedLinear":
-        """Make `module` (an nn.Linear) compute with `codes` x `scales` instead of its weight."""
-        _check_codes(codes, scales, module.out_features, module.in_features)
-        module.__class__ = cls
-        _hold(module, codes, scales, rounding)
-        return module
+    @staticmethod
+    def _shape(module: nn.Linear) -> tuple[int, int]:
+        return module.out_features, module.in_features
 
     def dequantized(self, rows: slice) -> torch.Tensor:
         return dequantize_rows(self.codes[rows], self.scales[rows], self.in_features,
@@ -133,33 +145,19 @@ class CodedLinear(nn.Linear):
                          for b in row_blocks(self.codes)], dim=-1)
         return out if self.bias is None else out + self.bias
 
-    def drop_codes(self) -> None:
-        self.codes = self.scales = torch.empty(0)
 
-
-class CodedEmbedding(nn.Embedding):
+class CodedEmbedding(HoldsCodes, nn.Embedding):
     """An nn.Embedding holding a device's block-quantized table as CodedLinear holds a
     weight: each call gathers its tokens' rows of codes and scales and dequantizes only
     those (a tied head's CodedLinear may hold the same codes: one copy for both)."""
 
-    codes: torch.Tensor
-    scales: torch.Tensor
-    rounding: torch.dtype
-
-    @classmethod
-    def hold(cls, module: nn.Embedding, codes: torch.Tensor, scales: torch.Tensor,
-             rounding: torch.dtype = COMPUTE_DTYPE) -> "CodedEmbedding":
-        _check_codes(codes, scales, module.num_embeddings, module.embedding_dim)
-        module.__class__ = cls
-        _hold(module, codes, scales, rounding)
-        return module
+    @staticmethod
+    def _shape(module: nn.Embedding) -> tuple[int, int]:
+        return module.num_embeddings, module.embedding_dim
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return dequantize_rows(self.codes[tokens], self.scales[tokens], self.embedding_dim,
                                self.rounding)
-
-    def drop_codes(self) -> None:
-        self.codes = self.scales = torch.empty(0)
 
 
 class StoredEmbedding(nn.Embedding):
