@@ -217,6 +217,22 @@ def test_int8_export_uses_int8_weights(tmp_path):
     assert m["parity"]["passed"] and m["adapter"] is None
 
 
+def test_no_lowered_partition_outlives_the_export(tmp_path):
+    """ExecuTorch's partitioner memo and torch's fake-tensor dispatch caches kept every
+    lowered partition (with its packed weights) alive after the export, beside whatever
+    was built next (35 of them for the default model); forget_lowering_memo drops them."""
+    import gc
+    import weakref
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    def alive():
+        gc.collect()
+        return [o for o in gc.get_objects() if isinstance(o, LoweredBackendModule)]
+    before = weakref.WeakSet(alive())      # another test's, held by its fixtures
+    export(load_model("tiny"), "android", tmp_path / "a", ExportConfig(quant="8da4w", max_seq=64))
+    assert [o for o in alive() if o not in before] == []
+
+
 def test_lowering_gate_fails_a_wrong_scale_in_the_lowered_program(tmp_path, monkeypatch):
     """A real regression: the lowered program gets a wrong scale (layer 0's input RMSNorm
     weight doubled after the eager reference was computed), so the .pte in the runtime no

@@ -136,17 +136,21 @@ def drop_constants(*programs: torch.export.ExportedProgram) -> None:
 
 
 def forget_lowering_memo() -> None:
-    """Drop the two references ExecuTorch's partitioning keeps for the life of the process:
-    its memo of node comparisons (`exir.backend.utils.is_same_node`, an unbounded
-    lru_cache keyed on graph nodes) and each partitioner module's `why` logger
-    (`WhyNoPartition`), which holds the last node it rejected. Either keeps a whole graph
-    alive, and through its modules the lowered partitions with their packed weights (as
-    named data), which a second backend then built beside (1B ios: 4.74 -> 4.49 GB peak,
-    benchmarks/results/export_cost-1b-ios*.json). Nothing needs them once the `.pte` is
-    written."""
+    """Drop the references that outlive a lowering and keep its partitions alive, each with
+    its packed weights (as named data), for the rest of the process, so that a second
+    backend built beside them (1B ios, benchmarks/results/export_cost-1b-ios*.json):
+    ExecuTorch's memo of node comparisons (`exir.backend.utils.is_same_node`, an unbounded
+    lru_cache keyed on graph nodes), each partitioner module's `why` logger
+    (`WhyNoPartition`, which holds the last node it rejected), and torch's fake-tensor
+    dispatch caches (`FakeTensorMode.cache` and every live `ShapeEnv`'s
+    `fake_tensor_cache`, whose keys hold the lowered modules the tracer saw). Nothing
+    needs them once the `.pte` is written; they are caches, refilled on the next trace."""
+    import gc
     import sys
 
     from executorch.exir.backend import utils
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     getattr(utils.is_same_node, "cache_clear", lambda: None)()
     for name, module in list(sys.modules.items()):
@@ -154,6 +158,11 @@ def forget_lowering_memo() -> None:
             for value in list(vars(module).values()):
                 if isinstance(value, utils.WhyNoPartition):
                     value.node = None
+    getattr(FakeTensorMode, "cache_clear", lambda: None)()
+    gc.collect()                     # what is unreachable now goes before the scan
+    for env in (o for o in gc.get_objects() if isinstance(o, ShapeEnv)):
+        getattr(env, "fake_tensor_cache", {}).clear()
+    gc.collect()
 
 
 def lowered_op_counts(edge, expected: dict[str, int]) -> LoweringCounts:
