@@ -137,8 +137,8 @@ def drop_constants(*programs: torch.export.ExportedProgram) -> None:
 
 def forget_lowering_memo() -> None:
     """Drop the references that outlive a lowering and keep its partitions alive, each with
-    its packed weights (as named data), for the rest of the process, so that a second
-    backend built beside them (1B ios, benchmarks/results/export_cost-1b-ios*.json):
+    its packed weights (as named data), for the rest of the process, where a second
+    backend was then built beside them (1B ios, benchmarks/results/export_cost-1b-ios*.json):
     ExecuTorch's memo of node comparisons (`exir.backend.utils.is_same_node`, an unbounded
     lru_cache keyed on graph nodes), each partitioner module's `why` logger
     (`WhyNoPartition`, which holds the last node it rejected), and torch's fake-tensor
@@ -159,7 +159,6 @@ def forget_lowering_memo() -> None:
                 if isinstance(value, utils.WhyNoPartition):
                     value.node = None
     getattr(FakeTensorMode, "cache_clear", lambda: None)()
-    gc.collect()                     # what is unreachable now goes before the scan
     for env in (o for o in gc.get_objects() if isinstance(o, ShapeEnv)):
         getattr(env, "fake_tensor_cache", {}).clear()
     gc.collect()
