@@ -4,6 +4,7 @@ predictions need macOS: the package parity test runs only there."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -269,6 +270,40 @@ def test_reference_holds_the_packages_codes_at_1_byte(tiny_base, tmp_path):
     small = [t for n, t in [*model.named_parameters(), *model.named_buffers()]
              if t.is_floating_point() and t.numel() and not n.endswith("scales")]
     assert small and all(t.dtype == torch.float32 for t in small)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_converter_shares_the_codes(tiny_base, bits):
+    """The converted program's quantized constants are views of the model's codes (no
+    second set of codes while converting), typed int4 or int8 as the grid says; without
+    `shared_codes`, coremltools' own conversion copies every one of them."""
+    from flora_export.export import coreml, coreml_weights
+
+    model = load_model(tiny_base).setup_cache(MAX_SEQ)
+    coded = coreml_weights.code_weights(model, bits, 32 if bits == 4 else 0)
+    codes = [m.codes.numpy() for m in model.modules() if hasattr(m, "codes")]
+
+    def constants(mlmodel):
+        return [op.data.val for fn in mlmodel._mil_program.functions.values()
+                for op in fn.operations if op.op_type == "constexpr_blockwise_shift_scale"]
+
+    mlmodel, _ = coreml.convert_from_fp16(model, model.config, MAX_SEQ)
+    got = constants(mlmodel)
+    assert len(got) == coded - 1                         # the tied head and embedding: one
+    width = ct.converters.mil.mil.types.int4 if bits == 4 else ct.converters.mil.mil.types.int8
+    for data in got:
+        assert any(np.shares_memory(data, c) for c in codes)
+        assert ct.converters.mil.mil.types.numpy_type_to_builtin_type(data.dtype) is width
+    original = coreml_weights.shared_codes
+    try:                                                  # coremltools' own conversion
+        coreml_weights.shared_codes = contextlib.nullcontext
+        copied = constants(coreml.convert(coreml.capture(model, MAX_SEQ), model.config,
+                                          MAX_SEQ, tied=True))
+    finally:
+        coreml_weights.shared_codes = original
+    assert len(copied) == len(got)
+    assert not any(np.shares_memory(d, c) for d in copied for c in codes)
+    assert all(np.array_equal(a, b) for a, b in zip(got, copied))
 
 
 def test_int8_reference_rounds_as_the_device_does(tmp_path):

@@ -136,7 +136,7 @@ def convert(ep: torch.export.ExportedProgram, cfg, max_seq: int, tied: bool = Fa
     states = [ct.StateType(wrapped_type=ct.TensorType(shape=cache_shape(cfg, max_seq),
                                                       dtype=np.float16), name=n) for n in STATES]
     length, total = ct.RangeDim(1, max_seq), ct.RangeDim(1, max_seq)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), coreml_weights.shared_codes():
         warnings.simplefilter("ignore")
         return ct.convert(
             program, convert_to="mlprogram",

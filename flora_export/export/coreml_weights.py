@@ -14,10 +14,19 @@ smallest normal), `code = clamp(round(w * (1 / scale)), qmin, qmax)`, then, for 
 blocks, the scale rounded to bf16 as ExecuTorch stores it. The package stores the scales in
 fp16 (its compute dtype; a bf16 scale in fp16's range is exact), so its int4 codes and
 scales are the `.pte`'s bit for bit.
+
+The converter is handed the codes without a copy (`shared_codes`): coremltools' own
+`dequantize_affine` conversion copies each code matrix (twice, one copy kept), so the
+converted program would hold a second set of codes beside the model's for as long as
+the conversion runs (1 byte a parameter more at the `coreml-convert` peak).
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -138,3 +147,40 @@ def name_weights(ep: torch.export.ExportedProgram, tied: bool) -> int:
         node._rename("p_" + owner.replace(".", "_") + "_weight_quantized")
     ep.graph_module.recompile()
     return len(kept)
+
+
+@contextlib.contextmanager
+def shared_codes() -> Iterator[None]:
+    """While converting, turn each `torchao::dequantize_affine` of our codes (int8 storage,
+    rank 2, symmetric: no zero point) into a `constexpr_blockwise_shift_scale` whose data
+    is a view of the codes (retyped to int4 where the grid is [-8, 7]), not a copy; any
+    other dequantize_affine goes to coremltools' own conversion. The registry entries
+    are put back on exit."""
+    from coremltools.converters.mil.frontend.torch import ops
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+    from coremltools.converters.mil.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    table = _TORCH_OPS_REGISTRY.name_to_func_mapping
+    theirs = table["dequantize_affine"]
+    keys = [k for k, f in table.items() if f is theirs]     # with its aliases (torchao::...)
+    grids = {(-8, 7): types.nptype_from_builtin(types.int4), (-128, 127): np.int8}
+
+    def convert(context, node):
+        inputs = ops._get_inputs(context, node, expected=[7, 8])
+        codes, scale, zero = inputs[0].val, inputs[2].val, inputs[3]
+        grid = (int(inputs[5].val), int(inputs[6].val)) if inputs[5].val is not None else None
+        if (codes is None or scale is None or zero is not None and zero.val is not None
+                or grid not in grids or codes.dtype != np.int8 or codes.ndim != 2
+                or codes.shape[1] % scale.reshape(codes.shape[0], -1).shape[1]):
+            return theirs(context, node)
+        data = codes.view(grids[grid])                    # the same bytes, the package's type
+        out = mb.constexpr_blockwise_shift_scale(
+            data=data, scale=scale.reshape(codes.shape[0], -1), name=node.name)
+        context.add(out, node.name)
+
+    table.update(dict.fromkeys(keys, convert))
+    try:
+        yield
+    finally:
+        table.update(dict.fromkeys(keys, theirs))
