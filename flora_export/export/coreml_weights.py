@@ -168,11 +168,9 @@ def shared_codes() -> Iterator[None]:
 
     def convert(context, node):
         inputs = ops._get_inputs(context, node, expected=[7, 8])
-        codes, scale, zero = inputs[0].val, inputs[2].val, inputs[3]
-        grid = (int(inputs[5].val), int(inputs[6].val)) if inputs[5].val is not None else None
-        if (codes is None or scale is None or zero is not None and zero.val is not None
-                or grid not in grids or codes.dtype != np.int8 or codes.ndim != 2
-                or codes.shape[1] % scale.reshape(codes.shape[0], -1).shape[1]):
+        codes, block, scale, zero = (i.val if i is not None else None for i in inputs[:4])
+        grid = tuple(int(i.val) for i in inputs[5:7] if i.val is not None)
+        if not (grid in grids and zero is None and _row_blocks(codes, block, scale)):
             return theirs(context, node)
         data = codes.view(grids[grid])                    # the same bytes, the package's type
         out = mb.constexpr_blockwise_shift_scale(
@@ -184,3 +182,14 @@ def shared_codes() -> Iterator[None]:
         yield
     finally:
         table.update(dict.fromkeys(keys, theirs))
+
+
+def _row_blocks(codes, block, scale) -> bool:
+    """int8 codes [N, K] in blocks of [1, B] with one scale a block: what code_weights
+    makes (the only layout `shared_codes` converts itself)."""
+    if codes is None or block is None or scale is None or codes.dtype != np.int8 \
+            or codes.ndim != 2 or len(block) != 2 or int(block[0]) != 1:
+        return False
+    n, k = codes.shape
+    b = int(block[1])
+    return b > 0 and k % b == 0 and scale.size == n * (k // b)
