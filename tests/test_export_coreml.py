@@ -273,7 +273,7 @@ def test_reference_holds_the_packages_codes_at_1_byte(tiny_base, tmp_path):
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_converter_shares_the_codes(tiny_base, bits):
+def test_converter_shares_the_codes(tiny_base, bits, monkeypatch):
     """The converted program's quantized constants are views of the model's codes (no
     second set of codes while converting), typed int4 or int8 as the grid says; without
     `shared_codes`, coremltools' own conversion copies every one of them."""
@@ -294,13 +294,9 @@ def test_converter_shares_the_codes(tiny_base, bits):
     for data in got:
         assert any(np.shares_memory(data, c) for c in codes)
         assert ct.converters.mil.mil.types.numpy_type_to_builtin_type(data.dtype) is width
-    original = coreml_weights.shared_codes
-    try:                                                  # coremltools' own conversion
-        coreml_weights.shared_codes = contextlib.nullcontext
-        copied = constants(coreml.convert(coreml.capture(model, MAX_SEQ), model.config,
-                                          MAX_SEQ, tied=True))
-    finally:
-        coreml_weights.shared_codes = original
+    monkeypatch.setattr(coreml_weights, "shared_codes", contextlib.nullcontext)  # theirs
+    copied = constants(coreml.convert(coreml.capture(model, MAX_SEQ), model.config, MAX_SEQ,
+                                      tied=True))
     assert len(copied) == len(got)
     assert not any(np.shares_memory(d, c) for d in copied for c in codes)
     assert all(np.array_equal(a, b) for a, b in zip(got, copied))
