@@ -1,6 +1,7 @@
 """flora-export's ONNX export vs ONNX Runtime GenAI's own model builder, same weights.
 
-Builds a random-weight Hugging Face checkpoint of a preset (default llama3.2-1b), then
+Builds a random-weight Hugging Face checkpoint of a preset (default llama3.2-1b; bf16 as
+published checkpoints are, `--dtype`), then
 1. exports it with `python -m onnxruntime_genai.models.builder` (int4, block 32,
    accuracy level 4) and with `flora-export --target onnx` (8da4w -> MatMulNBits int4,
    block 32, accuracy level 4), recording wall time and peak RSS of each;
@@ -28,7 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from variants import run_measured  # noqa: E402
 
 
-def build_checkpoint(preset: str, path: Path) -> None:
+def build_checkpoint(preset: str, path: Path, dtype: str = "bfloat16") -> None:
+    """A random-weight Hugging Face checkpoint of `preset` in `dtype` (bf16: the dtype the
+    published checkpoints of these families store), with a byte-level tokenizer."""
+    import torch
+
     from flora_export.model import PRESETS, random_model, save_hf_checkpoint
     from flora_export.model.presets import special_base
     from flora_export.model.tokenizer import byte_level_tokenizer
@@ -38,7 +43,7 @@ def build_checkpoint(preset: str, path: Path) -> None:
     cfg = PRESETS[preset]
     path.mkdir(parents=True, exist_ok=True)
     byte_level_tokenizer(cfg.vocab_size, special_base(cfg)).save(str(path / "tokenizer.json"))
-    save_hf_checkpoint(random_model(cfg, seed=0), path)
+    save_hf_checkpoint(random_model(cfg, seed=0), path, dtype=getattr(torch, dtype))
 
 
 def build_builder_peer(preset: str, work: Path, max_seq: int) -> dict[str, Path]:
@@ -115,12 +120,14 @@ def main() -> None:
     p.add_argument("--gen-len", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-seq", type=int, default=256)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="the checkpoint's dtype (default bfloat16, as published checkpoints)")
     p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args()
     hf, ours, theirs = args.out / "hf", args.out / "flora", args.out / "builder"
     args.out.mkdir(parents=True, exist_ok=True)
     load_before = loadavg()
-    build_checkpoint(args.preset, hf)
+    build_checkpoint(args.preset, hf, args.dtype)
     try:
         cost = {"builder": builder_export(hf, theirs, args.out / "builder.log", args.max_seq),
                 "flora": run_measured([sys.executable, "-m", "flora_export.cli", "--target",
@@ -132,7 +139,7 @@ def main() -> None:
     lat = latency({"flora": ours, "builder": theirs}, args)
     size = {name: round(sum(f.stat().st_size for f in d.iterdir()) / 2 ** 20, 1)
             for name, d in (("flora", ours), ("builder", theirs))}
-    result = {"preset": args.preset, "threads": args.threads, "prompt_len": args.prompt_len,
+    result = {"preset": args.preset, "checkpoint_dtype": args.dtype, "threads": args.threads, "prompt_len": args.prompt_len,
               "gen_len": args.gen_len, "runs": args.runs, "export": cost, "latency": lat,
               "size_mib": size, "machine": host_facts(), "loadavg_before": load_before,
               "loadavg_after": loadavg(),

@@ -39,16 +39,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def embedding_bytes(cfg: dict, backend: str, path: Path) -> int:
     """Bytes of the embedding table in the artifact at `path`: int8 rows + one fp32 scale
     per row (ExecuTorch); in an ONNX folder int4 blocks of 32 + one fp32 scale per block
-    when its manifest counts a GatherBlockQuantized, else fp32 (flora-export keeps the ONNX
-    embedding fp32; a folder without a manifest, a peer's, is taken as int4)."""
+    when its manifest counts a GatherBlockQuantized, else the table in the dtype its
+    manifest names (flora-export keeps the checkpoint's; older manifests name none: fp32).
+    A folder without a manifest, a peer's, is taken as int4."""
     v, h = cfg["vocab_size"], cfg["hidden_size"]
     if backend == "executorch":
         return v * h + 4 * v
     manifest = path / "manifest.json"
-    if manifest.exists() and not json.loads(manifest.read_text())["counts"].get(
-            "gather_block_quantized"):
-        return 4 * v * h
-    return v * h // 2 + 4 * v * h // 32
+    if not manifest.exists():
+        return v * h // 2 + 4 * v * h // 32
+    m = json.loads(manifest.read_text())
+    if m["counts"].get("gather_block_quantized"):
+        return v * h // 2 + 4 * v * h // 32
+    quant = next(iter(m["results"].values())).get("onnx_quantization") or {}
+    return v * h * {"bfloat16": 2, "float16": 2}.get(quant.get("embedding"), 4)
 
 
 def weight_bytes(path: Path, backend: str, cfg: dict, shared_head: bool = False) -> int:

@@ -314,9 +314,11 @@ def _weights_by_owner(folder) -> dict:
 def test_bf16_checkpoint_captures_in_bf16_and_writes_the_float32_graph(quant, tmp_path):
     """A bf16 checkpoint is captured with its weights in bf16 (each upcast by a Cast in the
     graph: no float32 copy of the model during the capture, 13 GB at 3B) and the saved
-    folder is the one a float32 capture of the same model writes: the same nodes, the same
-    int4 codes and scales bit for bit (or float32 weights), a float32 embedding, and no
-    bf16 tensor or Cast of a weight left."""
+    folder computes what a float32 capture of the same model writes: the same nodes, the
+    same int4 codes and scales bit for bit (or float32 weights), and no bf16 tensor or Cast
+    of a weight left, except the embedding table: it stays bf16 (half the bytes of the
+    float32 one), gathered first and the rows then cast, so the same float32 rows reach
+    the model."""
     from conftest import write_base
     from flora_export.model.storage import widen_all
 
@@ -326,18 +328,33 @@ def test_bf16_checkpoint_captures_in_bf16_and_writes_the_float32_graph(quant, tm
     cfg = ExportConfig(quant=quant, max_seq=64)
     m16 = export(stored, "onnx", tmp_path / "bf16", cfg)
     m32 = export(widen_all(load_model(base)), "onnx", tmp_path / "fp32", cfg)
-    assert m16["parity"]["passed"] and m16["counts"] == m32["counts"]
+    assert m16["parity"]["passed"]
+    assert {**m16["counts"], "nodes": m16["counts"]["nodes"] - 1} == m32["counts"]
     p16, w16 = _weights_by_owner(tmp_path / "bf16")
     p32, w32 = _weights_by_owner(tmp_path / "fp32")
-    assert op_counts(tmp_path / "bf16" / "model.onnx") == op_counts(tmp_path / "fp32" / "model.onnx")
+    ops16, ops32 = (op_counts(tmp_path / d / "model.onnx") for d in ("bf16", "fp32"))
+    assert ops16 - ops32 == {"Cast": 1} and not ops32 - ops16     # the rows' one Cast
     assert sorted(w16) == sorted(w32) and len(w16) >= 4 * LAYERS + 2      # + head, embedding
+    narrow = [i.name for i in p16.graph.initializer
+              if i.data_type in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16)]
+    gather = next(n for n in p16.graph.node if n.op_type == "Gather")
+    assert narrow == [gather.input[0]]             # the embedding table, and nothing else
+    cast = next(n for n in p16.graph.node if gather.output[0] in n.input)
+    assert cast.op_type == "Cast" and onnx.helper.get_attribute_value(
+        cast.attribute[0]) == onnx.TensorProto.FLOAT
     for name in w16:
+        if name == gather.name:
+            (t16,), (t32,) = w16[name], w32[name]
+            assert t16.dtype == "bfloat16" and t32.dtype == np.float32
+            assert np.array_equal(t16.astype(np.float32), t32)
+            continue
         assert [a.dtype for a in w16[name]] == [a.dtype for a in w32[name]], name
         assert all(np.array_equal(a, b) for a, b in zip(w16[name], w32[name])), name
-    assert not [i.name for i in p16.graph.initializer
-                if i.data_type in (onnx.TensorProto.BFLOAT16, onnx.TensorProto.FLOAT16)]
+    size16, size32 = ((tmp_path / d / "model.onnx.data").stat().st_size for d in ("bf16", "fp32"))
+    assert size32 - size16 >= w16[gather.name][0].size * 2        # the table's 2 bytes saved
     if quant == "fp32":
         assert m16["parity"]["max_abs_diff"] <= 1e-4
+    assert m16["parity"]["max_abs_diff"] == pytest.approx(m32["parity"]["max_abs_diff"], rel=1e-3)
 
 
 def test_data_writer_leaves_the_captured_files_when_a_rewrite_fails(tmp_path):

@@ -191,3 +191,35 @@ def test_coded_weights_round_their_product_where_the_device_does():
     tokens = torch.tensor([[5, 0, 63]])
     assert torch.equal(emb(tokens), rounded[tokens])
     assert emb.weight.numel() == 0 and emb.codes is codes
+
+
+def test_widened_blocks_reuse_one_buffer_but_not_under_autograd(monkeypatch):
+    """storage.SCRATCH: every block a call widens (or dequantizes) goes into one kept
+    buffer, bounded by BLOCK_NUMEL, with the same numbers; where autograd keeps the block
+    for the backward pass, each block gets its own tensor (the gradients stay right)."""
+    from flora_export.model.storage import SCRATCH, CodedLinear, dequantize_rows
+    monkeypatch.setattr(storage, "BLOCK_NUMEL", 3000)    # the head (512 x 128) -> 23 blocks
+    model = stored_tiny()
+    ref = logits(widen_all(copy.deepcopy(model)))
+    first = logits(model)
+    buffer = SCRATCH._local.buffer
+    assert torch.equal(logits(model), first) and (first - ref).abs().max() < 1e-5
+    assert SCRATCH._local.buffer is buffer and buffer.numel() <= 3000   # kept, not grown
+
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(-8, 8, (64, 96), generator=g, dtype=torch.int8)
+    scales = (torch.rand(64, 3, generator=g) * 1e-2).to(torch.bfloat16)
+    lin = CodedLinear.hold(nn.Linear(96, 64, bias=False), codes, scales)
+    x = torch.randn(5, 96, generator=g)
+    w = dequantize_rows(codes, scales, 96, torch.float32)
+    with torch.no_grad():
+        assert torch.allclose(lin(x), x @ w.T, atol=1e-6)
+    assert SCRATCH._local.buffer is buffer
+
+    head = model.lm_head                                   # 23 blocks of a bf16 weight
+    for module, weight in ((head, head.weight.float()), (lin, w)):
+        xg = torch.randn(2, weight.shape[1], generator=g, requires_grad=True)
+        module(xg).square().sum().backward()
+        xr = xg.detach().clone().requires_grad_()
+        (xr @ weight.T).square().sum().backward()
+        assert torch.allclose(xg.grad, xr.grad, atol=1e-4), type(module).__name__

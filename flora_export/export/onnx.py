@@ -7,7 +7,8 @@ graph is then mapped onto ONNX Runtime's fused kernels (onnx_graph.py: one
 `GroupQueryAttention` per layer with RoPE inside and a KV buffer shared by past and present; norms as
 `SkipSimplifiedLayerNormalization`), and every projection and the output head become
 one `MatMulNBits` (block 32, symmetric, accuracy level 4; int4 on torchao's grid, as
-the `.pte`); the embedding stays fp32. The folder also holds
+the `.pte`); the embedding table stays in the checkpoint's dtype (bf16/fp16/fp32), its
+gathered rows cast to float32. The folder also holds
 `genai_config.json` and the tokenizer files, so `onnxruntime_genai.Model(folder)` runs
 it, and so does a plain `onnxruntime.InferenceSession`.
 """
@@ -32,7 +33,7 @@ from ..quantize import is_lora_half, untie_head
 from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
                       load_device_weights, lowering_counts, release_weights)
 from .onnx_attention import ExplicitKV, check_mappable, layer_specs
-from .onnx_graph import use_group_query_attention
+from .onnx_graph import rewrite_for_ort
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,8 @@ def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
     weight at a time (onnx_grid.py); 8-bit: ONNX Runtime's own quantizer."""
     import onnx
 
-    # The embedding stays fp32: ORT's int4 GatherBlockQuantized costs the default ~30
-    # held-out points, and its quantizer has no int8 Gather (docs/verification.md).
+    # The embedding is not quantized: ORT's int4 GatherBlockQuantized costs the default
+    # ~30 held-out points, and its quantizer has no int8 Gather (docs/verification.md).
     if bits == 4:
         from .onnx_grid import quantize_int4
         from .onnx_weights import DataWriter
@@ -208,6 +209,19 @@ def node_counts(path: Path, owners: dict[str, str], expected: dict[str, int]) ->
         gather_block_quantized=ops.get("GatherBlockQuantized", 0), nodes=sum(ops.values()),
         opset=max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                   default=None))
+
+
+def table_dtype(path: Path) -> str | None:
+    """The dtype of the table the graph's plain `Gather` reads (the embedding: "bfloat16",
+    "float16" or "float32"), None when there is none."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    inits = {i.name: i.data_type for i in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input[0] in inits:
+            return onnx.helper.tensor_dtype_to_np_dtype(inits[node.input[0]]).name
+    return None
 
 
 def _replaced(name: str) -> str:
@@ -363,12 +377,12 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     with st("capture"):                    # in the stored dtype: no float32 copy of the model
         capture(model, ctx.config.max_seq, path)
         owners = weight_owners(path)
-        use_group_query_attention(path, layer_specs(model))
+        rewrite_for_ort(path, layer_specs(model))
     eager, qinfo = ctx.fp32_logits, None
     if ctx.quant.quantizes:
         bits, block = ctx.quant.weight_bits, ctx.quant.group_size or 32
         qinfo = {"op": "MatMulNBits", "bits": bits, "block_size": block, "symmetric": True,
-                 "accuracy_level": 4, "embedding": None,
+                 "accuracy_level": 4, "embedding": table_dtype(path),
                  "grid": "torchao" if bits == 4 else "onnxruntime"}
         with st("quantize"):
             _drop_weights(model)           # refilled from the file below: frees one copy

@@ -10,8 +10,9 @@ table (model/storage.py, CapturedLinear/CapturedEmbedding). No float32 copy of t
 This module reads those chains: `matmul_weight` finds the weight behind a MatMul's B
 input (a float32 [K, N] initializer, or a narrow [N, K] one behind Cast and Transpose),
 and `widen_stored` turns every chain left into a plain float32 initializer, one tensor at
-a time, so the final graph is the one a float32 capture gives (float32 embedding and
-unquantized weights; the upcast is exact, so the numbers are the same).
+a time, so the final graph computes what a float32 capture gives (float32
+unquantized weights; the embedding table alone stays narrow, onnx_graph.py; the upcast
+is exact, so the numbers are the same).
 
 `DataWriter` writes the rewritten graph's external data one tensor at a time (a block of
 rows at a time for the widened ones) to a new file that then replaces the captured one:
@@ -52,7 +53,7 @@ def is_narrow(init) -> bool:
     return _dtype_name(init) in _NARROW
 
 
-def _is_cast_to_float(node) -> bool:
+def is_cast_to_float(node) -> bool:
     import onnx
     from onnx import helper
 
@@ -99,7 +100,7 @@ def matmul_weight(node, index: GraphIndex) -> MatMulWeight | None:
     if transpose is None or not _is_2d_transpose(transpose) or index.uses(b) != 1:
         return None
     cast = index.producer.get(transpose.input[0])
-    if cast is None or not _is_cast_to_float(cast) or index.uses(cast.output[0]) != 1:
+    if cast is None or not is_cast_to_float(cast) or index.uses(cast.output[0]) != 1:
         return None
     init = index.inits.get(cast.input[0])
     if init is None or not is_narrow(init) or len(init.dims) != 2 or index.uses(init.name) != 1:
@@ -240,7 +241,7 @@ def widen_stored(proto, base_dir: Path, writer: DataWriter | None = None) -> int
     index = GraphIndex(graph)
     dead, new_inits, replaced = set(), [], set()
     for node in graph.node:
-        if _is_cast_to_float(node) and node.input[0] in index.inits:
+        if is_cast_to_float(node) and node.input[0] in index.inits:
             init = index.inits[node.input[0]]
             if not is_narrow(init) or index.uses(init.name) != 1:
                 continue
