@@ -31,15 +31,28 @@ from variants import run_measured  # noqa: E402
 
 def build_checkpoint(preset: str, path: Path, dtype: str = "bfloat16") -> None:
     """A random-weight Hugging Face checkpoint of `preset` in `dtype` (bf16: the dtype the
-    published checkpoints of these families store), with a byte-level tokenizer."""
+    published checkpoints of these families store), with a byte-level tokenizer; written
+    by a child process, so this one stays small: a measured export, forked from it later,
+    counts this process's size at the fork in its peak RSS (run_measured)."""
+    import multiprocessing
+
+    if (path / "model.safetensors").exists():
+        return
+    child = multiprocessing.get_context("fork").Process(target=_write_checkpoint,
+                                                        args=(preset, path, dtype))
+    child.start()
+    child.join()
+    if child.exitcode:
+        raise SystemExit(f"writing the {preset} checkpoint to {path} failed")
+
+
+def _write_checkpoint(preset: str, path: Path, dtype: str) -> None:
     import torch
 
     from flora_export.model import PRESETS, random_model, save_hf_checkpoint
     from flora_export.model.presets import special_base
     from flora_export.model.tokenizer import byte_level_tokenizer
 
-    if (path / "model.safetensors").exists():
-        return
     cfg = PRESETS[preset]
     path.mkdir(parents=True, exist_ok=True)
     byte_level_tokenizer(cfg.vocab_size, special_base(cfg)).save(str(path / "tokenizer.json"))
