@@ -3,11 +3,13 @@
 Builds a random-weight Hugging Face checkpoint of a preset (default llama3.2-1b; bf16 as
 published checkpoints are, `--dtype`), then
 1. exports it with `python -m onnxruntime_genai.models.builder` (int4, block 32,
-   accuracy level 4) and with `flora-export --target onnx` (8da4w -> MatMulNBits int4,
-   block 32, accuracy level 4), recording wall time and peak RSS of each;
-2. runs both folders in ORT-GenAI with flora-bench's harness (one worker process per
-   folder, interleaved A B A B ..., the same prompt ids and thread count) and reports
-   TTFT and TPOT (docs/metrics.md) as medians and ratios.
+   accuracy level 4), with `flora-export --target onnx` (8da4w -> MatMulNBits int4,
+   block 32, accuracy level 4; the embedding table in the checkpoint's dtype) and with
+   the same plus `--onnx-shared-embedding` (the embedding as the tied head's int4
+   codes, as the builder stores it), recording wall time and peak RSS of each;
+2. runs the three folders in ORT-GenAI with flora-bench's harness (one worker process
+   per folder, interleaved A B C A B C ..., the same prompt ids and thread count) and
+   reports TTFT and TPOT (docs/metrics.md) as medians and ratios over the builder's.
 
     python benchmarks/onnx_vs_builder.py --preset llama3.2-1b --runs 5 --out bench-out/onnx
 
@@ -116,6 +118,17 @@ def latency(folders: dict[str, Path], args) -> dict:
             for name, a in result["artifacts"].items()}
 
 
+def _ratios(name: str, cost: dict, lat: dict, size: dict) -> dict:
+    """`name`'s TPOT, TTFT (medians), export time, peak RSS and folder size over the
+    builder's."""
+    b = "builder"
+    return {"tpot": round(lat[name]["tpot"]["median_ms"] / lat[b]["tpot"]["median_ms"], 3),
+            "ttft": round(lat[name]["ttft"]["median_ms"] / lat[b]["ttft"]["median_ms"], 3),
+            "export_time": round(cost[name]["seconds"] / cost[b]["seconds"], 2),
+            "peak_rss": round(cost[name]["peak_rss_gb"] / cost[b]["peak_rss_gb"], 2),
+            "size": round(size[name] / size[b], 3)}
+
+
 def _ms(s: dict) -> dict:
     return {"median_ms": round(s["median"], 2), "min_ms": round(s["min"], 2),
             "max_ms": round(s["max"], 2)}
@@ -137,40 +150,42 @@ def main() -> None:
                    help="the checkpoint's dtype (default bfloat16, as published checkpoints)")
     p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args()
-    hf, ours, theirs = args.out / "hf", args.out / "flora", args.out / "builder"
+    hf = args.out / "hf"
+    folders = {name: args.out / name for name in ("flora", "flora-shared", "builder")}
     args.out.mkdir(parents=True, exist_ok=True)
     load_before = loadavg()
     build_checkpoint(args.preset, hf, args.dtype)
+
+    def flora(name: str, *extra: str) -> dict:
+        return run_measured([sys.executable, "-m", "flora_export.cli", "--target", "onnx",
+                             "--model", str(hf), "--adapter", "none", "--out",
+                             str(folders[name]), "--max-seq", str(args.max_seq), "--force",
+                             *extra], args.out / f"{name}.log")
     try:
-        cost = {"builder": builder_export(hf, theirs, args.out / "builder.log", args.max_seq),
-                "flora": run_measured([sys.executable, "-m", "flora_export.cli", "--target",
-                                       "onnx", "--model", str(hf), "--adapter", "none",
-                                       "--out", str(ours), "--max-seq", str(args.max_seq),
-                                       "--force"], args.out / "flora.log")}
+        cost = {"builder": builder_export(hf, folders["builder"], args.out / "builder.log",
+                                          args.max_seq),
+                "flora": flora("flora"),
+                "flora-shared": flora("flora-shared", "--onnx-shared-embedding")}
     except RuntimeError as e:
         sys.exit(f"failed: {e}")
-    lat = latency({"flora": ours, "builder": theirs}, args)
+    lat = latency(folders, args)
     size = {name: round(sum(f.stat().st_size for f in d.iterdir()) / 2 ** 20, 1)
-            for name, d in (("flora", ours), ("builder", theirs))}
+            for name, d in folders.items()}
     result = {"preset": args.preset, "checkpoint_dtype": args.dtype, "threads": args.threads, "prompt_len": args.prompt_len,
               "gen_len": args.gen_len, "runs": args.runs, "export": cost, "latency": lat,
               "size_mib": size, "machine": host_facts(), "loadavg_before": load_before,
               "loadavg_after": loadavg(),
-              "ratios_flora_over_builder": {
-                  "tpot": round(lat["flora"]["tpot"]["median_ms"] /
-                                lat["builder"]["tpot"]["median_ms"], 3),
-                  "ttft": round(lat["flora"]["ttft"]["median_ms"] /
-                                lat["builder"]["ttft"]["median_ms"], 3),
-                  "export_time": round(cost["flora"]["seconds"] / cost["builder"]["seconds"], 2)}}
+              "ratios_over_builder": {name: _ratios(name, cost, lat, size)
+                                      for name in ("flora", "flora-shared")}}
     (args.out / "results.json").write_text(json.dumps(result, indent=2))
     (args.results / f"onnx-vs-builder-{args.preset}.json").write_text(json.dumps(result, indent=2) + "\n")
     print("| export | time s | peak RSS GB | TTFT ms (median) | TPOT ms (median) | size MiB |")
     print("|---|---|---|---|---|---|")
-    for name in ("flora", "builder"):
+    for name in folders:
         print(f"| {name} | {cost[name]['seconds']} | {cost[name]['peak_rss_gb']} | "
               f"{lat[name]['ttft']['median_ms']} | {lat[name]['tpot']['median_ms']} | "
               f"{size[name]} |")
-    print(json.dumps(result["ratios_flora_over_builder"]))
+    print(json.dumps(result["ratios_over_builder"]))
 
 
 if __name__ == "__main__":

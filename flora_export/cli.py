@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora", choices=["merged", "unmerged"], default="merged",
                    help="for a LoRA adapter: merge it into the weights (default) or keep it "
                         "as separate matmuls")
+    p.add_argument("--onnx-shared-embedding", action="store_true",
+                   help="onnx, 8da4w, a model whose output head is tied to its embedding: "
+                        "store the embedding as the head's int4 codes (one "
+                        "GatherBlockQuantized), as ORT-GenAI's builder does: the folder "
+                        "drops the table (bf16: 2 bytes a parameter of it). Costs accuracy "
+                        "on small models (docs/verification.md); the quality gate judges it. "
+                        "Default: the table unquantized in the checkpoint's dtype")
     p.add_argument("--no-fuse", action="store_true",
                    help="keep an FFBA adapter unfused (extra matmuls; a benchmark baseline)")
     p.add_argument("--no-base-check", action="store_true",
@@ -260,7 +267,8 @@ def _run(args, out: Path) -> tuple[dict, float]:
             merge_lora(model)
     cfg = ExportConfig(quant=args.quant, max_seq=args.max_seq, fuse_adapters=not args.no_fuse,
                        force=args.force, free_weights=True,
-                       allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
+                       allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
+                       shared_embedding=args.onnx_shared_embedding)
     manifest = export(model, args.target, out, cfg, progress=StageProgress(_CONSOLE.out))
     return manifest, time.perf_counter() - t0
 

@@ -358,16 +358,17 @@ def _accuracy(heldout: dict | None, cfg: VerifyConfig) -> str:
     return PASSED if drop <= cfg.max_accuracy_drop + 1e-9 else FAILED
 
 
-def enforce(p: Parity, what: str) -> Parity:
-    """Raise FloraError (nothing gets written) when the gate failed."""
+def enforce(p: Parity, what: str, quality_fix: str | None = None) -> Parity:
+    """Raise FloraError (nothing gets written) when the gate failed; `quality_fix` replaces
+    the suggested fix of a failed quality gate."""
     log.info("%s gate, %s vs %s: %s -> %s %s", p.gate, what, p.reference, p.summary(),
              p.verdict, p.criteria)
     if p.passed is False:
         bad = ", ".join(k for k, v in p.criteria.items() if v == FAILED)
         fix = ("nothing was written; report this with the manifest inputs, or try --quant fp32"
                if p.gate == "lowering" else
-               "nothing was written; the quantized model is too far from the fp32 model: try "
-               "--quant int8 or --quant fp32")
+               "nothing was written; the quantized model is too far from the fp32 model: " +
+               (quality_fix or "try --quant int8 or --quant fp32"))
         raise FloraError(f"{what} does not match the {p.reference} ({p.summary()}; failed: "
                          f"{bad}; thresholds {p.thresholds})", fix)
     return p

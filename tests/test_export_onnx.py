@@ -391,3 +391,80 @@ def test_data_writer_leaves_the_captured_files_when_a_rewrite_fails(tmp_path):
     assert np.array_equal(arrays["w"], w)
     assert np.array_equal(arrays["extra"], [[1, 1, 1], [0, 0, 0]])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+
+
+def test_shared_embedding_gathers_the_heads_int4_codes(tmp_path):
+    """--onnx-shared-embedding on a tied bf16 model: the embedding is one
+    GatherBlockQuantized over a Reshape of the head's MatMulNBits weight, with the head's
+    scales (no table of its own: the folder is smaller by it); ONNX Runtime's rows are
+    the head's int4 rows, the eager reference embeds with those same codes (held once),
+    and ORT-GenAI generates the eager model's tokens."""
+    from flora_export.export.onnx import _replaced, load_quantized_weights, weight_owners
+    from flora_export.export.onnx_grid import initializer_array
+    from flora_export.model.storage import CodedEmbedding, CodedLinear
+
+    model = load_model("tiny")
+    assert model.lm_head.weight is model.embed_tokens.weight
+    m = export(model, "onnx", tmp_path / "shared",
+               ExportConfig(max_seq=64, shared_embedding=True))
+    plain = export(load_model("tiny"), "onnx", tmp_path / "plain", ExportConfig(max_seq=64))
+    assert m["parity"]["passed"] and m["counts"]["gather_block_quantized"] == 1
+    assert m["results"]["onnx"]["onnx_quantization"]["embedding"] == "int4, the output head's codes"
+    assert plain["results"]["onnx"]["onnx_quantization"]["embedding"] == "bfloat16"
+    path = tmp_path / "shared" / "model.onnx"
+    proto = onnx.load(str(path), load_external_data=False)
+    assert not [n for n in proto.graph.node if n.op_type == "Gather"]
+    gbq = next(n for n in proto.graph.node if n.op_type == "GatherBlockQuantized")
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    export(load_model("tiny"), "onnx", tmp_path / "fp32", ExportConfig(quant="fp32", max_seq=64))
+    owners = weight_owners(tmp_path / "fp32" / "model.onnx")     # the same node names
+    head = next(n for n in proto.graph.node if n.op_type == "MatMulNBits"
+                and owners.get(_replaced(n.name)) == "lm_head")
+    reshape = producer[gbq.input[0]]
+    assert reshape.op_type == "Reshape" and reshape.input[0] == head.input[1]
+    assert gbq.input[2] == head.input[2]                       # the head's scales
+    cfg = model.config
+    table = cfg.vocab_size * cfg.hidden_size * 2                # bf16
+    sizes = [(tmp_path / d / "model.onnx.data").stat().st_size for d in ("plain", "shared")]
+    assert sizes[0] - sizes[1] == table
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    w32 = _dequant_matmulnbits(head, *[initializer_array(inits[i], path.parent)
+                                       for i in head.input if i in inits])
+    ids = np.array([[0, 7, cfg.vocab_size - 1]])
+    sub = onnx.helper.make_graph(
+        [reshape, gbq], "rows", [onnx.helper.make_tensor_value_info(
+            gbq.input[1], onnx.TensorProto.INT64, [1, 3])],
+        [onnx.helper.make_tensor_value_info(gbq.output[0], onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(initializer_array(inits[x], path.parent), x)
+         for x in (head.input[1], head.input[2], reshape.input[1])])
+    sess = ort.InferenceSession(onnx.helper.make_model(sub, opset_imports=proto.opset_import,
+                                                       ir_version=proto.ir_version)
+                                .SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.array_equal(sess.run(None, {gbq.input[1]: ids})[0][0], w32[ids[0]].numpy())
+
+    eager = load_model("tiny")
+    from flora_export.quantize import untie_head
+    untie_head(eager)
+    load_quantized_weights(eager, path, owners)
+    assert type(eager.embed_tokens) is CodedEmbedding and type(eager.lm_head) is CodedLinear
+    assert eager.embed_tokens.codes is eager.lm_head.codes
+    assert torch.equal(eager.embed_tokens(torch.tensor(ids)), w32[ids])
+    prompt = [1, 72, 101, 108]
+    assert genai_greedy(tmp_path / "shared", prompt, 12) == eager_greedy(eager, prompt, 12)
+
+
+@pytest.mark.parametrize("case", ["untied", "int8", "android"])
+def test_shared_embedding_is_refused_where_it_cannot_be_built(case, tmp_path):
+    from conftest import shapes, write_base
+    from flora_export.errors import FloraError
+
+    model = (load_model(write_base(tmp_path / "untied", shapes(tie_word_embeddings=False)))
+             if case == "untied" else load_model("tiny"))
+    cfg = ExportConfig(max_seq=64, shared_embedding=True,
+                       quant="int8" if case == "int8" else "8da4w")
+    with pytest.raises(FloraError) as err:
+        export(model, "android" if case == "android" else "onnx", tmp_path / "out", cfg)
+    assert "--onnx-shared-embedding" in str(err.value)
+    assert {"untied": "tied", "int8": "int4", "android": "ONNX"}[case] in str(err.value)
+    assert not (tmp_path / "out").exists()

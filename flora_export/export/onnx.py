@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import FloraError
-from ..model.storage import (CapturedEmbedding, CapturedLinear, CodedLinear, RowwiseLinear,
+from ..model.storage import (CapturedEmbedding, CapturedLinear, CodedEmbedding, CodedLinear,
+                             RowwiseLinear,
                              StoredEmbedding, StoredLinear, captured_form, exact_narrow)
 from ..quantize import is_lora_half, untie_head
 from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
@@ -69,6 +70,26 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
 def check_model(model: nn.Module) -> None:
     """Refuse, before any work, a model the GroupQueryAttention mapping cannot run."""
     check_mappable(model)
+
+
+def check_shared_embedding(model: nn.Module, quant, backends) -> None:
+    """Refuse, before any work, a shared embedding (ExportConfig.shared_embedding) that
+    cannot be built: it needs an ONNX build, int4 weights and an output head tied to the
+    embedding whose width is whole blocks."""
+    fix = "drop --onnx-shared-embedding"
+    if "onnx" not in backends:
+        raise FloraError(f"--onnx-shared-embedding applies to ONNX exports; this target builds "
+                         f"{', '.join(backends)}", fix)
+    if quant.weight_bits != 4:
+        raise FloraError(f"--onnx-shared-embedding shares the int4 output head; --quant "
+                         f"{quant.name} has no int4 head", f"use --quant 8da4w, or {fix}")
+    if model.lm_head.weight is not model.embed_tokens.weight:
+        raise FloraError("--onnx-shared-embedding needs an output head tied to the embedding; "
+                         "this model's head has its own weights (tie_word_embeddings false, or "
+                         "an adapter changed the head)", fix)
+    if model.config.hidden_size % (quant.group_size or 32):
+        raise FloraError(f"--onnx-shared-embedding: hidden size {model.config.hidden_size} is "
+                         f"not whole blocks of {quant.group_size or 32}", fix)
 
 
 def capture(model: nn.Module, max_seq: int, path: Path) -> None:
@@ -145,19 +166,22 @@ def weight_owners(path: Path) -> dict[str, str]:
 
 
 def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
-             keep_float: tuple[str, ...] = ()) -> None:
+             keep_float: tuple[str, ...] = (), shared_head: str | None = None) -> None:
     """Replace constant-weight MatMuls with N-bit block ops, except the nodes named in
     `keep_float` (unmerged LoRA halves, as on ExecuTorch). 4-bit: on torchao's grid, one
-    weight at a time (onnx_grid.py); 8-bit: ONNX Runtime's own quantizer."""
+    weight at a time (onnx_grid.py); 8-bit: ONNX Runtime's own quantizer. `shared_head`:
+    the output head's MatMul, whose int4 codes the embedding then gathers (4-bit only)."""
     import onnx
 
     # The embedding is not quantized: ORT's int4 GatherBlockQuantized costs the default
     # ~30 held-out points, and its quantizer has no int8 Gather (docs/verification.md).
     if bits == 4:
-        from .onnx_grid import quantize_int4
+        from .onnx_grid import gather_from_head, quantize_int4
         from .onnx_weights import DataWriter
 
         proto = onnx.load(str(path), load_external_data=False)
+        if shared_head is not None:
+            gather_from_head(proto, shared_head, block_size)
         with DataWriter(path, DATA_NAME) as writer:
             quantize_int4(proto, path.parent, block_size, accuracy_level, writer, keep_float)
             writer.commit(proto)
@@ -256,17 +280,25 @@ def load_quantized_weights(model: nn.Module, path: Path, owners: dict[str, str],
 
     proto = onnx.load(str(path), load_external_data=False)
     inits = {i.name: i for i in proto.graph.initializer}
-    tables, coded = {}, 0
+    tables, coded, by_codes, shared = {}, 0, {}, []
     for node in proto.graph.node:
         if node.op_type not in _WEIGHT_OPS:
             continue
-        arrays = [initializer_array(inits[x], path.parent) for x in node.input if x in inits]
         owner = owners[_replaced(node.name)]
+        if node.op_type == "GatherBlockQuantized" and node.input[0] not in inits:
+            shared.append((owner, node))           # reads the head's codes (gather_from_head)
+            continue
+        arrays = [initializer_array(inits[x], path.parent) for x in node.input if x in inits]
         if node.op_type == "MatMulNBits":
-            CodedLinear.hold(model.get_submodule(owner), *_matmulnbits_codes(node, *arrays))
+            by_codes[node.input[1]] = CodedLinear.hold(model.get_submodule(owner),
+                                                       *_matmulnbits_codes(node, *arrays))
             coded += 1
         else:
             tables[owner] = exact_narrow(_dequant_gather(node, *arrays))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    for owner, node in shared:                     # the same codes and scales, held once
+        head = by_codes[producer[node.input[0]].input[0]]
+        CodedEmbedding.hold(model.get_submodule(owner), head.codes, head.scales)
     del proto, inits
     if coded < expected:
         raise FloraError(f"only {coded} of the ONNX model's {expected} quantized weights map "
@@ -374,6 +406,7 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     """Export, quantize to MatMulNBits, verify in ONNX Runtime, write the ORT-GenAI files."""
     st, cfg, path = ctx.stages, model.config, out / MODEL_NAME
     expected = expected_quantized(model, ctx.quant)
+    shared = ctx.config.shared_embedding
     with st("capture"):                    # in the stored dtype: no float32 copy of the model
         capture(model, ctx.config.max_seq, path)
         owners = weight_owners(path)
@@ -382,12 +415,15 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     if ctx.quant.quantizes:
         bits, block = ctx.quant.weight_bits, ctx.quant.group_size or 32
         qinfo = {"op": "MatMulNBits", "bits": bits, "block_size": block, "symmetric": True,
-                 "accuracy_level": 4, "embedding": table_dtype(path),
+                 "accuracy_level": 4,
+                 "embedding": "int4, the output head's codes" if shared else table_dtype(path),
                  "grid": "torchao" if bits == 4 else "onnxruntime"}
         with st("quantize"):
             _drop_weights(model)           # refilled from the file below: frees one copy
             quantize(path, bits, block, keep_float=tuple(
-                node for node, owner in owners.items() if is_lora_half(owner)))
+                node for node, owner in owners.items() if is_lora_half(owner)),
+                shared_head=next((n for n, o in owners.items() if o == "lm_head"), None)
+                if shared else None)
             counts = node_counts(path, owners, expected).check("ONNX model")
         with st("quant-reference"):
             load_quantized_weights(model, path, owners, counts.expected_quantized_linear_ops)

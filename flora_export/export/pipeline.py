@@ -42,6 +42,10 @@ class ExportConfig:
     fuse_adapters: bool = True          # False exports FFBA unfused (benchmark baseline)
     force: bool = False                 # write beside entries of `out` that are not the export's
     allow_tokenizer_mismatch: bool = False  # export although a runtime's tokenizer differs
+    # ONNX: the embedding table is the tied output head's int4 codes, read by one
+    # GatherBlockQuantized (as ORT-GenAI's builder stores a tied model); else the table
+    # stays unquantized in the checkpoint's dtype (export/onnx.py)
+    shared_embedding: bool = False
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     # free the eager model's weights once a backend no longer needs them (the CLI does: a
     # lower peak for the runtime checks); the model passed to export() is then spent
@@ -69,6 +73,9 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     plan = plan_out_dir(out, row.backends, config.force, need_bytes=export_size(model, qcfg, row))
     bos, eos = special_ids(model)
     _check_max_seq(model, config, len(verify_prompt(model, bos)))
+    if config.shared_embedding:
+        from .onnx import check_shared_embedding
+        check_shared_embedding(model, qcfg, row.backends)
     for name in row.backends:          # what a backend cannot run, refused before any work
         getattr(backend(name), "check_model", lambda _model: None)(model)
     st = Stages(stage_names(target), progress)
