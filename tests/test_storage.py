@@ -201,6 +201,7 @@ def test_widened_blocks_reuse_one_buffer_but_not_under_autograd(monkeypatch):
     monkeypatch.setattr(storage, "BLOCK_NUMEL", 3000)    # the head (512 x 128) -> 23 blocks
     model = stored_tiny()
     ref = logits(widen_all(copy.deepcopy(model)))
+    SCRATCH.release()                                      # what an earlier test left
     first = logits(model)
     buffer = SCRATCH._local.buffer
     assert torch.equal(logits(model), first) and (first - ref).abs().max() < 1e-5

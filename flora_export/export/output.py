@@ -102,10 +102,15 @@ def rss_mb() -> float | None:
 def release_free_memory() -> None:
     """Collect garbage cycles (exported programs hold many) and hand freed heap memory back
     to the OS (glibc's malloc_trim: freed blocks below its mmap threshold otherwise stay
-    resident and inflate every later stage's peak). A no-op where there is no glibc."""
+    resident and inflate every later stage's peak), and drop this thread's widening buffer
+    (storage.SCRATCH: a stage that widens no weight should not hold its 64 MB). The
+    malloc_trim is a no-op where there is no glibc."""
     import ctypes
     import gc
 
+    from ..model.storage import SCRATCH
+
+    SCRATCH.release()
     gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)

@@ -55,6 +55,10 @@ class Scratch:
     def __init__(self):
         self._local = threading.local()
 
+    def release(self) -> None:
+        """Drop this thread's buffer (the next block allocates it again)."""
+        self._local.buffer = None
+
     def usable(self, *tensors: torch.Tensor) -> bool:
         return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
