@@ -34,6 +34,7 @@ from ..quantize import is_lora_half, untie_head
 from .backend import (BuildResult, LoweringCounts, drop_weights, expected_quantized,
                       load_device_weights, lowering_counts, release_weights)
 from .onnx_attention import ExplicitKV, check_mappable, layer_specs
+from .onnx_embedding import table_dtype
 from .onnx_graph import rewrite_for_ort
 
 log = logging.getLogger(__name__)
@@ -70,26 +71,6 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
 def check_model(model: nn.Module) -> None:
     """Refuse, before any work, a model the GroupQueryAttention mapping cannot run."""
     check_mappable(model)
-
-
-def check_shared_embedding(model: nn.Module, quant, backends) -> None:
-    """Refuse, before any work, a shared embedding (ExportConfig.shared_embedding) that
-    cannot be built: it needs an ONNX build, int4 weights and an output head tied to the
-    embedding whose width is whole blocks."""
-    fix = "drop --onnx-shared-embedding"
-    if "onnx" not in backends:
-        raise FloraError(f"--onnx-shared-embedding applies to ONNX exports; this target builds "
-                         f"{', '.join(backends)}", fix)
-    if quant.weight_bits != 4:
-        raise FloraError(f"--onnx-shared-embedding shares the int4 output head; --quant "
-                         f"{quant.name} has no int4 head", f"use --quant 8da4w, or {fix}")
-    if model.lm_head.weight is not model.embed_tokens.weight:
-        raise FloraError("--onnx-shared-embedding needs an output head tied to the embedding; "
-                         "this model's head has its own weights (tie_word_embeddings false, or "
-                         "an adapter changed the head)", fix)
-    if model.config.hidden_size % (quant.group_size or 32):
-        raise FloraError(f"--onnx-shared-embedding: hidden size {model.config.hidden_size} is "
-                         f"not whole blocks of {quant.group_size or 32}", fix)
 
 
 def capture(model: nn.Module, max_seq: int, path: Path) -> None:
@@ -176,7 +157,8 @@ def quantize(path: Path, bits: int, block_size: int, accuracy_level: int = 4,
     # The embedding is not quantized: ORT's int4 GatherBlockQuantized costs the default
     # ~30 held-out points, and its quantizer has no int8 Gather (docs/verification.md).
     if bits == 4:
-        from .onnx_grid import gather_from_head, quantize_int4
+        from .onnx_embedding import gather_from_head
+        from .onnx_grid import quantize_int4
         from .onnx_weights import DataWriter
 
         proto = onnx.load(str(path), load_external_data=False)
@@ -233,19 +215,6 @@ def node_counts(path: Path, owners: dict[str, str], expected: dict[str, int]) ->
         gather_block_quantized=ops.get("GatherBlockQuantized", 0), nodes=sum(ops.values()),
         opset=max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                   default=None))
-
-
-def table_dtype(path: Path) -> str | None:
-    """The dtype of the table the graph's plain `Gather` reads (the embedding: "bfloat16",
-    "float16" or "float32"), None when there is none."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    inits = {i.name: i.data_type for i in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and node.input[0] in inits:
-            return onnx.helper.tensor_dtype_to_np_dtype(inits[node.input[0]]).name
-    return None
 
 
 def _replaced(name: str) -> str:
@@ -406,24 +375,26 @@ def build(model: nn.Module, out: Path, ctx) -> BuildResult:
     """Export, quantize to MatMulNBits, verify in ONNX Runtime, write the ORT-GenAI files."""
     st, cfg, path = ctx.stages, model.config, out / MODEL_NAME
     expected = expected_quantized(model, ctx.quant)
-    shared = ctx.config.shared_embedding
     with st("capture"):                    # in the stored dtype: no float32 copy of the model
         capture(model, ctx.config.max_seq, path)
         owners = weight_owners(path)
         rewrite_for_ort(path, layer_specs(model))
+    # the head's MatMul, when the embedding is to read its codes (onnx_embedding.py)
+    shared_head = next((node for node, owner in owners.items() if owner == "lm_head"),
+                       None) if ctx.config.shared_embedding else None
     eager, qinfo = ctx.fp32_logits, None
     if ctx.quant.quantizes:
         bits, block = ctx.quant.weight_bits, ctx.quant.group_size or 32
         qinfo = {"op": "MatMulNBits", "bits": bits, "block_size": block, "symmetric": True,
                  "accuracy_level": 4,
-                 "embedding": "int4, the output head's codes" if shared else table_dtype(path),
+                 "embedding": ("int4, the output head's codes" if shared_head
+                               else table_dtype(path)),
                  "grid": "torchao" if bits == 4 else "onnxruntime"}
         with st("quantize"):
             _drop_weights(model)           # refilled from the file below: frees one copy
             quantize(path, bits, block, keep_float=tuple(
                 node for node, owner in owners.items() if is_lora_half(owner)),
-                shared_head=next((n for n, o in owners.items() if o == "lm_head"), None)
-                if shared else None)
+                shared_head=shared_head)
             counts = node_counts(path, owners, expected).check("ONNX model")
         with st("quant-reference"):
             load_quantized_weights(model, path, owners, counts.expected_quantized_linear_ops)

@@ -58,56 +58,6 @@ def int4_blocks(w_nk: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     return packed.numpy(), scales.numpy()
 
 
-def gather_from_head(proto, head: str, block: int) -> str:
-    """Make the embedding read the output head's int4 codes (a tied model), in place,
-    before quantize_int4 writes them: the plain `Gather` of the table (and the `Cast` of
-    its rows, for a stored bf16/fp16 table) becomes one `GatherBlockQuantized` (4 bits,
-    block `block`, gather axis 0, quantize axis 1, default offset 8) over a `Reshape` of
-    the head MatMul's packed weight [V, K/block, block/2] to [V, K/2], with the head's
-    scales; the table's initializer is dropped. The layout ORT-GenAI's builder writes for
-    a tied model. Returns the dropped table's name."""
-    from onnx import helper, numpy_helper
-
-    from .onnx_weights import GraphIndex, is_cast_to_float, matmul_weight
-
-    graph = proto.graph
-    index = GraphIndex(graph)
-    node = next((n for n in graph.node if n.name == head), None)
-    weight = matmul_weight(node, index) if node is not None else None
-    gathers = [n for n in graph.node if n.op_type == "Gather" and n.domain in ("", "ai.onnx")
-               and n.input[0] in index.inits]
-    if weight is None or len(gathers) != 1:
-        raise RuntimeError(f"no constant output head {head} or not one embedding Gather "
-                           f"({len(gathers)}) to share it with")
-    gather = gathers[0]
-    table = index.inits[gather.input[0]]
-    n, k = weight.init.dims if weight.transposed else weight.init.dims[::-1]
-    if list(table.dims) != [n, k] or k % block:
-        raise RuntimeError(f"embedding {list(table.dims)} and head [{n}, {k}] cannot share "
-                           f"int4 blocks of {block}")
-    dead, rows = {id(gather)}, gather.output[0]
-    after = index.consumers.get(rows, [])
-    if len(after) == 1 and after[0] is not None and is_cast_to_float(after[0]):
-        dead.add(id(after[0]))                 # a stored table's rows, cast after the gather
-        rows = after[0].output[0]
-    b = weight.init.name
-    shape = numpy_helper.from_array(np.array([n, k // 2], np.int64), f"{b}_Q4_rows_shape")
-    new = [helper.make_node("Reshape", [f"{b}_Q4", shape.name], [f"{b}_Q4_rows"],
-                            name=f"{gather.name}_reshape"),
-           helper.make_node("GatherBlockQuantized", [f"{b}_Q4_rows", gather.input[1],
-                                                     f"{b}_scales"], [rows],
-                            name=gather.name, domain="com.microsoft", bits=4,
-                            block_size=block, gather_axis=0, quantize_axis=1)]
-    at = list(graph.node).index(gather)
-    nodes = [x for x in graph.node if id(x) not in dead]
-    kept = [i for i in graph.initializer if i.name != table.name]
-    del graph.node[:]
-    graph.node.extend(nodes[:at] + new + nodes[at:])
-    del graph.initializer[:]
-    graph.initializer.extend(kept + [shape])
-    return table.name
-
-
 def quantize_int4(proto, base_dir: Path, block: int, accuracy_level: int, writer,
                   keep_float: tuple[str, ...] = ()) -> int:
     """Rewrite `proto` (loaded without external data; its data in `base_dir`) in place:

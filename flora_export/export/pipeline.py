@@ -74,7 +74,7 @@ def export(model, target: str = "android", out: str | Path = "flora-out/android"
     bos, eos = special_ids(model)
     _check_max_seq(model, config, len(verify_prompt(model, bos)))
     if config.shared_embedding:
-        from .onnx import check_shared_embedding
+        from .onnx_embedding import check_shared_embedding
         check_shared_embedding(model, qcfg, row.backends)
     for name in row.backends:          # what a backend cannot run, refused before any work
         getattr(backend(name), "check_model", lambda _model: None)(model)
