@@ -40,7 +40,8 @@ def embedding_bytes(cfg: dict, backend: str, path: Path) -> int:
     """Bytes of the embedding table in the artifact at `path`: int8 rows + one fp32 scale
     per row (ExecuTorch); in an ONNX folder int4 blocks of 32 + one fp32 scale per block
     when its manifest counts a GatherBlockQuantized, else the table in the dtype its
-    manifest names (flora-export keeps the checkpoint's; older manifests name none: fp32).
+    manifest names (flora-export keeps the checkpoint's; older manifests name none: fp32);
+    none for a folder whose embedding reads the head's codes (--onnx-shared-embedding).
     A folder without a manifest, a peer's, is taken as int4."""
     v, h = cfg["vocab_size"], cfg["hidden_size"]
     if backend == "executorch":
@@ -49,9 +50,11 @@ def embedding_bytes(cfg: dict, backend: str, path: Path) -> int:
     if not manifest.exists():
         return v * h // 2 + 4 * v * h // 32
     m = json.loads(manifest.read_text())
+    quant = next(iter(m["results"].values())).get("onnx_quantization") or {}
+    if quant.get("embedding") == "int4, the output head's codes":
+        return 0                    # --onnx-shared-embedding: the table is the head, all read
     if m["counts"].get("gather_block_quantized"):
         return v * h // 2 + 4 * v * h // 32
-    quant = next(iter(m["results"].values())).get("onnx_quantization") or {}
     return v * h * {"bfloat16": 2, "float16": 2}.get(quant.get("embedding"), 4)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -427,6 +428,12 @@ def test_shared_embedding_gathers_the_heads_int4_codes(tmp_path):
     table = cfg.vocab_size * cfg.hidden_size * 2                # bf16
     sizes = [(tmp_path / d / "model.onnx.data").stat().st_size for d in ("plain", "shared")]
     assert sizes[0] - sizes[1] == table
+    import sys                                 # the bandwidth bound's byte count agrees
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from tpot import embedding_bytes
+    shape = {"vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size}
+    assert embedding_bytes(shape, "onnx", tmp_path / "plain") == table
+    assert embedding_bytes(shape, "onnx", tmp_path / "shared") == 0
 
     inits = {i.name: i for i in proto.graph.initializer}
     w32 = _dequant_matmulnbits(head, *[initializer_array(inits[i], path.parent)
