@@ -327,7 +327,13 @@ def test_bf16_checkpoint_captures_in_bf16_and_writes_the_float32_graph(quant, tm
     stored = load_model(base)
     assert stored.layers[0].mlp.down_proj.weight.dtype == torch.bfloat16
     cfg = ExportConfig(quant=quant, max_seq=64)
+    from flora_export.export.pipeline import export_size
+    from flora_export.export.targets import target_row
+    from flora_export.quantize import quant_config
+    need = export_size(stored, quant_config(quant), target_row("onnx"))   # the disk check's
     m16 = export(stored, "onnx", tmp_path / "bf16", cfg)
+    written = sum(f.stat().st_size for f in (tmp_path / "bf16").iterdir())
+    assert written <= need, (written, need)      # the estimate covers the bf16 table
     m32 = export(widen_all(load_model(base)), "onnx", tmp_path / "fp32", cfg)
     assert m16["parity"]["passed"]
     assert {**m16["counts"], "nodes": m16["counts"]["nodes"] - 1} == m32["counts"]
@@ -475,3 +481,19 @@ def test_shared_embedding_is_refused_where_it_cannot_be_built(case, tmp_path):
     assert "--onnx-shared-embedding" in str(err.value)
     assert {"untied": "tied", "int8": "int4", "android": "ONNX"}[case] in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_size_estimate_covers_the_measured_1b_onnx_folder():
+    """The free-space check's estimate (outdir.estimate_bytes) for the 1B ONNX export covers
+    the folder measured in results/export_cost-1b-onnx.json: its bf16 table counted at 2
+    bytes a weight. Counted as the `.pte`'s int8 table (1 byte), it would fall short."""
+    from flora_export.export.outdir import config_parameters, estimate_bytes
+    from flora_export.model import PRESETS
+    from flora_export.quantize import quant_config
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks/results/export_cost-1b-onnx.json"
+    written = json.loads(results.read_text())["rows"][0]["output_mb"] * 2 ** 20
+    linear, embedding = config_parameters(PRESETS["llama3.2-1b"])
+    q = quant_config("8da4w")
+    assert estimate_bytes(linear, embedding, q, ["onnx"], table_bytes=2) >= written
+    assert estimate_bytes(linear, embedding, q, ["onnx"], table_bytes=1) < written

@@ -220,12 +220,15 @@ def plan_out_dir(out: Path, backends, force: bool = False, need_bytes: int | Non
 
 
 def estimate_bytes(linear_params: int, embedding_params: int, qcfg, backends,
-                   extra_bytes: int = 0) -> int:
+                   extra_bytes: int = 0, table_bytes: float = 4.0) -> int:
     """About how many bytes an export writes, to refuse a too-full disk before the work.
 
     Linear weights cost weight_bits/8 bytes each plus a 4-byte scale and a 4-byte zero
     point per group of `group_size` (4 bytes in fp32), the embedding table
-    embedding_bits/8 (per-row scales are negligible). The LM head counts as a linear of
+    embedding_bits/8 (per-row scales are negligible), except in an ONNX folder, which
+    keeps the table unquantized in the checkpoint's dtype: `table_bytes` a weight (its
+    element size once the model is loaded; before, 4, float32's, the most it takes). The
+    LM head counts as a linear of
     its own even when tied: the export holds it separately from the embedding. Each
     backend writes its own copy (ios: .mlpackage and .pte). 15% margin for what the
     count leaves out (the fused adapter's padding to a group multiple, program
@@ -238,8 +241,9 @@ def estimate_bytes(linear_params: int, embedding_params: int, qcfg, backends,
     else:
         per_linear = 4.0
     per_embedding = qcfg.embedding_bits / 8 if qcfg.embedding_bits else 4.0
-    one = linear_params * per_linear + embedding_params * per_embedding
-    return int(1.15 * one * max(1, len(tuple(backends)))) + extra_bytes + (1 << 20)
+    total = sum(linear_params * per_linear + embedding_params *
+                (table_bytes if name == "onnx" else per_embedding) for name in backends)
+    return int(1.15 * total) + extra_bytes + (1 << 20)
 
 
 def config_parameters(cfg) -> tuple[int, int]:

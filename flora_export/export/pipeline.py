@@ -139,7 +139,8 @@ def export_size(model, qcfg, row) -> int:
     linear = total if model.config.tie_word_embeddings else total - embedding
     aside = weight_bytes(model) if len(row.builds) > 1 else 0      # set aside meanwhile
     return estimate_bytes(linear, embedding, qcfg, row.backends,
-                          len((model.tokenizer_json or "").encode()) + aside)
+                          len((model.tokenizer_json or "").encode()) + aside,
+                          table_bytes=model.embed_tokens.weight.element_size())
 
 
 def _check_max_seq(model, config: ExportConfig, prompt_len: int) -> None:
